@@ -1,0 +1,46 @@
+"""fnn: a functional neural-network trainer on JAX.
+
+The training process of a neural network — initialize, forward, loss, backward
+(``jax.grad``), update, repeat over mini-batches and epochs — as pure functions over
+immutable pytrees, so that a whole run is one compiled program that can be ``vmap``-ed
+over seeds and hyperparameters.
+"""
+
+from fnn import activations, checkpoint, datasets, init, schedules
+from fnn.data import one_hot, prepare_images, standardize, train_test_split
+from fnn.fit import DivergenceError, FitResult, fit
+from fnn.gradcheck import check_grads, numerical_grad
+from fnn.layers import (
+    Activation,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Function,
+    Layer,
+    LayerNorm,
+    Serial,
+    as_model,
+    mlp,
+)
+from fnn.losses import (
+    accuracy,
+    binary_accuracy,
+    binary_cross_entropy,
+    cross_entropy,
+    mse,
+    weighted_mean,
+)
+from fnn.optimizers import (
+    Optimizer,
+    adagrad,
+    adam,
+    adamw,
+    clip_by_global_norm,
+    clip_by_value,
+    rmsprop,
+    sgd,
+)
+from fnn.regularizers import is_weight, l1, l1_l2, l2
+from fnn.train import Trainer, TrainState
+
+__version__ = "0.1.0"

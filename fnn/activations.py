@@ -1,0 +1,88 @@
+"""Activation functions: the nonlinearity applied after each dense layer.
+
+Each is an elementwise (softmax and log_softmax: along ``axis``) pure function, written
+in a numerically stable form: no NaN or inf in the value or the gradient for inputs as
+large as |x| = 1e4 in float32. ``get(name)`` looks one up by name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def identity(x):
+    """f(x) = x (the linear output of a regression head)."""
+    return x
+
+
+def relu(x):
+    """f(x) = max(x, 0) (Nair & Hinton 2010). Gradient 0 at x = 0."""
+    return jnp.where(x > 0, x, 0)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """f(x) = x for x >= 0, negative_slope * x otherwise (Maas et al. 2013)."""
+    return jnp.where(x >= 0, x, negative_slope * x)
+
+
+def elu(x, alpha=1.0):
+    """f(x) = x for x > 0, alpha * (exp(x) - 1) otherwise (Clevert et al. 2016).
+
+    ``expm1`` is evaluated on min(x, 0) so the unused branch never overflows.
+    """
+    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, 0, x)))
+
+
+def gelu(x):
+    """f(x) = x * Phi(x) = x/2 * (1 + erf(x / sqrt(2))), the exact form (Hendrycks & Gimpel 2016)."""
+    return 0.5 * x * (1 + jax.lax.erf(x / jnp.sqrt(2.0).astype(jnp.result_type(x))))
+
+
+def sigmoid(x):
+    """f(x) = 1 / (1 + exp(-x)), via ``lax.logistic`` (stable for either sign)."""
+    return jax.lax.logistic(x)
+
+
+def tanh(x):
+    """f(x) = tanh(x)."""
+    return jnp.tanh(x)
+
+
+def softplus(x):
+    """f(x) = log(1 + exp(x)) = logaddexp(x, 0): no overflow for large x."""
+    return jnp.logaddexp(x, 0)
+
+
+def log_softmax(x, axis=-1):
+    """f(x)_i = x_i - log sum_j exp(x_j), computed after subtracting max_j x_j."""
+    shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+
+
+def softmax(x, axis=-1):
+    """f(x)_i = exp(x_i) / sum_j exp(x_j), computed after subtracting max_j x_j."""
+    shifted = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)))
+    return shifted / jnp.sum(shifted, axis=axis, keepdims=True)
+
+
+_BY_NAME = {
+    f.__name__: f
+    for f in (identity, relu, leaky_relu, elu, gelu, sigmoid, tanh, softplus, softmax, log_softmax)
+}
+_BY_NAME["linear"] = identity
+
+
+def get(activation: str | Callable) -> Callable:
+    """Return the activation named ``activation`` (or ``activation`` itself if callable).
+
+    Raises:
+      ValueError: for an unknown name; the message lists the known ones.
+    """
+    if callable(activation):
+        return activation
+    if isinstance(activation, str) and activation in _BY_NAME:
+        return _BY_NAME[activation]
+    raise ValueError(f"activation must be a callable or one of {sorted(_BY_NAME)}; got {activation!r}")

@@ -1,0 +1,59 @@
+"""Mini-batches drawn inside the compiled program.
+
+An epoch visits every training example once in a fresh random order: the order is a
+permutation drawn from the epoch's key, cut into ``steps`` mini-batches of
+``batch_size`` indices. The data stay where they are (on the device); a training step
+gathers its rows with ``x[indices]``.
+
+When ``batch_size`` does not divide the number of examples the last batch is partial.
+With ``drop_last=True`` it is dropped (a different subset each epoch). Otherwise it is
+filled up to ``batch_size`` with the first indices of the permutation and those extra
+rows get weight 0, so that every example counts exactly once per epoch and every batch
+has the same shape (one compiled step). Note that batch normalization still sees the
+filler rows in its batch statistics.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def num_steps(num_examples: int, batch_size: int, drop_last: bool) -> int:
+    """Mini-batches per epoch: floor(n / b) with ``drop_last``, else ceil(n / b)."""
+    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
+
+
+def epoch_batches(key, num_examples: int, batch_size: int, drop_last: bool = False):
+    """Indices and per-example weights of one epoch's mini-batches.
+
+    Args:
+      key: the epoch's PRNG key (the permutation is drawn from it).
+      num_examples: n, static.
+      batch_size: b, static, 1 <= b <= n.
+      drop_last: drop the last partial batch instead of padding it.
+    Returns:
+      ``(indices, weights)``, int32 [steps, b] and float32 [steps, b]; weights are 1
+      for real examples and 0 for filler rows of the padded last batch.
+    """
+    order = jax.random.permutation(key, num_examples).astype(jnp.int32)
+    steps = num_steps(num_examples, batch_size, drop_last)
+    return _cut(order, steps, batch_size)
+
+
+def eval_batches(num_examples: int, batch_size: int):
+    """Indices and weights that cover ``range(num_examples)`` in order, in fixed-size
+    batches (the last padded with weight-0 rows): int32 [steps, b], float32 [steps, b]."""
+    order = jnp.arange(num_examples, dtype=jnp.int32)
+    return _cut(order, num_steps(num_examples, batch_size, False), batch_size)
+
+
+def _cut(order, steps: int, batch_size: int):
+    total = steps * batch_size
+    n = order.shape[0]
+    if total <= n:
+        return order[:total].reshape(steps, batch_size), jnp.ones((steps, batch_size), jnp.float32)
+    filler = jnp.resize(order, total - n)  # wraps around when the padding exceeds n
+    padded = jnp.concatenate([order, filler])
+    weights = (jnp.arange(total) < n).astype(jnp.float32)
+    return padded.reshape(steps, batch_size), weights.reshape(steps, batch_size)

@@ -1,0 +1,193 @@
+"""Initialization of weights and biases.
+
+Random initial weights break the symmetry between the units of a layer: with equal
+weights every unit of a layer would compute, and learn, the same function. The
+variance-scaling schemes choose the spread so that activations (forward) and gradients
+(backward) keep roughly the same variance from layer to layer.
+
+Every initializer is a pure function ``init(key, shape, dtype=jnp.float32) -> array``.
+Those with a hyperparameter are built by a factory (``normal(stddev)``, ``uniform(scale)``,
+``constant(value)``, ``orthogonal(gain)``) that returns such a function; the factories
+return frozen dataclasses, which compare by value, so two identical models hash alike
+and share a compiled program. ``get(name)`` looks an initializer up by name.
+
+Fans: for a weight of shape ``[fan_in, fan_out]`` (fnn's Dense kernels), and for higher
+rank shapes ``[..receptive field.., fan_in, fan_out]`` the receptive-field size multiplies
+both fans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def fans(shape) -> tuple[int, int]:
+    """Return ``(fan_in, fan_out)`` of a weight shape (see the module docstring)."""
+    if len(shape) < 1:
+        raise ValueError(f"shape must have rank >= 1 to have fans; got {shape}")
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def zeros(key, shape, dtype=jnp.float32):
+    """All zeros (the default for biases). ``key`` is unused."""
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def ones(key, shape, dtype=jnp.float32):
+    """All ones (the default for normalization scales). ``key`` is unused."""
+    del key
+    return jnp.ones(shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class constant:
+    """``constant(value)(key, shape, dtype)``: every element equal to ``value``."""
+
+    value: float
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        del key
+        return jnp.full(shape, self.value, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class normal:
+    """``normal(stddev)(key, shape, dtype)``: i.i.d. N(0, stddev^2) — "small random values"."""
+
+    stddev: float = 1e-2
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return self.stddev * jax.random.normal(key, shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class uniform:
+    """``uniform(scale)(key, shape, dtype)``: i.i.d. U(-scale, scale), variance scale^2/3."""
+
+    scale: float = 1e-2
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -self.scale, self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceScaling:
+    """Draw with variance ``scale / n`` where ``n`` is fan_in, fan_out or their mean.
+
+    ``distribution="normal"``: N(0, scale/n). ``distribution="uniform"``: U(-a, a) with
+    a = sqrt(3 * scale / n), which has the same variance.
+    """
+
+    scale: float
+    mode: str  # "fan_in", "fan_out" or "fan_avg"
+    distribution: str  # "normal" or "uniform"
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        fan_in, fan_out = fans(shape)
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
+        variance = self.scale / n
+        if self.distribution == "normal":
+            return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
+        limit = math.sqrt(3.0 * variance)
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+def glorot_uniform(key, shape, dtype=jnp.float32):
+    """Glorot & Bengio (2010): U(-a, a), a = sqrt(6 / (fan_in + fan_out)); for tanh/sigmoid."""
+    return VarianceScaling(1.0, "fan_avg", "uniform")(key, shape, dtype)
+
+
+def glorot_normal(key, shape, dtype=jnp.float32):
+    """Glorot & Bengio (2010): N(0, 2 / (fan_in + fan_out)) (not truncated)."""
+    return VarianceScaling(1.0, "fan_avg", "normal")(key, shape, dtype)
+
+
+def he_uniform(key, shape, dtype=jnp.float32):
+    """He et al. (2015): U(-a, a), a = sqrt(6 / fan_in); for ReLU networks."""
+    return VarianceScaling(2.0, "fan_in", "uniform")(key, shape, dtype)
+
+
+def he_normal(key, shape, dtype=jnp.float32):
+    """He et al. (2015): N(0, 2 / fan_in) (not truncated); for ReLU networks."""
+    return VarianceScaling(2.0, "fan_in", "normal")(key, shape, dtype)
+
+
+def lecun_uniform(key, shape, dtype=jnp.float32):
+    """LeCun et al. (1998), Efficient BackProp: U(-a, a), a = sqrt(3 / fan_in)."""
+    return VarianceScaling(1.0, "fan_in", "uniform")(key, shape, dtype)
+
+
+def lecun_normal(key, shape, dtype=jnp.float32):
+    """LeCun et al. (1998), Efficient BackProp: N(0, 1 / fan_in) (not truncated)."""
+    return VarianceScaling(1.0, "fan_in", "normal")(key, shape, dtype)
+
+
+xavier_uniform, xavier_normal = glorot_uniform, glorot_normal
+kaiming_uniform, kaiming_normal = he_uniform, he_normal
+
+
+@dataclasses.dataclass(frozen=True)
+class orthogonal:
+    """``orthogonal(gain)(key, shape, dtype)``: a (semi-)orthogonal matrix times ``gain``.
+
+    Saxe, McClelland & Ganguli (2014). A Gaussian matrix of shape
+    [prod(shape[:-1]), shape[-1]] (or its transpose, whichever is tall) is QR-factorized;
+    Q with the signs of diag(R) folded in is uniformly (Haar) distributed. Rows
+    (or columns, whichever are fewer) are orthonormal.
+    """
+
+    gain: float = 1.0
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        if len(shape) < 2:
+            raise ValueError(f"orthogonal initialization needs a shape of rank >= 2; got {shape}")
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        compute = jnp.promote_types(dtype, jnp.float32)  # QR in at least float32, float64 kept
+        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), compute)
+        q, r = jnp.linalg.qr(a)
+        q = q * jnp.sign(jnp.diag(r))[None, :]  # explicit: rank promotion may be set to "raise"
+        q = q if rows >= cols else q.T
+        return (self.gain * q).reshape(shape).astype(dtype)
+
+
+_BY_NAME = {
+    "zeros": zeros,
+    "ones": ones,
+    "normal": normal(),
+    "uniform": uniform(),
+    "glorot_uniform": glorot_uniform,
+    "glorot_normal": glorot_normal,
+    "xavier_uniform": glorot_uniform,
+    "xavier_normal": glorot_normal,
+    "he_uniform": he_uniform,
+    "he_normal": he_normal,
+    "kaiming_uniform": he_uniform,
+    "kaiming_normal": he_normal,
+    "lecun_uniform": lecun_uniform,
+    "lecun_normal": lecun_normal,
+    "orthogonal": orthogonal(),
+}
+
+
+def get(init: str | Initializer) -> Initializer:
+    """Return the initializer named ``init`` (or ``init`` itself if it is callable).
+
+    Raises:
+      ValueError: for an unknown name; the message lists the known ones.
+    """
+    if callable(init):
+        return init
+    if isinstance(init, str) and init in _BY_NAME:
+        return _BY_NAME[init]
+    raise ValueError(f"init must be a callable or one of {sorted(_BY_NAME)}; got {init!r}")

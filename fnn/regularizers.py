@@ -1,0 +1,147 @@
+"""L1 and L2 penalties over a params pytree, added to the loss.
+
+A regularizer is a frozen pytree called as ``reg(params) -> scalar``. Its strengths
+are leaves (traced data: ``jax.vmap`` over a grid of strengths just works); ``select``,
+a predicate ``select(path, leaf) -> bool`` over jax key paths, is static and picks
+the leaves that are penalised. The default, :func:`is_weight`, picks arrays with two
+or more dimensions (dense and conv kernels) and leaves out biases and batch-norm /
+layer-norm scales and offsets, which are 1-D.
+
+To choose by name, e.g. only leaves called ``"w"``::
+
+    l2(1e-4, select=lambda path, leaf: jax.tree_util.keystr(path).endswith("['w']"))
+
+``select`` is part of the compiled program's identity: re-use one function object
+rather than a fresh ``lambda`` per call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from fnn.pytree import pytree_dataclass
+from fnn.schedules import _checked
+
+
+def is_weight(path, leaf) -> bool:
+    """The default selection: ``True`` for leaves with ``ndim >= 2`` (kernels), ``False`` for 1-D/scalars.
+
+    Args:
+      path: the leaf's jax key path (unused).
+      leaf: the array.
+
+    Returns:
+      Whether the leaf is penalised.
+    """
+    return jnp.ndim(leaf) >= 2
+
+
+def _selected_sum(fn, params, select):
+    """``sum over selected leaves w of sum(fn(w))``; 0.0 when nothing is selected."""
+    leaves = [w for path, w in jax.tree_util.tree_flatten_with_path(params)[0] if select(path, w)]
+    return sum((jnp.sum(fn(w)) for w in leaves), jnp.zeros([], jnp.result_type(*leaves) if leaves else float))
+
+
+def _scaled(strength, total):
+    """``strength * total`` in the dtype of ``total`` (float32 params give a float32 penalty)."""
+    return jnp.asarray(strength, total.dtype) * total
+
+
+def _l1_penalty(strength, params, select):
+    return _scaled(strength, _selected_sum(jnp.abs, params, select))
+
+
+def _l2_penalty(strength, params, select):
+    return _scaled(strength, _selected_sum(jnp.square, params, select)) / 2
+
+
+@pytree_dataclass(static=("select",))
+class _Penalty:
+    """A penalty with one strength: ``_penalty(strength, params, select)``."""
+
+    strength: Any
+    select: Callable = is_weight
+
+    def __call__(self, params):
+        return self._penalty(self.strength, params, self.select)
+
+
+@pytree_dataclass(static=("select",))
+class L2(_Penalty):
+    """L2 penalty ``strength / 2 * sum_w sum(w ** 2)`` over the selected leaves.
+
+    Its gradient is ``strength * w``: added to the loss of plain SGD it is classic
+    (coupled) weight decay, ``w <- w - lr * (g + strength * w)``. With Adam it is not
+    the same as decoupled decay (see :class:`fnn.optimizers.AdamW`).
+    """
+
+    _penalty = staticmethod(_l2_penalty)
+
+
+@pytree_dataclass(static=("select",))
+class L1(_Penalty):
+    """L1 penalty ``strength * sum_w sum(|w|)`` over the selected leaves (gradient ``strength * sign(w)``)."""
+
+    _penalty = staticmethod(_l1_penalty)
+
+
+@pytree_dataclass(static=("select",))
+class L1L2:
+    """Elastic net: ``l1_strength * sum |w| + l2_strength / 2 * sum w ** 2`` over the selected leaves."""
+
+    l1_strength: Any
+    l2_strength: Any
+    select: Callable = is_weight
+
+    def __call__(self, params):
+        return _l1_penalty(self.l1_strength, params, self.select) + _l2_penalty(self.l2_strength, params, self.select)
+
+
+def _select(select):
+    if not callable(select):
+        raise ValueError(f"select must be a callable (path, leaf) -> bool; got {select!r}")
+    return select
+
+
+def l2(strength, select=is_weight) -> L2:
+    """L2 penalty ``strength / 2 * sum w ** 2``; its gradient ``strength * w`` equals classic weight decay.
+
+    Args:
+      strength: >= 0, a float or traced scalar.
+      select: predicate ``(key path, leaf) -> bool`` choosing the penalised leaves;
+        default :func:`is_weight` (``ndim >= 2``, no biases or norm scales).
+
+    Returns:
+      An :class:`L2` regularizer, ``reg(params) -> scalar``.
+    """
+    return L2(_checked("strength", strength, 0), _select(select))
+
+
+def l1(strength, select=is_weight) -> L1:
+    """L1 penalty ``strength * sum |w|``.
+
+    Args:
+      strength: >= 0, a float or traced scalar.
+      select: predicate ``(key path, leaf) -> bool``; default :func:`is_weight`.
+
+    Returns:
+      An :class:`L1` regularizer, ``reg(params) -> scalar``.
+    """
+    return L1(_checked("strength", strength, 0), _select(select))
+
+
+def l1_l2(l1_strength, l2_strength, select=is_weight) -> L1L2:
+    """Both penalties: ``l1_strength * sum |w| + l2_strength / 2 * sum w ** 2``.
+
+    Args:
+      l1_strength: >= 0.
+      l2_strength: >= 0.
+      select: predicate ``(key path, leaf) -> bool``; default :func:`is_weight`.
+
+    Returns:
+      An :class:`L1L2` regularizer, ``reg(params) -> scalar``.
+    """
+    return L1L2(_checked("l1_strength", l1_strength, 0), _checked("l2_strength", l2_strength, 0), _select(select))

@@ -1,0 +1,209 @@
+"""Many runs as one program: seeds × a hyperparameter grid, one ``jax.vmap``-ed ``fit``.
+
+A sweep takes a *configuration*: a function whose keyword arguments are the swept
+hyperparameters and which returns a ``Trainer``::
+
+    def config(lr=1e-3, l2=0.0, dropout=0.0):
+        model = fnn.mlp([64, 32, 10], dropout=dropout)
+        return fnn.Trainer(model, fnn.adam(lr), fnn.cross_entropy, regularizer=fnn.l2(l2))
+
+    table = fnn.sweep(config, x, y, seeds=8, grid={"lr": [1e-3, 1e-2]}, epochs=20, batch_size=32)
+    print(table.summary("val_accuracy"))
+
+Because fnn's hyperparameters are pytree leaves, ``config`` called on traced values
+builds a Trainer whose numbers are traced: every member (grid point × seed) runs the same
+compiled program, vmapped over the member axis. Members run in chunks of at most
+``chunk_size`` per compiled call (the same program serves every chunk; a last, smaller
+chunk is padded by repeating members and the extra results dropped). With several
+devices, each chunk's member axis is sharded over them (see ``fnn.distributed``).
+
+Each member's seed is its seed index ``s`` (``0 .. seeds-1``, or the given seed values),
+so member (grid point g, seed s) equals ``fit(config(**g), x, y, key=s, ...)`` run alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.distributed import member_sharding
+from fnn.fit import fit
+from fnn.validation import check_int
+
+
+class SweepResult(NamedTuple):
+    """The sweep as a table: one row per member.
+
+    Attributes:
+      params: ``{name: [members] array}`` — each member's hyperparameters and ``seed``.
+      results: the stacked ``FitResult`` (every field with a leading [members] axis,
+        histories [members, epochs]).
+    """
+
+    params: dict
+    results: Any
+
+    def rows(self) -> list[dict]:
+        """One dict per member: hyperparameters, seed, stop epoch, best epoch, divergence,
+        and the final and best value of every history entry."""
+        r = self.results
+        out = []
+        for i in range(len(self.params["seed"])):
+            row = {k: _scalar(v[i]) for k, v in self.params.items()}
+            row |= {"stop_epoch": int(r.stop_epoch[i]), "best_epoch": int(r.best_epoch[i]), "diverged": bool(r.diverged[i])}
+            for name, h in r.history.items():
+                row[f"final_{name}"] = _last_finite(np.asarray(h[i]))
+                if name != "lr" and int(r.best_epoch[i]) >= 0:
+                    row[f"best_{name}"] = float(h[i][int(r.best_epoch[i])])
+            out.append(row)
+        return out
+
+    def aggregate(self, metric: str) -> list[dict]:
+        """Mean, std, min and max of row field ``metric`` over seeds, per grid point."""
+        names = [k for k in self.params if k != "seed"]
+        groups: dict = {}
+        for row in self.rows():
+            groups.setdefault(tuple(row[k] for k in names), []).append(row[metric])
+        return [
+            dict(zip(names, point)) | {"seeds": len(v), "mean": np.mean(v), "std": np.std(v), "min": np.min(v), "max": np.max(v)}
+            for point, v in groups.items()
+        ]
+
+    def summary(self, metric: str = "final_loss") -> str:
+        """A markdown table of ``aggregate(metric)``: one line per grid point."""
+        rows = self.aggregate(metric)
+        head = [k for k in rows[0] if k not in ("seeds", "mean", "std", "min", "max")]
+        lines = [
+            "| " + " | ".join([*head, "seeds", f"{metric} mean ± std", "min", "max"]) + " |",
+            "|" + "---|" * (len(head) + 4),
+        ]
+        for r in rows:
+            cells = [f"{r[k]:.4g}" for k in head] + [str(r["seeds"]), f"{r['mean']:.4f} ± {r['std']:.4f}", f"{r['min']:.4f}", f"{r['max']:.4f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _scalar(v):
+    v = np.asarray(v)
+    return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
+
+
+def _last_finite(h: np.ndarray) -> float:
+    finite = h[np.isfinite(h)]
+    return float(finite[-1]) if finite.size else float("nan")
+
+
+def grid_points(config: Callable, grid: dict, product: bool = True) -> dict:
+    """Expand ``grid`` into one array per hyperparameter, one entry per grid point.
+
+    Args:
+      config: the configuration function; every grid key must be one of its parameters.
+      grid: ``{name: values}``; 1-D sequences of numbers.
+      product: Cartesian product of the value lists (default), or zip them (equal lengths).
+    Returns:
+      ``{name: [points] float array}``.
+    """
+    parameters = inspect.signature(config).parameters
+    for name in grid:
+        if name not in parameters:
+            raise ValueError(f"grid key {name!r} is not a hyperparameter of the configuration; it takes {list(parameters)}")
+    values = {k: np.asarray(v, dtype=float).reshape(-1) for k, v in grid.items()}
+    for name, v in values.items():
+        if v.size == 0:
+            raise ValueError(f"grid[{name!r}] must list at least one value")
+    if not values:
+        return {}
+    if product:
+        combos = list(itertools.product(*values.values()))
+        return {k: np.array([c[i] for c in combos]) for i, k in enumerate(values)}
+    lengths = {k: v.size for k, v in values.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"grid arrays must have equal lengths when product=False (zip); got {lengths}")
+    return values
+
+
+def members(config: Callable, grid: dict, seeds, product: bool = True) -> dict:
+    """The sweep's members: grid points × seeds, as ``{name: [members]}`` plus ``seed``."""
+    seed_values = np.arange(check_int("seeds", seeds)) if isinstance(seeds, (int, np.integer)) else np.asarray(seeds).reshape(-1)
+    if seed_values.size == 0 or not np.issubdtype(seed_values.dtype, np.integer):
+        raise ValueError(f"seeds must be a count >= 1 or a non-empty sequence of int seeds; got {seeds!r}")
+    points = grid_points(config, grid, product)
+    n_points = len(next(iter(points.values()))) if points else 1
+    table = {k: np.repeat(v, seed_values.size) for k, v in points.items()}
+    table["seed"] = np.tile(seed_values, n_points)
+    return table
+
+
+def sweep(
+    config: Callable,
+    x,
+    y,
+    *,
+    seeds=1,
+    grid: dict | None = None,
+    product: bool = True,
+    chunk_size: int | None = None,
+    devices=None,
+    **fit_kwargs,
+) -> SweepResult:
+    """Train every member of seeds × grid with one vmapped, compiled ``fit``.
+
+    Args:
+      config: ``config(**hyperparameters) -> Trainer`` (see the module docstring).
+      x, y: training data, shared by all members.
+      seeds: number of seeds (0..seeds-1) or a sequence of int seeds.
+      grid: ``{hyperparameter: values}``; keys must be parameters of ``config``.
+      product: Cartesian product of the grid (default) or zip of equal-length lists.
+      chunk_size: at most this many members per compiled call (bounds memory); default all.
+      devices: shard each chunk's members over these devices (default: all local devices
+        when more than one; pass ``[jax.devices()[0]]`` to force one).
+      **fit_kwargs: passed to ``fit`` (epochs, batch_size, validation, patience, ...).
+        ``key``, ``state`` and checkpoints are per-run options and are refused here.
+    Returns:
+      a ``SweepResult`` with one row per member.
+    """
+    for name in ("key", "state", "checkpoint", "checkpoint_every", "resume"):
+        if name in fit_kwargs:
+            raise ValueError(f"{name}= is not a sweep option: members take their keys from seeds")
+    table = members(config, grid or {}, seeds, product)
+    n = len(table["seed"])
+    chunk = n if chunk_size is None else check_int("chunk_size", chunk_size)
+    sharding = member_sharding(devices, min(chunk, n))
+    chunk = sharding.num_devices * -(-min(chunk, n) // sharding.num_devices) if sharding else min(chunk, n)
+    run = _compiled_members(config, fit_kwargs, sharding)
+    pieces = [run(x, y, _take(table, range(start, start + chunk), n)) for start in range(0, n, chunk)]
+    results = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
+    return SweepResult(params=table, results=results)
+
+
+def _take(table: dict, index, n: int) -> dict:
+    """Rows ``index`` of the member table (indices past the end wrap round: padding)."""
+    rows = np.asarray(list(index)) % n
+    return {k: v[rows] for k, v in table.items()}
+
+
+def _compiled_members(config: Callable, fit_kwargs: dict, sharding):
+    """A jitted function running a chunk of members with one vmapped fit."""
+
+    options = {k: v for k, v in fit_kwargs.items() if k != "validation"}
+
+    def one(x, y, validation, member):
+        hyper = {k: v for k, v in member.items() if k != "seed"}
+        return fit(config(**hyper), x, y, key=member["seed"], validation=validation, **options)
+
+    run = jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
+    validation = fit_kwargs.get("validation")
+    validation = None if validation is None else tuple(jnp.asarray(a) for a in validation)
+
+    def call(x, y, chunk):
+        chunk = {k: jnp.asarray(v, jnp.int32 if k == "seed" else jnp.result_type(float)) for k, v in chunk.items()}
+        if sharding is not None:
+            chunk = jax.device_put(chunk, sharding)
+        return run(jnp.asarray(x), jnp.asarray(y), validation, chunk)
+
+    return call

@@ -1,0 +1,171 @@
+"""The training step: forward, loss, backward (``jax.grad``), update.
+
+A ``Trainer`` bundles what one training step needs — the model, the optimizer, the loss
+and an optional regularizer — as a pytree: the optimizer's and regularizer's numbers
+(learning rate, momentum, L2 strength, dropout rate, ...) are leaves, so a compiled step
+takes new values without recompiling and ``jax.vmap`` maps over them; the structure
+(layer sizes, the loss function) is static.
+
+A ``TrainState`` is everything that changes during training, also a pytree::
+
+    params        trainable parameters (the model's params pytree)
+    model_state   non-trainable state: batch-norm running statistics (or ())
+    opt_state     the optimizer's state (moments, accumulators, its step count)
+    step          number of updates applied so far (int32)
+    epoch         number of epochs completed (int32)
+    key           the run's base PRNG key; the dropout key of update t is
+                  fold_in(fold_in(key, 1), t) and the data order of epoch e comes from
+                  fold_in(fold_in(key, 0), e), so a run is a function of this key alone.
+
+One update (``Trainer.train_step``), for a mini-batch (x, y) with example weights w::
+
+    L(θ) = loss(model(θ, x), y, w) + regularizer(θ)
+    g    = ∇θ L(θ)                       (jax.grad — backpropagation)
+    θ, opt_state = optimizer.update(g, opt_state, θ)      (e.g. θ ← θ - lr · g)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fnn import losses as losses_lib
+from fnn.batching import eval_batches
+from fnn.layers import as_model
+from fnn.pytree import pytree_dataclass
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (see the module docstring)."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    step: jax.Array
+    epoch: jax.Array
+    key: jax.Array
+
+
+def as_key(key):
+    """Accept an int seed (also a traced integer scalar), a raw uint32 key or a typed key;
+    return a typed key."""
+    if isinstance(key, int) or (jnp.shape(key) == () and jnp.issubdtype(jnp.result_type(key), jnp.integer)):
+        return jax.random.key(key)
+    if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        return key
+    if jnp.shape(key) == (2,) and jnp.result_type(key) == jnp.uint32:
+        return jax.random.wrap_key_data(key)
+    raise ValueError(f"key must be an int seed or a jax.random key; got {type(key).__name__} {jnp.shape(key)}")
+
+
+@pytree_dataclass(static=("loss", "metrics"))
+class Trainer:
+    """What a training step needs: ``model``, ``optimizer``, ``loss``, ``regularizer``.
+
+    Args:
+      model: an fnn Layer (e.g. ``fnn.mlp(...)``) or a pure function ``f(params, x)``
+        (then pass ``params=`` to ``init``/``fit``).
+      optimizer: an fnn optimizer, e.g. ``fnn.adam(1e-3)``.
+      loss: ``loss(predictions, targets, weights) -> scalar`` (see ``fnn.losses``).
+      regularizer: optional ``reg(params) -> scalar`` added to the loss (``fnn.l2``).
+      metrics: ``{name: metric(predictions, targets, weights)}``; by default accuracy for
+        the classification losses, nothing otherwise.
+    """
+
+    model: Any
+    optimizer: Any
+    loss: Callable = losses_lib.mse
+    regularizer: Any = None
+    metrics: Any = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", as_model(self.model))
+        if not callable(self.loss):
+            raise ValueError(f"loss must be a function loss(predictions, targets, weights); got {self.loss!r}")
+        for name in ("init", "update", "learning_rate"):
+            if not hasattr(self.optimizer, name):
+                raise ValueError(f"optimizer must be an fnn optimizer (with .{name}); got {type(self.optimizer).__name__}")
+        if self.metrics is None:
+            object.__setattr__(self, "metrics", tuple(losses_lib.default_metrics(self.loss).items()))
+        elif isinstance(self.metrics, dict):
+            object.__setattr__(self, "metrics", tuple(self.metrics.items()))
+
+    def init(self, key, params=None, model_state=()) -> TrainState:
+        """A fresh TrainState: params from ``model.init`` (unless given), optimizer state,
+        step 0, epoch 0, and the run key.
+
+        Args:
+          key: int seed or PRNG key; params are drawn from ``fold_in(key, 2)``.
+          params, model_state: start from these instead of ``model.init``.
+        """
+        key = as_key(key)
+        if params is None:
+            params, model_state = self.model.init(jax.random.fold_in(key, 2))
+        opt_state = self.optimizer.init(params)
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(params, model_state, opt_state, zero, zero, key)
+
+    def objective(self, params, model_state, x, y, weights, key):
+        """The training objective and what the step reports.
+
+        Returns:
+          ``(total, (loss, new_model_state, predictions))`` where total = loss + penalty.
+        """
+        predictions, new_model_state = self.model.apply_train(params, x, state=model_state, key=key)
+        loss = self.loss(predictions, y, weights)
+        penalty = 0.0 if self.regularizer is None else self.regularizer(params)
+        return loss + penalty, (loss, new_model_state, predictions)
+
+    def train_step(self, state: TrainState, batch, key=None):
+        """One update on a mini-batch; pure and jit-able.
+
+        Args:
+          state: the TrainState before the update.
+          batch: ``(x, y)`` or ``(x, y, weights)``; x [b, ...], y [b, ...], weights [b].
+          key: dropout key; default ``fold_in(fold_in(state.key, 1), state.step)``.
+        Returns:
+          ``(new_state, metrics)``: metrics is a dict with "loss" (the data loss, without
+          the penalty), "lr" (the learning rate used) and the trainer's metrics.
+        """
+        x, y, weights = batch if len(batch) == 3 else (*batch, None)
+        if key is None:
+            key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
+        grad_fn = jax.grad(self.objective, has_aux=True)
+        grads, (loss, model_state, predictions) = grad_fn(state.params, state.model_state, x, y, weights, key)
+        lr = self.optimizer.learning_rate(state.opt_state)
+        params, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        new_state = state._replace(params=params, model_state=model_state, opt_state=opt_state, step=state.step + 1)
+        metrics = {"loss": loss, "lr": jnp.asarray(lr), **self.measure(predictions, y, weights)}
+        return new_state, metrics
+
+    def measure(self, predictions, y, weights):
+        """The trainer's metrics on one batch: ``{name: scalar}``."""
+        return {name: metric(predictions, y, weights) for name, metric in self.metrics}
+
+    def evaluate(self, params, model_state, x, y, batch_size: int = 1024):
+        """Loss and metrics in evaluation mode over a whole dataset, in batches.
+
+        Memory stays bounded by ``batch_size`` examples; the last batch is padded with
+        weight-0 rows. Pure and jit-able (``batch_size`` static).
+
+        Args:
+          params, model_state: the model's parameters and running statistics.
+          x, y: [n, ...] inputs and targets.
+          batch_size: examples per forward pass.
+        Returns:
+          dict ``{"loss": scalar, <metric>: scalar, ...}`` — example-weighted means.
+        """
+        n = x.shape[0]
+        indices, weights = eval_batches(n, min(batch_size, n))
+
+        def body(totals, batch):
+            idx, w = batch
+            predictions = self.model.apply(params, x[idx], state=model_state)
+            values = {"loss": self.loss(predictions, y[idx], w), **self.measure(predictions, y[idx], w)}
+            return jax.tree.map(lambda t, v: t + v * jnp.sum(w), totals, values), None
+
+        zeros = {name: jnp.zeros((), jnp.result_type(float)) for name in ("loss", *dict(self.metrics))}
+        totals, _ = jax.lax.scan(body, zeros, (indices, weights))
+        return jax.tree.map(lambda t: t / n, totals)

@@ -1,0 +1,237 @@
+"""The training engine: train_step, fit, convergence, divergence, jit/vmap, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+from fnn.datasets import load_digits, load_fashion_mnist
+from fnn.fit import _run_epochs
+from fnn.optimizers import adam, sgd
+from fnn.schedules import piecewise_constant
+
+BATCH = 50
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits scaled to [0, 1]: 1,500 training and 297 validation examples."""
+    x, y = load_digits()
+    x = (x / 16.0).astype(np.float32)
+    return x[:1500], y[:1500], x[1500:], y[1500:]
+
+
+def trainer(lr=1e-2, model=None, optimizer=None, **kwargs):
+    return fnn.Trainer(model or fnn.mlp([64, 16, 10]), optimizer or adam(lr), fnn.cross_entropy, **kwargs)
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ---------------------------------------------------------------------------- train_step
+
+
+def test_train_step_is_gradient_descent_on_loss_plus_penalty(digits):
+    """One SGD step equals w - lr * grad(loss + L2 penalty), computed independently."""
+    x, y = jnp.asarray(digits[0][:32]), jnp.asarray(digits[1][:32])
+    model, lr, reg = fnn.mlp([64, 16, 10]), 0.1, fnn.l2(1e-2)
+    tr = fnn.Trainer(model, sgd(lr), fnn.cross_entropy, regularizer=reg)
+    state = tr.init(0)
+    new_state, metrics = jax.jit(tr.train_step)(state, (x, y))
+
+    def objective(p):
+        return fnn.cross_entropy(model.apply(p, x), y) + 0.5 * 1e-2 * sum(jnp.sum(w["w"] ** 2) for w in p[::2])
+
+    grads = jax.grad(objective)(state.params)
+    expected = jax.tree.map(lambda p, g: p - lr * g, state.params, grads)
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert int(new_state.step) == 1 and float(metrics["lr"]) == pytest.approx(lr)
+    np.testing.assert_allclose(metrics["loss"], fnn.cross_entropy(model.apply(state.params, x), y), rtol=1e-6)
+
+
+def test_train_step_trains_a_user_function():
+    """A plain f(params, x) trains: linear regression recovers the true weights."""
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (200, 3))
+    w_true = jnp.array([[1.0], [-2.0], [0.5]])
+    y = x @ w_true
+    tr = fnn.Trainer(lambda p, x: x @ p["w"], sgd(0.1), fnn.mse)
+    result = fnn.fit(tr, x, y, key=1, epochs=30, batch_size=20, params={"w": jnp.zeros((3, 1))})
+    np.testing.assert_allclose(result.state.params["w"], w_true, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- learning
+
+
+def test_mlp_learns_fashion_mnist_subset(shared_data):
+    """A 784-64-10 MLP reaches >= 80% test accuracy on 6,000 Fashion-MNIST images in 4 epochs."""
+    data = load_fashion_mnist(shared_data / "fashion-mnist")
+    x, xt = fnn.prepare_images(data.x_train[:6000]), fnn.prepare_images(data.x_test[:2000])
+    y, yt = data.y_train[:6000].astype(np.int32), data.y_test[:2000].astype(np.int32)
+    tr = trainer(model=fnn.mlp([784, 64, 10], init="he_normal"), lr=2e-3)
+    result = fnn.fit(tr, x, y, key=0, epochs=4, batch_size=64, validation=(xt, yt))
+    assert float(result.history["val_accuracy"][-1]) >= 0.80
+    assert float(result.history["loss"][-1]) < float(result.history["loss"][0])
+    same = fnn.fit(tr, x, y, key=0, epochs=4, batch_size=64, validation=(xt, yt))
+    other = fnn.fit(tr, x, y, key=1, epochs=4, batch_size=64, validation=(xt, yt))
+    assert leaves_equal(result.state.params, same.state.params)
+    assert not np.allclose(result.state.params[0]["w"], other.state.params[0]["w"])
+
+
+def test_history_and_best_params(digits):
+    x, y, xv, yv = digits
+    result = fnn.fit(trainer(), x, y, key=0, epochs=5, batch_size=BATCH, validation=(xv, yv))
+    h = result.history
+    assert set(h) == {"loss", "accuracy", "lr", "val_loss", "val_accuracy"}
+    assert all(v.shape == (5,) for v in h.values())
+    assert int(result.stop_epoch) == 5 and not bool(result.stopped_early)
+    best = int(np.argmin(h["val_loss"]))
+    assert int(result.best_epoch) == best
+    # evaluating the best params reproduces the best validation loss
+    scores = trainer().evaluate(result.best_params, result.best_model_state, jnp.asarray(xv), jnp.asarray(yv), 100)
+    np.testing.assert_allclose(scores["loss"], h["val_loss"][best], rtol=1e-5)
+    np.testing.assert_allclose(h["lr"], 1e-2, rtol=1e-6)
+    assert int(result.state.step) == 5 * 30
+
+
+def test_partial_batch_counts_every_example(digits):
+    """1,500 examples in batches of 64: 24 steps an epoch with padding, 23 with drop_last."""
+    x, y, _, _ = digits
+    kept = fnn.fit(trainer(), x, y, key=0, epochs=1, batch_size=64)
+    dropped = fnn.fit(trainer(), x, y, key=0, epochs=1, batch_size=64, drop_last=True)
+    assert int(kept.state.step) == 24 and int(dropped.state.step) == 23
+
+
+def test_epoch_loss_is_mean_of_example_losses_with_zero_lr(digits):
+    """With lr = 0 the epoch's training loss is the loss over all examples (padding excluded)."""
+    x, y, _, _ = digits
+    tr = trainer(optimizer=sgd(0.0))
+    result = fnn.fit(tr, x, y, key=0, epochs=1, batch_size=64)
+    full = fnn.cross_entropy(tr.model.apply(result.state.params, jnp.asarray(x)), jnp.asarray(y))
+    np.testing.assert_allclose(result.history["loss"][0], full, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- convergence
+
+
+def test_early_stopping_on_a_constructed_loss_curve(digits):
+    """lr > 0 for 3 epochs, then 0: the loss stops improving after epoch 3, so with
+    patience 2 the run stops after epoch 5 (index), best epoch 3, and no update after."""
+    x, y, _, _ = digits
+    steps = 30
+    lr = piecewise_constant([3 * steps], [1e-2, 0.0])
+    result = fnn.fit(trainer(optimizer=adam(lr)), x, y, key=0, epochs=12, batch_size=BATCH, patience=2, tol=1e-4)
+    h = np.asarray(result.history["loss"])
+    assert h[3] < h[2] - 1e-4  # the precondition: epoch 3 still improved
+    assert int(result.best_epoch) == 3
+    assert bool(result.stopped_early) and int(result.stop_epoch) == 6
+    assert np.all(np.isfinite(h[:6])) and np.all(np.isnan(h[6:]))
+    assert int(result.state.step) == 6 * steps
+
+
+def test_divergence_raises_with_epoch_and_keeps_last_finite_state():
+    """lr 0 for two epochs, then huge: linear regression overflows during epoch 2."""
+    x = jax.random.normal(jax.random.key(0), (100, 4)) * 10
+    y = x @ jnp.ones((4, 1))
+    steps = 10
+    tr = fnn.Trainer(fnn.mlp([4, 1]), sgd(piecewise_constant([2 * steps], [0.0, 1e6])), fnn.mse)
+    with pytest.raises(fnn.DivergenceError, match="epoch 2") as info:
+        fnn.fit(tr, x, y, key=0, epochs=5, batch_size=10)
+    result = info.value.result
+    assert int(result.diverged_epoch) == 2 and bool(result.diverged)
+    assert int(result.diverged_step) >= 2 * steps
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.state.params))
+    assert np.isfinite(float(result.last_finite_loss))
+    assert int(result.state.step) == int(result.diverged_step)
+    # under vmap nothing raises: the flag and the step come back per member
+    batched = jax.vmap(lambda k: fnn.fit(tr, x, y, key=k, epochs=5, batch_size=10))(jnp.arange(2))
+    assert bool(jnp.all(batched.diverged)) and list(batched.diverged_epoch) == [2, 2]
+
+
+# ---------------------------------------------------------------------------- jit and vmap
+
+
+def test_fit_under_jit_equals_eager_and_vmap_equals_single_runs(digits):
+    x, y, xv, yv = digits
+    tr = trainer(model=fnn.mlp([64, 16, 10], dropout=0.1))
+    kwargs = dict(epochs=3, batch_size=BATCH, validation=(xv, yv))
+    keys = jax.random.split(jax.random.key(7), 4)
+    singles = [fnn.fit(tr, x, y, key=k, **kwargs) for k in keys]
+    jitted = jax.jit(lambda k: fnn.fit(tr, x, y, key=k, **kwargs))(keys[0])
+    for a, b in zip(jax.tree.leaves(singles[0].state.params), jax.tree.leaves(jitted.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    batched = jax.vmap(lambda k: fnn.fit(tr, x, y, key=k, **kwargs))(keys)
+    for i, single in enumerate(singles):
+        for a, b in zip(jax.tree.leaves(single.state.params), jax.tree.leaves(batched.state.params)):
+            np.testing.assert_allclose(b[i], a, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(batched.history["val_loss"][i], single.history["val_loss"], rtol=1e-5)
+
+
+def test_vmap_over_learning_rates_with_early_stopping(digits):
+    """Members stop independently; each equals its own single run."""
+    x, y, _, _ = digits
+    lrs = jnp.array([1e-2, 0.0])
+
+    def run(lr):
+        return fnn.fit(trainer(optimizer=adam(lr)), x, y, key=0, epochs=6, batch_size=BATCH, patience=1, tol=1e-3)
+
+    batched = jax.vmap(run)(lrs)
+    for i, lr in enumerate([1e-2, 0.0]):
+        single = run(lr)
+        assert int(batched.stop_epoch[i]) == int(single.stop_epoch)
+        np.testing.assert_allclose(batched.state.params[0]["w"][i], single.state.params[0]["w"], rtol=1e-5, atol=1e-6)
+    assert int(batched.stop_epoch[1]) == 2  # lr 0: no improvement after epoch 0
+
+
+def test_new_learning_rate_does_not_recompile(digits):
+    x, y, _, _ = digits
+    fnn.fit(trainer(lr=1e-2), x, y, key=0, epochs=1, batch_size=BATCH)
+    before = _run_epochs._cache_size()
+    fnn.fit(trainer(lr=3e-3), x, y, key=1, epochs=1, batch_size=BATCH)
+    assert _run_epochs._cache_size() == before
+
+
+def test_batchnorm_model_trains_and_evaluates_with_running_statistics(digits):
+    x, y, xv, yv = digits
+    tr = trainer(model=fnn.mlp([64, 16, 10], batchnorm=True))
+    result = fnn.fit(tr, x, y, key=0, epochs=3, batch_size=BATCH, validation=(xv, yv))
+    stats = result.state.model_state[1]
+    assert not np.allclose(stats["mean"], 0) and not np.allclose(stats["var"], 1)
+    assert float(result.history["val_accuracy"][-1]) > 0.8
+
+
+def test_progress_prints_one_line_per_epoch(digits, capsys):
+    x, y, _, _ = digits
+    fnn.fit(trainer(), x[:200], y[:200], key=0, epochs=3, batch_size=BATCH, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 3 and lines[-1].startswith("epoch 3/3") and "loss" in lines[-1] and " s]" in lines[-1]
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(y=np.zeros(10, np.int32)), "same number of examples"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=5000), "batch_size must be <= the number of examples"),
+        (dict(x=np.zeros((0, 64), np.float32), y=np.zeros(0, np.int32)), "non-empty"),
+        (dict(x=np.full((1500, 64), np.nan, np.float32)), "x holds"),
+        (dict(y=np.zeros(1500, np.float32)), "integer"),
+        (dict(y=np.full(1500, 10, np.int32)), r"\[0, 10\)"),
+        (dict(epochs=0), "epochs"),
+        (dict(validation=(np.zeros((5, 63), np.float32), np.zeros(5, np.int32))), "validation"),
+        (dict(x=np.zeros((1500, 63), np.float32)), "x does not fit the model"),
+        (dict(monitor="val_loss"), "monitor"),
+        (dict(key=None), "key is required"),
+    ],
+)
+def test_bad_input_raises_before_tracing(digits, change, match):
+    x, y, _, _ = digits
+    kwargs = dict(x=x, y=y, key=0, epochs=1, batch_size=BATCH) | change
+    with pytest.raises(ValueError, match=match):
+        fnn.fit(trainer(), kwargs.pop("x"), kwargs.pop("y"), **kwargs)

@@ -1,0 +1,394 @@
+"""fnn.layers: Dense, Dropout, BatchNorm, LayerNorm, Serial, Function, the mlp builder;
+layers as pytrees (no recompilation for equal models, hyperparameters as leaves); jit and
+vmap over init keys for every model."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fnn import init as init_lib
+from fnn.layers import (
+    Activation,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Function,
+    Layer,
+    LayerNorm,
+    Serial,
+    as_model,
+    mlp,
+)
+
+# One set of sizes throughout ([3, 5, 2]): drawing random numbers compiles a program per
+# shape (~0.6 s on CPU), and equal shapes share it.
+KEY = jax.random.key(0)
+rng = np.random.default_rng(0)
+X = rng.normal(size=(8, 3))
+H = rng.normal(size=(16, 5)) * np.array([1.0, 2.0, 0.5, 3.0, 1.5]) + np.array([0.0, 1.0, -2.0, 5.0, 0.3])
+
+
+def as64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def assert_trees_equal(a, b, rtol=0.0):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=rtol * 1e-3)
+
+
+# --- Dense -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [(), (8,), (2, 4)], ids=["single", "batch", "two_batch_axes"])
+def test_dense_shapes_and_values(batch):
+    layer = Dense(3, 5)
+    params, state = layer.init(KEY)
+    assert params["w"].shape == (3, 5) and params["b"].shape == (5,) and state == ()
+    np.testing.assert_array_equal(params["b"], np.zeros(5))  # biases start at zero
+    params = {"w": params["w"], "b": jnp.arange(5.0, dtype=jnp.float32)}
+    x = X[: int(np.prod(batch))].reshape(*batch, 3).astype(np.float32)
+    y = layer.apply(params, x)
+    assert y.shape == (*batch, 5)
+    np.testing.assert_allclose(y, x @ np.asarray(params["w"]) + np.arange(5.0), rtol=1e-6)
+    assert layer.apply_train(params, x, state=())[1] == ()  # no state: passed through
+
+
+def test_dense_without_bias_and_with_named_initializers():
+    params, _ = Dense(3, 5, use_bias=False).init(KEY)
+    assert set(params) == {"w"}
+    np.testing.assert_allclose(Dense(3, 5, use_bias=False).apply(params, X), X @ np.asarray(params["w"]), rtol=1e-6)
+    params, _ = Dense(3, 5, w_init="ones", b_init=init_lib.constant(0.5)).init(KEY)
+    np.testing.assert_array_equal(params["w"], np.ones((3, 5)))
+    np.testing.assert_array_equal(params["b"], np.full(5, 0.5))
+    np.testing.assert_array_equal(Dense(3, 5, w_init="he_normal").init(KEY)[0]["w"], init_lib.he_normal(KEY, (3, 5)))
+
+
+@pytest.mark.parametrize("x", [np.ones((8, 4)), np.ones(4), np.float32(1.0)], ids=["features", "rank1", "rank0"])
+def test_dense_rejects_wrong_input_shape(x):
+    params, _ = Dense(3, 5).init(KEY)
+    with pytest.raises(ValueError, match=r"Dense\(3, 5\) expects input x of shape \[\.\.\., 3\].*got shape " + re.escape(str(np.shape(x)))):
+        Dense(3, 5).apply(params, x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"in_features": 3.0}, "in_features"), ({"out_features": 0}, "out_features"), ({"w_init": "glorot"}, "init")],
+)
+def test_dense_rejects_bad_configuration(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Dense(**{"in_features": 3, "out_features": 5, **kwargs})
+
+
+# --- Dropout -----------------------------------------------------------------------------
+
+UNITS = rng.normal(size=(100, 60))  # 6,000 units: the dropped fraction has std error < 0.7%
+
+
+def dropped_and_kept(rate, dtype=jnp.float32, key=KEY):
+    x = jnp.asarray(UNITS, dtype)
+    y, state = Dropout(rate).apply_train((), x, key=key)
+    assert y.dtype == dtype and y.shape == x.shape and state is None
+    return np.asarray(x), np.asarray(y)
+
+
+def test_dropout_evaluation_is_identity():
+    x = jnp.asarray(UNITS)
+    assert Dropout(0.5).apply((), x) is x  # no key needed
+    assert Dropout(0.5).forward((), (), x, train=False) == (x, ())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("rate", [0.3, 0.75])
+def test_dropout_training_drops_rate_and_scales_kept(rate, dtype):
+    x, y = dropped_and_kept(rate, dtype)
+    dropped = y == 0
+    assert abs(dropped.mean() - rate) < 0.03  # ~4.5 standard errors
+    rtol = 1e-6 if dtype == jnp.float32 else 1e-15
+    np.testing.assert_allclose(y[~dropped], x[~dropped] / (1 - rate), rtol=rtol)  # inverted dropout
+    # The expectation of every unit is preserved: mean of y / x over units is ~1.
+    ratio = (y / x).mean()
+    assert abs(ratio - 1) < 5 * np.sqrt(rate / (1 - rate) / x.size)
+
+
+def test_dropout_mask_depends_only_on_the_key():
+    _, a = dropped_and_kept(0.5)
+    _, b = dropped_and_kept(0.5)
+    _, c = dropped_and_kept(0.5, key=jax.random.key(1))
+    np.testing.assert_array_equal(a, b)
+    assert np.mean((a == 0) != (c == 0)) > 0.3  # independent masks disagree on about half the units
+
+
+def test_dropout_rate_zero_is_identity_in_training():
+    x, y = dropped_and_kept(0.0)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5, float("nan")])
+def test_dropout_rejects_rate_outside_0_1(rate):
+    with pytest.raises(ValueError, match=r"rate must lie in \[0.0, 1.0\)"):
+        Dropout(rate)
+
+
+def test_dropout_training_needs_a_key():
+    with pytest.raises(ValueError, match="key="):
+        Dropout(0.5).apply_train((), jnp.ones(3))
+
+
+def test_dropout_rate_may_be_traced_under_vmap():
+    rates = jnp.asarray([0.0, 0.25, 0.5, 0.75])
+    ys = jax.vmap(lambda r: Dropout(r).apply_train((), jnp.asarray(UNITS, jnp.float32), key=KEY)[0])(rates)
+    np.testing.assert_array_equal(ys[0], UNITS.astype(np.float32))
+    for rate, y in zip(np.asarray(rates), np.asarray(ys)):
+        assert abs(np.mean(y == 0) - rate) < 0.03
+        kept = y != 0
+        np.testing.assert_allclose(y[kept], UNITS[kept] / (1 - rate), rtol=1e-6)
+
+
+# --- BatchNorm ---------------------------------------------------------------------------
+
+
+def test_batchnorm_initial_params_and_running_statistics():
+    params, state = BatchNorm(5).init(KEY)
+    np.testing.assert_array_equal(params["scale"], np.ones(5))
+    np.testing.assert_array_equal(params["offset"], np.zeros(5))
+    np.testing.assert_array_equal(state["mean"], np.zeros(5))
+    np.testing.assert_array_equal(state["var"], np.ones(5))  # variance starts at 1, not 0
+
+
+def test_batchnorm_training_normalizes_with_batch_statistics():
+    layer = BatchNorm(5)
+    params, state = as64(layer.init(KEY))
+    y, _ = layer.apply_train(params, jnp.asarray(H), state=state)
+    var = H.var(axis=0)
+    np.testing.assert_allclose(np.mean(y, axis=0), np.zeros(5), atol=1e-12)
+    np.testing.assert_allclose(np.var(y, axis=0), var / (var + 1e-5), rtol=1e-12)  # ~1, exactly this
+
+
+def test_batchnorm_running_statistics_update_exactly():
+    layer = BatchNorm(5, momentum=0.9, eps=1e-3)
+    params = {"scale": jnp.asarray(rng.uniform(0.5, 2, 5)), "offset": jnp.asarray(rng.normal(size=5))}
+    old = {"mean": jnp.asarray(rng.normal(size=5)), "var": jnp.asarray(rng.uniform(0.5, 2, 5))}
+    y, new = layer.apply_train(params, jnp.asarray(H), state=old)
+    mean, var = H.mean(axis=0), H.var(axis=0)  # biased batch variance
+    np.testing.assert_allclose(new["mean"], 0.9 * np.asarray(old["mean"]) + 0.1 * mean, rtol=1e-13)
+    np.testing.assert_allclose(new["var"], 0.9 * np.asarray(old["var"]) + 0.1 * var, rtol=1e-13)
+    expected = (H - mean) / np.sqrt(var + 1e-3) * np.asarray(params["scale"]) + np.asarray(params["offset"])
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    # Evaluation uses the running statistics and leaves them alone.
+    y_eval, same = layer.forward(params, new, jnp.asarray(H), train=False)
+    assert same is new
+    new_np, params_np = jax.tree.map(np.asarray, (new, params))
+    expected = (H - new_np["mean"]) / np.sqrt(new_np["var"] + 1e-3) * params_np["scale"] + params_np["offset"]
+    np.testing.assert_allclose(y_eval, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(layer.apply(params, jnp.asarray(H), state=new), y_eval)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("state", [None, ()])
+def test_batchnorm_needs_its_state(state, train):
+    params, _ = BatchNorm(5).init(KEY)
+    with pytest.raises(ValueError, match="BatchNorm needs its running statistics: pass state="):
+        BatchNorm(5).forward(params, state, jnp.asarray(H), train=train)
+
+
+def test_batchnorm_rejects_bad_shapes_and_configuration():
+    params, state = BatchNorm(5).init(KEY)
+    with pytest.raises(ValueError, match=r"\[\.\.\., 5\]"):
+        BatchNorm(5).apply(params, jnp.ones((4, 3)), state=state)
+    with pytest.raises(ValueError, match=r"\[batch, features\]"):
+        BatchNorm(5).apply_train(params, jnp.ones((2, 4, 5)), state=state)
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm(5, momentum=1.5)
+    with pytest.raises(ValueError, match="eps"):
+        BatchNorm(5, eps=0.0)
+
+
+# --- LayerNorm ---------------------------------------------------------------------------
+
+
+def test_layernorm_normalizes_each_example():
+    layer = LayerNorm(5, eps=1e-3)
+    params = {"scale": jnp.asarray(rng.uniform(0.5, 2, 5)), "offset": jnp.asarray(rng.normal(size=5))}
+    x = H.reshape(4, 4, 5)  # any leading axes
+    mean, var = x.mean(axis=-1, keepdims=True), x.var(axis=-1, keepdims=True)
+    expected = (x - mean) / np.sqrt(var + 1e-3) * np.asarray(params["scale"]) + np.asarray(params["offset"])
+    y = layer.apply(params, jnp.asarray(x))
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    y_train, state = layer.apply_train(params, jnp.asarray(x), state=())
+    np.testing.assert_array_equal(y_train, y)  # no batch statistics: the same in both modes
+    assert state == ()
+    plain = layer.apply(as64(layer.init(KEY)[0]), jnp.asarray(H))
+    np.testing.assert_allclose(np.mean(plain, axis=-1), np.zeros(16), atol=1e-12)
+    np.testing.assert_allclose(np.var(plain, axis=-1), H.var(-1) / (H.var(-1) + 1e-3), rtol=1e-12)
+
+
+# --- Serial and Function -----------------------------------------------------------------
+
+
+def test_serial_is_the_composition_of_its_layers():
+    layers = (Dense(3, 5), Activation("tanh"), Dropout(0.4), Dense(5, 2))
+    model = Serial(layers)
+    params, state = model.init(KEY)
+    assert isinstance(params, tuple) and len(params) == 4 and state == ((), (), (), ())
+    for i, layer in enumerate(layers):  # layer i initialized from fold_in(key, i)
+        assert_trees_equal(params[i], layer.init(jax.random.fold_in(KEY, i))[0])
+    params_np = jax.tree.map(np.asarray, params)
+    h = np.tanh(X @ params_np[0]["w"] + params_np[0]["b"])
+    np.testing.assert_allclose(model.apply(params, X), h @ params_np[3]["w"] + params_np[3]["b"], rtol=1e-6)
+    # Training: layer i draws from fold_in(key, i).
+    dropped, _ = layers[2].apply_train((), h, key=jax.random.fold_in(KEY, 2))
+    y, new_state = model.apply_train(params, X, key=KEY, state=state)
+    np.testing.assert_allclose(y, np.asarray(dropped) @ params_np[3]["w"] + params_np[3]["b"], rtol=1e-6)
+    assert new_state == state
+
+
+def test_serial_rejects_non_layers():
+    with pytest.raises(ValueError, match=r"layers\[1\] must be an fnn Layer; got function"):
+        Serial((Dense(3, 5), user_model))
+
+
+def user_model(params, x):
+    return jnp.tanh(x @ params["w"]) * params["s"]
+
+
+def test_function_wraps_a_user_function():
+    params = {"w": jnp.asarray(rng.normal(size=(3, 2))), "s": jnp.asarray(2.0)}
+    layer = Function(user_model)
+    np.testing.assert_array_equal(layer.apply(params, X), user_model(params, X))
+    y, state = layer.apply_train(params, X, state=(), key=KEY)
+    np.testing.assert_array_equal(y, user_model(params, X))
+    assert state == ()
+    with pytest.raises(ValueError, match="build its params yourself"):
+        layer.init(KEY)
+    # as_model: layers pass through, functions are wrapped, anything else is an error.
+    assert as_model(user_model) == layer and isinstance(as_model(user_model), Layer)
+    assert as_model(layer) is layer
+    with pytest.raises(ValueError, match="model must be an fnn Layer or a function"):
+        as_model(3)
+    composed = Serial((Dense(3, 3), Function(user_model)))
+    dense_params, _ = Dense(3, 3).init(KEY)
+    np.testing.assert_allclose(
+        composed.apply((dense_params, params), X), user_model(params, Dense(3, 3).apply(dense_params, X)), rtol=1e-6
+    )
+
+
+# --- the mlp builder ---------------------------------------------------------------------
+
+
+def describe(model):
+    """Each layer as a short tuple: its kind and its configuration."""
+    kinds = {
+        Dense: lambda l: ("Dense", l.in_features, l.out_features, l.w_init),
+        BatchNorm: lambda l: ("BatchNorm", l.features),
+        Activation: lambda l: ("Activation", l.fn),
+        Dropout: lambda l: ("Dropout", l.rate),
+    }
+    return [kinds[type(layer)](layer) for layer in model.layers]
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, [("Dense", 3, 5, "glorot_uniform"), ("Activation", "relu"), ("Dense", 5, 2, "glorot_uniform")]),
+        (
+            {"dropout": 0.1, "activation": "tanh", "init": "he_normal"},
+            [("Dense", 3, 5, "he_normal"), ("Activation", "tanh"), ("Dropout", 0.1), ("Dense", 5, 2, "he_normal")],
+        ),
+        (  # dropout=0.0 still builds the layers (a sweep may vmap its rate); None builds none
+            {"dropout": 0.0, "batchnorm": True, "output_activation": "softmax"},
+            [("Dense", 3, 5, "glorot_uniform"), ("BatchNorm", 5), ("Activation", "relu"), ("Dropout", 0.0)]
+            + [("Dense", 5, 2, "glorot_uniform"), ("Activation", "softmax")],
+        ),
+    ],
+    ids=["plain", "dropout", "batchnorm"],
+)
+def test_mlp_layer_structure(kwargs, expected):
+    assert describe(mlp([3, 5, 2], **kwargs)) == expected
+
+
+def test_mlp_depth_and_initializer():
+    assert describe(mlp([3, 2])) == [("Dense", 3, 2, "glorot_uniform")]
+    deep = mlp([3, 5, 4, 2], batchnorm=True, dropout=0.2)
+    assert [type(l).__name__ for l in deep.layers] == ["Dense", "BatchNorm", "Activation", "Dropout"] * 2 + ["Dense"]
+    assert [(l.in_features, l.out_features) for l in deep.layers if isinstance(l, Dense)] == [(3, 5), (5, 4), (4, 2)]
+    params, _ = mlp([3, 5, 2], init="ones").init(KEY)  # init= reaches every Dense
+    assert [np.asarray(p["w"]).tolist() for p in params if p] == [np.ones((3, 5)).tolist(), np.ones((5, 2)).tolist()]
+
+
+@pytest.mark.parametrize("sizes", [[], [3]])
+def test_mlp_needs_two_sizes(sizes):
+    with pytest.raises(ValueError, match="sizes must list at least"):
+        mlp(sizes)
+
+
+def test_mlp_rejects_unknown_names():
+    with pytest.raises(ValueError, match="^init must be"):
+        mlp([3, 2], init="glorot")
+    with pytest.raises(ValueError, match="^activation must be"):
+        mlp([3, 5, 2], activation="swish")
+    with pytest.raises(ValueError, match="rate"):
+        mlp([3, 5, 2], dropout=1.0)
+
+
+# --- layers are pytrees; jit and vmap over every model -----------------------------------
+
+
+def test_hyperparameters_are_leaves_and_equal_models_hash_alike():
+    model = mlp([3, 5, 2], dropout=0.1, batchnorm=True)
+    leaves = jax.tree.leaves(model)
+    assert 0.1 in leaves and 0.99 in leaves  # dropout rate and batch-norm momentum
+    twin = mlp([3, 5, 2], dropout=0.1, batchnorm=True)
+    assert twin is not model and twin == model and hash(twin) == hash(model)
+    assert mlp([3, 5, 2], dropout=0.2, batchnorm=True) != model
+    other_rate = jax.tree.structure(mlp([3, 5, 2], dropout=0.2, batchnorm=True))
+    assert other_rate == jax.tree.structure(model)  # a new rate is new data, not a new program
+
+
+def test_equal_models_share_one_compiled_program():
+    traces = []
+
+    @jax.jit
+    def forward(model, params, state, x, key):
+        traces.append(1)  # runs only when jit traces
+        return model.apply_train(params, x, state=state, key=key)[0]
+
+    model = mlp([3, 5, 2], dropout=0.1, batchnorm=True)
+    params, state = model.init(KEY)
+    forward(model, params, state, X, KEY)
+    forward(mlp([3, 5, 2], dropout=0.1, batchnorm=True), params, state, X, KEY)  # built again: equal
+    other_rate = mlp([3, 5, 2], dropout=0.6, batchnorm=True)
+    y_other_rate = forward(other_rate, params, state, X, KEY)
+    assert len(traces) == 1  # one trace for equal models and for another dropout rate ...
+    eager = other_rate.apply_train(params, X, state=state, key=KEY)[0]
+    np.testing.assert_allclose(y_other_rate, eager, rtol=1e-6)  # ... whose value the program did use
+    forward(mlp([3, 5, 2], batchnorm=True), params[:3] + params[4:], state[:3] + state[4:], X, KEY)
+    assert len(traces) == 2  # a structural change traces again
+
+
+MODELS = {
+    "mlp": mlp([3, 5, 2]),
+    "mlp_dropout": mlp([3, 5, 2], dropout=0.1),
+    "mlp_batchnorm": mlp([3, 5, 2], batchnorm=True),
+    "layernorm_serial": Serial((Dense(3, 5), LayerNorm(5), Activation("gelu"), Dense(5, 2))),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_vmap_over_init_keys_and_jit_of_apply(name):
+    model = MODELS[name]
+    keys = jax.random.split(KEY, 3)
+    params, state = jax.vmap(model.init)(keys)
+    for i in range(3):  # each member is the model initialized from its own key
+        p_i, s_i = model.init(keys[i])
+        assert_trees_equal(jax.tree.map(lambda a: a[i], (params, state)), (p_i, s_i), rtol=1e-6)
+    assert not np.allclose(params[0]["w"][0], params[0]["w"][1])
+    p0, s0 = jax.tree.map(lambda a: a[0], (params, state))
+    np.testing.assert_allclose(jax.jit(model.apply)(p0, X, state=s0), model.apply(p0, X, state=s0), rtol=1e-6)
+    y, new_state = jax.jit(model.apply_train)(p0, X, state=s0, key=KEY)
+    assert y.shape == (8, 2)
+    assert_trees_equal((y, new_state), model.apply_train(p0, X, state=s0, key=KEY), rtol=1e-6)

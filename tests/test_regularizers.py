@@ -1,0 +1,101 @@
+"""L1/L2 penalties: values against NumPy, default and custom selection, gradients, traced strengths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fnn import regularizers as reg
+
+
+def make_params(dtype=np.float64):
+    rng = np.random.default_rng(0)
+
+    def leaf(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype)
+
+    return {
+        "dense": {"w": leaf(3, 4), "b": leaf(4)},
+        "norm": {"scale": leaf(4), "offset": leaf(4)},
+        "out": [{"w": leaf(4, 2), "b": leaf(2)}],
+    }
+
+
+def kernels(params):
+    return [np.asarray(params["dense"]["w"]), np.asarray(params["out"][0]["w"])]
+
+
+@pytest.mark.parametrize(
+    "build, formula",
+    [
+        (lambda: reg.l2(0.3), lambda ws: 0.3 / 2 * sum(np.sum(w**2) for w in ws)),
+        (lambda: reg.l1(0.3), lambda ws: 0.3 * sum(np.sum(np.abs(w)) for w in ws)),
+        (
+            lambda: reg.l1_l2(0.2, 0.7),
+            lambda ws: 0.2 * sum(np.sum(np.abs(w)) for w in ws) + 0.7 / 2 * sum(np.sum(w**2) for w in ws),
+        ),
+    ],
+    ids=["l2", "l1", "l1_l2"],
+)
+def test_value_against_numpy_on_kernels_only(build, formula):
+    params = make_params()
+    penalty = build()
+    np.testing.assert_allclose(penalty(params), formula(kernels(params)), rtol=1e-13)
+    # biases and 1-D norm scales/offsets are not penalised by default
+    moved = jax.tree.map(lambda x: x + 5.0 if x.ndim < 2 else x, params)
+    np.testing.assert_allclose(penalty(moved), penalty(params), rtol=1e-15)
+
+
+def test_is_weight_selects_two_or_more_dimensions():
+    assert reg.is_weight((), jnp.zeros((3, 4))) and reg.is_weight((), jnp.zeros((3, 3, 2, 4)))
+    assert not reg.is_weight((), jnp.zeros(4)) and not reg.is_weight((), jnp.zeros(()))
+
+
+def test_custom_select_by_name():
+    params = make_params()
+    only_biases = reg.l2(2.0, select=lambda path, leaf: jax.tree_util.keystr(path).endswith("['b']"))
+    biases = [params["dense"]["b"], params["out"][0]["b"]]
+    np.testing.assert_allclose(only_biases(params), sum(np.sum(np.square(b)) for b in biases), rtol=1e-13)
+    assert float(reg.l1(1.0, select=lambda path, leaf: False)(params)) == 0.0
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.25])
+def test_grad_of_l2_is_strength_times_selected_weights(strength):
+    params = make_params()
+    grads = jax.grad(reg.l2(strength))(params)
+    for (path, g), p in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(params)):
+        want = strength * p if p.ndim >= 2 else jnp.zeros_like(p)
+        np.testing.assert_allclose(g, want, rtol=1e-15, atol=0, err_msg=jax.tree_util.keystr(path))
+
+
+def test_vmap_and_jit_over_traced_strength():
+    params = make_params()
+    strengths = jnp.linspace(0.0, 0.7, 8)
+    base = reg.l2(1.0)(params)
+    got = jax.jit(jax.vmap(lambda s: reg.l1_l2(0.0, s)(params)))(strengths)
+    np.testing.assert_allclose(got, strengths * base, rtol=1e-13)
+    penalty = jax.jit(lambda r, p: r(p))
+    penalty(reg.l2(0.1), params)
+    penalty(reg.l2(0.2), params)
+    assert penalty._cache_size() == 1
+
+
+def test_float32_params_give_a_float32_penalty():
+    params = make_params(np.float32)
+    for penalty in [reg.l2(0.1), reg.l1(jnp.float64(0.1)), reg.l1_l2(0.1, 0.2)]:
+        assert penalty(params).dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda: reg.l2(-0.1), "strength"),
+        (lambda: reg.l1(float("nan")), "strength"),
+        (lambda: reg.l1_l2(-0.1, 0.1), "l1_strength"),
+        (lambda: reg.l1_l2(0.1, -0.1), "l2_strength"),
+        (lambda: reg.l2(0.1, select="w"), "select"),
+    ],
+)
+def test_bad_arguments_name_the_argument(build, name):
+    with pytest.raises(ValueError, match=name):
+        build()
