@@ -16,7 +16,8 @@ Under an outer ``jit``/``vmap`` nothing can raise: read ``result.diverged``.
 
 Under ``vmap`` a member that stopped (early or by divergence) keeps its state unchanged
 while the others go on (JAX batches the while loop by masking); run alone, a stopped run
-skips the remaining epochs, and steps after a divergence are skipped with ``lax.cond``.
+skips the remaining epochs (steps after a divergence, within its epoch, are computed
+and discarded).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class _Config:
     monitor: str
     maximize: bool
     progress: bool
+    batch_sharding: Any = None
 
 
 def _float(value=jnp.nan):
@@ -126,6 +128,14 @@ def _tree_where(condition, new, old):
 def _all_finite(tree):
     """True when every element is finite (one fused reduction: a sum is finite iff its terms are)."""
     return jnp.isfinite(sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)))
+
+
+def _shard(batch, sharding):
+    """Split a mini-batch's example axis over devices (data parallelism); the compiler
+    then averages the gradients across them. No-op without a sharding."""
+    if sharding is None:
+        return batch
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
 
 
 def _history_names(trainer: Trainer, has_validation: bool) -> list[str]:
@@ -162,25 +172,25 @@ def _train_epoch(trainer: Trainer, loop: _Loop, x, y, cfg: _Config):
     )
     names = ["loss", *(name for name, _ in trainer.metrics)]
 
-    def update(carry, batch):
+    def step(carry, batch):
         state, diverged, diverged_step, last_loss, sums, lr = carry
         idx, w = batch
-        new_state, metrics = trainer.train_step(state, (x[idx], y[idx], w))
-        ok = jnp.isfinite(metrics["loss"]) & _all_finite(new_state.params)
+        new_state, metrics = trainer.train_step(state, _shard((x[idx], y[idx], w), cfg.batch_sharding))
+        # an update counts only while the run is healthy and it keeps everything finite;
+        # a masked select rather than lax.cond: under vmap a cond would become a select
+        # of the whole carry anyway, and unbatched the epoch loop stops after this epoch.
+        ok = jnp.isfinite(metrics["loss"]) & _all_finite(new_state.params) & ~diverged
         total = jnp.sum(w)
         counted = {k: metrics[k] * total for k in names} | {"weight": total}
-        sums = {k: sums[k] + jnp.where(ok, counted[k], 0) for k in sums}
-        return (
+        carry = (
             _tree_where(ok, new_state, state),
-            ~ok,
-            jnp.where(ok, diverged_step, state.step),
+            diverged | ~ok,
+            jnp.where(ok | diverged, diverged_step, state.step),
             jnp.where(ok, metrics["loss"], last_loss),
-            sums,
+            {k: sums[k] + jnp.where(ok, counted[k], 0) for k in sums},
             jnp.where(ok, metrics["lr"], lr).astype(lr.dtype),
         )
-
-    def step(carry, batch):
-        return jax.lax.cond(carry[1], lambda c, b: c, update, carry, batch), None
+        return carry, None
 
     sums = {k: _float(0.0) for k in [*names, "weight"]}
     init = (state, loop.diverged, loop.diverged_step, loop.last_loss, sums, _float())
@@ -304,6 +314,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    batch_sharding=None,
 ) -> FitResult:
     """Train ``trainer``'s model on (x, y) for ``epochs`` epochs of mini-batches.
 
@@ -329,6 +340,9 @@ def fit(
       checkpoint: file to save the run to (atomically) every ``checkpoint_every`` epochs.
       checkpoint_every: epochs per compiled chunk between checkpoints.
       resume: continue from ``checkpoint`` if that file exists.
+      batch_sharding: a ``jax.sharding.NamedSharding`` that splits each mini-batch's
+        example axis over devices (data-parallel training; see
+        ``fnn.distributed.data_parallel``). Params stay replicated.
 
     Returns:
       a ``FitResult``.
@@ -358,7 +372,7 @@ def fit(
     if monitor not in names:
         raise ValueError(f"monitor must be one of {names}; got {monitor!r}")
     cfg = _Config(batch_size, drop_last, min(eval_batch_size, len(validation[0])) if validation else 1, patience,
-                  monitor, monitor.endswith("accuracy"), bool(progress))
+                  monitor, monitor.endswith("accuracy"), bool(progress), batch_sharding)
     loop = _initial_loop(trainer, state, epochs, validation is not None, cfg.maximize)
     if progress:
         progress_lib.start()

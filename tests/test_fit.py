@@ -162,7 +162,7 @@ def test_fit_under_jit_equals_eager_and_vmap_equals_single_runs(digits):
     singles = [fnn.fit(tr, x, y, key=k, **kwargs) for k in keys]
     jitted = jax.jit(lambda k: fnn.fit(tr, x, y, key=k, **kwargs))(keys[0])
     for a, b in zip(jax.tree.leaves(singles[0].state.params), jax.tree.leaves(jitted.state.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # an outer jit may fuse (reassociate) differently
     batched = jax.vmap(lambda k: fnn.fit(tr, x, y, key=k, **kwargs))(keys)
     for i, single in enumerate(singles):
         for a, b in zip(jax.tree.leaves(single.state.params), jax.tree.leaves(batched.state.params)):
