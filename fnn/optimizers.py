@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.pytree import pytree_dataclass
-from fnn.schedules import Schedule, _checked, as_schedule
+from fnn.schedules import Schedule, as_schedule
+from fnn.validation import hyperparameter
 from fnn.validation import check_same_structure, is_concrete
 
 # ----------------------------------------------------------------------------- states
@@ -85,16 +86,16 @@ def _map_leaves(rule, params, *trees):
 
 def _lr(lr):
     """Validate a learning-rate argument (>= 0 unless a schedule) and make it a schedule."""
-    return as_schedule(_checked("lr", lr, 0))
+    return as_schedule(hyperparameter("lr", lr, 0))
 
 
 def _fraction(name, value):
     """A decay or momentum coefficient, in [0, 1)."""
-    return _checked(name, value, 0, 1, high_open=True)
+    return hyperparameter(name, value, 0, 1, high_open=True)
 
 
 def _positive(name, value):
-    return _checked(name, value, 0, low_open=True)
+    return hyperparameter(name, value, 0, low_open=True)
 
 
 def global_norm(tree):
@@ -497,7 +498,7 @@ def adagrad(lr, initial_accumulator=0.0, eps=1e-10) -> AdaGrad:
     Returns:
       An :class:`AdaGrad` optimizer.
     """
-    return AdaGrad(_lr(lr), _checked("initial_accumulator", initial_accumulator, 0), _positive("eps", eps))
+    return AdaGrad(_lr(lr), hyperparameter("initial_accumulator", initial_accumulator, 0), _positive("eps", eps))
 
 
 def adam(lr, b1=0.9, b2=0.999, eps=1e-8) -> Adam:
@@ -527,7 +528,7 @@ def adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2) -> AdamW:
       An :class:`AdamW` optimizer.
     """
     base = adam(lr, b1, b2, eps)
-    return AdamW(base.lr, base.b1, base.b2, base.eps, _checked("weight_decay", weight_decay, 0))
+    return AdamW(base.lr, base.b1, base.b2, base.eps, hyperparameter("weight_decay", weight_decay, 0))
 
 
 def _wrap(cls, optimizer, name, limit):

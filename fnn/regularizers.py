@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.pytree import pytree_dataclass
-from fnn.schedules import _checked
+from fnn.validation import hyperparameter
 
 
 def is_weight(path, leaf) -> bool:
@@ -117,7 +117,7 @@ def l2(strength, select=is_weight) -> L2:
     Returns:
       An :class:`L2` regularizer, ``reg(params) -> scalar``.
     """
-    return L2(_checked("strength", strength, 0), _select(select))
+    return L2(hyperparameter("strength", strength, 0), _select(select))
 
 
 def l1(strength, select=is_weight) -> L1:
@@ -130,7 +130,7 @@ def l1(strength, select=is_weight) -> L1:
     Returns:
       An :class:`L1` regularizer, ``reg(params) -> scalar``.
     """
-    return L1(_checked("strength", strength, 0), _select(select))
+    return L1(hyperparameter("strength", strength, 0), _select(select))
 
 
 def l1_l2(l1_strength, l2_strength, select=is_weight) -> L1L2:
@@ -144,4 +144,4 @@ def l1_l2(l1_strength, l2_strength, select=is_weight) -> L1L2:
     Returns:
       An :class:`L1L2` regularizer, ``reg(params) -> scalar``.
     """
-    return L1L2(_checked("l1_strength", l1_strength, 0), _checked("l2_strength", l2_strength, 0), _select(select))
+    return L1L2(hyperparameter("l1_strength", l1_strength, 0), hyperparameter("l2_strength", l2_strength, 0), _select(select))

@@ -22,22 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.pytree import pytree_dataclass
-from fnn.validation import check_in_range, is_concrete
+from fnn.validation import check_in_range, hyperparameter, is_concrete
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _checked(name: str, value, low=None, high=None, *, low_open=False, high_open=False):
-    """Check ``value`` lies in the interval (when concrete) and return it as a hyperparameter.
-
-    A Python number becomes a Python float, so that ``1`` and ``0.5`` give pytree
-    leaves of the same type and share one compiled program; arrays, tracers and
-    callables are returned unchanged.
-    """
-    check_in_range(name, value, low, high, low_open=low_open, high_open=high_open)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 def _float(x):
@@ -171,7 +158,7 @@ def constant(value) -> Constant:
     Returns:
       A :class:`Constant` schedule, ``lr(step) = value``.
     """
-    return Constant(_checked("value", value, 0))
+    return Constant(hyperparameter("value", value, 0))
 
 
 def piecewise_constant(boundaries, values) -> PiecewiseConstant:
@@ -202,9 +189,9 @@ def piecewise_constant(boundaries, values) -> PiecewiseConstant:
 def _time_decay(cls, init_value, decay_rate, decay_steps, staircase, names=("decay_rate", "decay_steps")):
     """Validate the arguments of a :class:`_TimeDecay` schedule and build it."""
     return cls(
-        _checked("init_value", init_value, 0),
-        _checked(names[0], decay_rate, 0),
-        _checked(names[1], decay_steps, 0, low_open=True),
+        hyperparameter("init_value", init_value, 0),
+        hyperparameter(names[0], decay_rate, 0),
+        hyperparameter(names[1], decay_steps, 0, low_open=True),
         bool(staircase),
     )
 
@@ -271,9 +258,9 @@ def cosine_decay(init_value, decay_steps, alpha=0.0) -> CosineDecay:
       A :class:`CosineDecay` schedule.
     """
     return CosineDecay(
-        _checked("init_value", init_value, 0),
-        _checked("decay_steps", decay_steps, 0, low_open=True),
-        _checked("alpha", alpha, 0, 1),
+        hyperparameter("init_value", init_value, 0),
+        hyperparameter("decay_steps", decay_steps, 0, low_open=True),
+        hyperparameter("alpha", alpha, 0, 1),
     )
 
 
@@ -293,8 +280,8 @@ def warmup(schedule, warmup_steps, init_value=0.0) -> Warmup:
     """
     return Warmup(
         as_schedule(schedule),
-        _checked("warmup_steps", warmup_steps, 0, low_open=True),
-        _checked("init_value", init_value, 0),
+        hyperparameter("warmup_steps", warmup_steps, 0, low_open=True),
+        hyperparameter("init_value", init_value, 0),
     )
 
 

@@ -87,3 +87,16 @@ def check_same_structure(name_a: str, tree_a, name_b: str, tree_b):
             raise ValueError(
                 f"{name_a} and {name_b} must have the same leaf shapes; got {np.shape(a)} and {np.shape(b)}"
             )
+
+
+def hyperparameter(name: str, value, low=None, high=None, *, low_open=False, high_open=False):
+    """Check ``value`` lies in the interval (when concrete) and return it as a hyperparameter.
+
+    A Python number becomes a Python float, so that ``1`` and ``0.5`` give pytree
+    leaves of the same type and share one compiled program; arrays, tracers and
+    callables are returned unchanged.
+    """
+    check_in_range(name, value, low, high, low_open=low_open, high_open=high_open)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
