@@ -6,7 +6,7 @@ immutable pytrees, so that a whole run is one compiled program that can be ``vma
 over seeds and hyperparameters.
 """
 
-from fnn import activations, checkpoint, datasets, init, schedules
+from fnn import activations, checkpoint, datasets, distributed, init, schedules
 from fnn.data import one_hot, prepare_images, standardize, train_test_split
 from fnn.fit import DivergenceError, FitResult, fit
 from fnn.gradcheck import check_grads, numerical_grad
@@ -41,6 +41,7 @@ from fnn.optimizers import (
     sgd,
 )
 from fnn.regularizers import is_weight, l1, l1_l2, l2
+from fnn.sweep import SweepResult, sweep
 from fnn.train import Trainer, TrainState
 
 __version__ = "0.1.0"

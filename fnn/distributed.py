@@ -1,21 +1,278 @@
-"""Devices: sweep members or mini-batches sharded over a mesh with ``jax.sharding``."""
+"""Devices: runs and mini-batches sharded over a mesh with ``jax.sharding``; many hosts
+with ``jax.distributed``.
+
+Three ways to use more than one device, all on JAX's own engine (no ``pmap``, no
+home-made protocol):
+
+1. **Sweep-parallel** (``member_sharding``). ``fnn.sweep`` runs many members (seeds ×
+   hyperparameters) as one vmapped program; with several devices each chunk's member
+   axis is sharded over a 1-D mesh ``"members"`` (``NamedSharding``), so every device
+   trains its own members and no data crosses devices during training. Results equal
+   the single-device sweep::
+
+       fnn.sweep(config, x, y, seeds=32, devices=4, ...)   # first 4 local devices
+
+2. **Data-parallel** (``data_parallel``). One run; each mini-batch's example axis is
+   split over a 1-D mesh ``"data"``, the parameters are replicated, and the compiler
+   inserts the all-reduce that averages the gradients. Results equal single-device
+   ``fit`` up to float reassociation (the batch sum is added up in another order)::
+
+       sharding = fnn.distributed.data_parallel()          # all devices
+       fnn.fit(trainer, x, y, key=0, epochs=10, batch_size=64, batch_sharding=sharding)
+
+   ``batch_size`` must be a multiple of the number of devices (``check_batch_divisible``).
+
+3. **Multi-host** (``initialize_from_env``, ``process_shard``). Start one process per
+   host with ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0),
+   ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set; call ``initialize_from_env()``
+   before any other JAX call; then ``jax.devices()`` lists every process's devices and
+   ``process_shard`` tells each process which contiguous part of the data is its own::
+
+       index, count = fnn.distributed.initialize_from_env()
+       x_mine, y_mine = fnn.distributed.shard_for_process((x, y))
+
+Fake devices for testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
+(or ``jax.config.update("jax_num_cpu_devices", 4)``) before JAX starts.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Mapping, NamedTuple
+
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
-def member_sharding(devices, members: int):
+
+# ---------------------------------------------------------------------------- meshes
+
+
+def resolve_devices(devices, available) -> list:
+    """The devices a ``devices=`` argument names.
+
+    Args:
+      devices: ``None`` (all of ``available``), an int ``k`` (the first ``k`` of
+        ``available``) or a sequence of ``jax.Device``.
+      available: the devices to choose from by default or by count.
+    Returns:
+      a non-empty list of distinct devices.
+    Raises:
+      ValueError: naming ``devices`` when it asks for more devices than exist, for
+        fewer than one, or holds something that is not a distinct JAX device.
+    """
+    available = list(available)
+    if devices is None:
+        return available
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if devices > len(available):
+            raise ValueError(
+                f"devices={devices} asks for more devices than exist: {len(available)} available "
+                f"({available[0].platform}); pass 1 <= devices <= {len(available)}, a list of devices, or None "
+                "(on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N gives N devices)"
+            )
+        if devices < 1:
+            raise ValueError(f"devices must be >= 1 (a device count); got {devices}")
+        return available[:devices]
+    given = devices
+    devices = [devices] if isinstance(devices, (jax.Device, str)) or not hasattr(devices, "__iter__") else list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError(f"devices must be None, a count >= 1 or a non-empty list of jax devices; got {given!r}")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"devices must not repeat a device; got {devices!r}")
+    return devices
+
+
+def _mesh_sharding(devices: list, axis: str) -> NamedSharding:
+    return NamedSharding(Mesh(np.array(devices), (axis,)), PartitionSpec(axis))
+
+
+def member_sharding(devices, members: int) -> NamedSharding | None:
     """A NamedSharding of a sweep's member axis over ``devices`` (a 1-D mesh "members").
 
     Args:
-      devices: a list of devices, or None for all local devices.
-      members: members per chunk (for the error message only).
+      devices: ``None`` for all local devices, an int count (the first that many local
+        devices) or a list of devices. More than ``members`` devices are not used: the
+        mesh takes the first ``members`` of them, so no device computes padding only.
+      members: members per chunk (>= 1).
     Returns:
-      the sharding, or None when there is a single device (nothing to shard).
+      the sharding, or None when a single device remains (nothing to shard).
+    Raises:
+      ValueError: naming ``devices`` when more devices are asked for than exist.
     """
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = resolve_devices(devices, jax.local_devices())[: max(int(members), 1)]
     if len(devices) <= 1:
         return None
-    return NamedSharding(Mesh(devices, ("members",)), PartitionSpec("members"))
+    return _mesh_sharding(devices, "members")
+
+
+def data_parallel(devices=None) -> NamedSharding:
+    """A sharding that splits a mini-batch's example axis over ``devices`` (mesh "data").
+
+    Pass it as ``fnn.fit(..., batch_sharding=data_parallel())``: every mini-batch array
+    (inputs, targets, example weights) is split along its first axis, parameters and
+    optimizer state stay replicated, and the compiler averages the gradients across
+    devices with an all-reduce. ``batch_size`` must be a multiple of the device count.
+
+    Args:
+      devices: ``None`` for all devices (every process's, after ``initialize_from_env``),
+        an int count (the first that many) or a list of devices.
+    Returns:
+      ``NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))``.
+    Raises:
+      ValueError: naming ``devices`` when more devices are asked for than exist.
+    """
+    return _mesh_sharding(resolve_devices(devices, jax.devices()), "data")
+
+
+def check_batch_divisible(batch_size: int, sharding) -> None:
+    """Raise unless ``batch_size`` splits evenly over ``sharding``'s first-axis shards.
+
+    The eager check ``fit`` makes on ``batch_sharding`` before anything is traced.
+
+    Args:
+      batch_size: examples per mini-batch.
+      sharding: ``None`` (no check) or a ``NamedSharding`` such as ``data_parallel()``.
+    Raises:
+      ValueError: naming ``batch_sharding`` when it is not a NamedSharding, or
+        ``batch_size`` when it is not a multiple of the number of shards.
+    """
+    if sharding is None:
+        return
+    if not isinstance(sharding, NamedSharding):
+        raise ValueError(
+            f"batch_sharding must be a jax.sharding.NamedSharding (see fnn.distributed.data_parallel); got {sharding!r}"
+        )
+    spec = sharding.spec[0] if len(sharding.spec) else None
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    shards = int(np.prod([sharding.mesh.shape[a] for a in axes], dtype=int))
+    if batch_size % shards:
+        raise ValueError(
+            f"batch_size must be a multiple of the {shards} devices the batch is split over; got {batch_size}: "
+            f"use batch_size={shards * max(batch_size // shards, 1)} or fewer devices"
+        )
+
+
+# ---------------------------------------------------------------------------- many hosts
+
+
+class ProcessInfo(NamedTuple):
+    """This process's place among the processes of a multi-host run."""
+
+    index: int
+    count: int
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int:
+    text = environ[name].strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer; got {text!r}") from None
+
+
+def initialize_from_env(environ: Mapping[str, str] | None = None) -> ProcessInfo:
+    """Join a multi-process run: ``jax.distributed.initialize`` from environment variables.
+
+    Reads ``JAX_COORDINATOR_ADDRESS`` (``host:port`` where process 0 serves the
+    coordinator, e.g. ``10.0.0.1:1234`` or ``127.0.0.1:1234`` for processes on one
+    machine), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (``0 .. num_processes - 1``),
+    checks them and calls ``jax.distributed.initialize`` with them. Call it first thing,
+    before any other JAX computation; every process runs the same script. Afterwards
+    ``jax.devices()`` holds all processes' devices (``data_parallel()`` spans them) and
+    ``jax.local_devices()`` this process's (a sweep shards its members over those).
+
+    When none of the three variables is set, nothing is initialized and the process
+    runs alone: ``ProcessInfo(0, 1)``. The same script then runs on one machine or many.
+
+    Args:
+      environ: the environment to read (default ``os.environ``).
+    Returns:
+      ``ProcessInfo(index, count)``, as passed to ``jax.distributed.initialize`` (equal to
+      ``jax.process_index()`` and ``jax.process_count()`` afterwards).
+    Raises:
+      ValueError: naming the variable that is missing (when another one is set), not an
+        integer, or out of range (``num_processes < 1``, ``process_id`` outside
+        ``[0, num_processes)``, an address without a port).
+      RuntimeError: from JAX when it was already initialized or JAX already ran.
+    """
+    environ = os.environ if environ is None else environ
+    names = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+    present = [name for name in names if environ.get(name, "").strip()]
+    if not present:
+        return ProcessInfo(0, 1)
+    for name in names:
+        if name not in present:
+            raise ValueError(
+                f"environment variable {name} is not set, but {', '.join(present)} is: a multi-process run needs "
+                f"all of {', '.join(names)}"
+            )
+    address = environ[ENV_COORDINATOR].strip()
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"environment variable {ENV_COORDINATOR} must be host:port (e.g. 127.0.0.1:1234); got {address!r}")
+    count = _env_int(environ, ENV_NUM_PROCESSES)
+    if count < 1:
+        raise ValueError(f"environment variable {ENV_NUM_PROCESSES} must be >= 1; got {count}")
+    index = _env_int(environ, ENV_PROCESS_ID)
+    if not 0 <= index < count:
+        raise ValueError(f"environment variable {ENV_PROCESS_ID} must lie in [0, {count}) ({ENV_NUM_PROCESSES}={count}); got {index}")
+    jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
+    return ProcessInfo(index, count)
+
+
+def process_shard(
+    n_examples: int, process_index: int | None = None, process_count: int | None = None, *, drop_remainder: bool = False
+) -> slice:
+    """The contiguous part ``[start, stop)`` of ``n_examples`` that belongs to one process.
+
+    The parts of processes ``0 .. count-1`` are disjoint, in order, and cover every example.
+    With ``n = q * count + r``, the first ``r`` processes get ``q + 1`` examples and the
+    others ``q`` (as ``numpy.array_split``). With ``drop_remainder=True`` every process gets
+    exactly ``q`` and the last ``r`` examples go unused: equal shards, as needed to
+    assemble one global array (``jax.make_array_from_process_local_data``).
+
+    Args:
+      n_examples: the number of examples (>= 0).
+      process_index: which process (default ``jax.process_index()``).
+      process_count: how many processes (default ``jax.process_count()``).
+      drop_remainder: equal shards, dropping the ``n % count`` examples at the end.
+    Returns:
+      a ``slice`` to index the example axis with.
+    Raises:
+      ValueError: naming the argument that is out of range.
+    """
+    count = jax.process_count() if process_count is None else process_count
+    index = jax.process_index() if process_index is None else process_index
+    for name, value, low in (("n_examples", n_examples, 0), ("process_count", count, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < count:
+        raise ValueError(f"process_index must be an int in [0, {count}); got {index!r}")
+    size, extra = divmod(int(n_examples), int(count))
+    if drop_remainder:
+        return slice(index * size, (index + 1) * size)
+    start = index * size + min(index, extra)
+    return slice(start, start + size + (index < extra))
+
+
+def shard_for_process(data, process_index: int | None = None, process_count: int | None = None, *, drop_remainder: bool = False):
+    """This process's part of ``data``: every leaf sliced with ``process_shard``.
+
+    Args:
+      data: an array or a pytree of arrays (e.g. ``(x, y)``) sharing their first axis.
+      process_index, process_count, drop_remainder: as for ``process_shard``.
+    Returns:
+      ``data`` with every leaf cut to this process's examples.
+    Raises:
+      ValueError: naming ``data`` when the leaves differ in their number of examples.
+    """
+    lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
+    if len(lengths) != 1 or None in lengths:
+        raise ValueError(f"data must be arrays with the same number of examples (first axis); got lengths {sorted(map(str, lengths))}")
+    part = process_shard(lengths.pop(), process_index, process_count, drop_remainder=drop_remainder)
+    return jax.tree.map(lambda leaf: leaf[part], data)

@@ -35,6 +35,7 @@ from fnn import checkpoint as checkpoint_lib
 from fnn import losses as losses_lib
 from fnn import progress as progress_lib
 from fnn.batching import epoch_batches
+from fnn.distributed import check_batch_divisible
 from fnn.train import Trainer, TrainState, as_key
 from fnn.validation import check_finite, check_int, check_nonnegative, is_concrete
 
@@ -354,6 +355,7 @@ def fit(
     epochs = check_int("epochs", epochs)
     batch_size = check_int("batch_size", batch_size)
     eval_batch_size = check_int("eval_batch_size", eval_batch_size)
+    check_batch_divisible(batch_size, batch_sharding)
     if patience is not None:
         check_int("patience", patience)
     check_nonnegative("tol", tol)

@@ -23,6 +23,7 @@ so member (grid point g, seed s) equals ``fit(config(**g), x, y, key=s, ...)`` r
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 from typing import Any, Callable, NamedTuple
@@ -160,8 +161,9 @@ def sweep(
       grid: ``{hyperparameter: values}``; keys must be parameters of ``config``.
       product: Cartesian product of the grid (default) or zip of equal-length lists.
       chunk_size: at most this many members per compiled call (bounds memory); default all.
-      devices: shard each chunk's members over these devices (default: all local devices
-        when more than one; pass ``[jax.devices()[0]]`` to force one).
+      devices: shard each chunk's members over these devices: ``None`` (all local
+        devices), a count (the first that many) or a list; ``[jax.devices()[0]]`` or ``1``
+        runs on one. See ``fnn.distributed.member_sharding``.
       **fit_kwargs: passed to ``fit`` (epochs, batch_size, validation, patience, ...).
         ``key``, ``state`` and checkpoints are per-run options and are refused here.
     Returns:
@@ -175,8 +177,8 @@ def sweep(
     chunk = n if chunk_size is None else check_int("chunk_size", chunk_size)
     sharding = member_sharding(devices, min(chunk, n))
     chunk = sharding.num_devices * -(-min(chunk, n) // sharding.num_devices) if sharding else min(chunk, n)
-    run = _compiled_members(config, fit_kwargs, sharding)
-    pieces = [run(x, y, _take(table, range(start, start + chunk), n)) for start in range(0, n, chunk)]
+    pieces = [_run_chunk(config, fit_kwargs, x, y, _take(table, range(start, start + chunk), n), sharding)
+              for start in range(0, n, chunk)]
     results = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
     return SweepResult(params=table, results=results)
 
@@ -187,23 +189,34 @@ def _take(table: dict, index, n: int) -> dict:
     return {k: v[rows] for k, v in table.items()}
 
 
-def _compiled_members(config: Callable, fit_kwargs: dict, sharding):
-    """A jitted function running a chunk of members with one vmapped fit."""
+_ARRAY_OPTIONS = ("validation", "params", "model_state")  # fit options passed as traced data
 
-    options = {k: v for k, v in fit_kwargs.items() if k != "validation"}
 
-    def one(x, y, validation, member):
+@functools.partial(jax.jit, static_argnames=("config", "options"))
+def _run_members(config: Callable, options: tuple, x, y, arrays: dict, chunk: dict):
+    """One vmapped ``fit`` over a chunk of members (compiled once per configuration).
+
+    ``options`` are fit's static options (hashable); ``arrays`` its array-valued ones,
+    shared by all members.
+    """
+
+    def one(member):
         hyper = {k: v for k, v in member.items() if k != "seed"}
-        return fit(config(**hyper), x, y, key=member["seed"], validation=validation, **options)
+        return fit(config(**hyper), x, y, key=member["seed"], **arrays, **dict(options))
 
-    run = jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
-    validation = fit_kwargs.get("validation")
-    validation = None if validation is None else tuple(jnp.asarray(a) for a in validation)
+    return jax.vmap(one)(chunk)
 
-    def call(x, y, chunk):
-        chunk = {k: jnp.asarray(v, jnp.int32 if k == "seed" else jnp.result_type(float)) for k, v in chunk.items()}
-        if sharding is not None:
-            chunk = jax.device_put(chunk, sharding)
-        return run(jnp.asarray(x), jnp.asarray(y), validation, chunk)
 
-    return call
+def _run_chunk(config, fit_kwargs: dict, x, y, chunk: dict, sharding):
+    """Place a chunk's member table (sharded over devices if asked) and run it."""
+    chunk = {k: jnp.asarray(v, jnp.int32 if k == "seed" else jnp.result_type(float)) for k, v in chunk.items()}
+    if sharding is not None:
+        chunk = jax.device_put(chunk, sharding)
+    arrays = {k: jax.tree.map(jnp.asarray, v) for k, v in fit_kwargs.items() if k in _ARRAY_OPTIONS and v is not None}
+    options = tuple(sorted((k, v) for k, v in fit_kwargs.items() if k not in _ARRAY_OPTIONS))
+    for name, value in options:
+        try:
+            hash(value)
+        except TypeError:
+            raise ValueError(f"sweep option {name}= must be a hashable (static) value; got {type(value).__name__}") from None
+    return _run_members(config, options, jnp.asarray(x), jnp.asarray(y), arrays, chunk)

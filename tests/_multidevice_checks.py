@@ -1,0 +1,189 @@
+"""Checks that need several devices or processes; tests/test_distributed.py runs them in
+subprocesses so that the main test session keeps its single device.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \\
+        python tests/_multidevice_checks.py devices
+    JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=i \\
+        python tests/_multidevice_checks.py processes        # once per process i = 0, 1
+
+Each check prints one JSON line ``{"check": name, "ok": bool, ...}``: a failed check
+carries its traceback, a passed one what it measured (largest differences seen).
+"""
+
+import json
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+import fnn
+from fnn.datasets import load_digits
+from fnn.distributed import check_batch_divisible, data_parallel, initialize_from_env, member_sharding, shard_for_process
+from fnn.sweep import sweep
+
+jax.config.update("jax_enable_x64", True)  # as the main test session (tests/conftest.py)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+OPTIONS = dict(epochs=3, batch_size=48)  # 48: a multiple of 4 devices (and of 2 processes)
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def config(lr=1e-2):
+    return fnn.Trainer(fnn.mlp([64, 16, 10]), fnn.adam(lr), fnn.cross_entropy)
+
+
+def digits():
+    x, y = load_digits()
+    return (x[:288] / 16.0).astype(np.float32), y[:288]
+
+
+def local(a):
+    """The numbers of a (possibly multi-process, replicated) array, as NumPy."""
+    return np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a)
+
+
+def compare(a, b) -> dict:
+    """Assert two FitResults agree on params and histories (allclose); return the largest
+    absolute and relative differences and whether they are bit-identical."""
+    leaves = [jax.tree.leaves((r.state.params, r.history)) for r in (a, b)]
+    pairs = [(local(u), local(v)) for u, v in zip(*leaves)]
+    for u, v in pairs:
+        np.testing.assert_allclose(u, v, rtol=RTOL, atol=ATOL)
+    assert np.array_equal(local(a.stop_epoch), local(b.stop_epoch))
+    diff = [np.nan_to_num(np.abs(u.astype(float) - v)) for u, v in pairs]
+    relative = [d[np.abs(v) >= 1e-3] / np.abs(v[np.abs(v) >= 1e-3]) for d, (_, v) in zip(diff, pairs)]
+    return {
+        "max_abs_diff": max(float(d.max()) for d in diff),
+        "max_rel_diff_where_abs_ge_1e-3": max(float(r.max(initial=0.0)) for r in relative),
+        "bitwise_equal": all(np.array_equal(u, v, equal_nan=True) for u, v in pairs),
+    }
+
+
+# ---------------------------------------------------------------------------- 4 devices, one process
+
+
+def sweep_parallel():
+    """2 lr × 4 seeds sharded over 4 devices (2 members each) == the one-device sweep."""
+    assert len(jax.devices()) == 4, jax.devices()
+    x, y = digits()
+    grid = {"lr": [1e-2, 3e-3]}
+    sharded = sweep(config, x, y, seeds=4, grid=grid, **OPTIONS)
+    leaf = sharded.results.state.params[0]["w"]
+    assert leaf.sharding.spec == jax.sharding.PartitionSpec("members"), leaf.sharding
+    shards = {shard.device: shard.data.shape[0] for shard in leaf.addressable_shards}
+    assert sorted(shards.values()) == [2] * 4 and set(shards) == set(jax.devices()), shards
+    single = sweep(config, x, y, seeds=4, grid=grid, devices=[jax.devices()[0]], **OPTIONS)
+    assert single.results.state.params[0]["w"].devices() == {jax.devices()[0]}
+    return compare(sharded.results, single.results) | {"members_per_device": sorted(shards.values())}
+
+
+def data_parallel_fit():
+    """fit with each mini-batch split over 4 devices == fit on one device, up to float
+    reassociation; the program carries the batch sharding and params stay replicated.
+    Reports the one-device run as ``reference`` for the two-process check."""
+    x, y = digits()
+    sharding = data_parallel()
+    assert sharding.mesh.shape == {"data": 4} and sharding.spec == jax.sharding.PartitionSpec("data")
+    single = fnn.fit(config(), x, y, key=0, **OPTIONS)
+    parallel = fnn.fit(config(), x, y, key=0, batch_sharding=sharding, **OPTIONS)
+    leaf = parallel.state.params[0]["w"]
+    assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated, leaf.sharding
+    lowered = jax.jit(lambda k: fnn.fit(config(), x, y, key=k, batch_sharding=sharding, **OPTIONS).state.params).lower(0)
+    assert '{"data"}' in lowered.as_text(), "no sharding over the data axis in the lowered program"
+    return compare(parallel, single) | {"reference": numbers(single)}
+
+
+def numbers(result) -> list:
+    """A FitResult's final params and training-loss history, as JSON-ready lists."""
+    return [local(leaf).tolist() for leaf in jax.tree.leaves((result.state.params, result.history["loss"]))]
+
+
+def raises(call, *fragments):
+    """Assert that ``call()`` raises a ValueError whose message holds every fragment."""
+    try:
+        call()
+    except ValueError as error:
+        assert all(f in str(error) for f in fragments), str(error)
+    else:
+        raise AssertionError(f"no ValueError; expected one saying {fragments}")
+
+
+def too_many_devices():
+    """Asking for more devices than exist, or a batch that does not split evenly: errors."""
+    x, y = digits()
+    raises(lambda: member_sharding(5, 8), "devices=5", "4 available")
+    raises(lambda: data_parallel(5), "devices=5", "4 available")
+    raises(lambda: sweep(config, x, y, seeds=8, devices=5, **OPTIONS), "devices=5", "4 available")
+    check_batch_divisible(48, data_parallel())
+    check_batch_divisible(50, data_parallel(2))
+    raises(lambda: check_batch_divisible(50, data_parallel()), "batch_size must be a multiple of the 4 devices")
+
+
+def fit_checks_batch_divisible():
+    """fit refuses, before compiling, a batch_size that does not split over the devices."""
+    x, y = digits()
+    raises(lambda: fnn.fit(config(), x, y, key=0, epochs=1, batch_size=50, batch_sharding=data_parallel()), "batch_size")
+
+
+# ---------------------------------------------------------------------------- 2 processes, 1 device each
+
+
+def processes_initialized(info):
+    assert tuple(info) == (jax.process_index(), jax.process_count()) and info.count == 2, (info, jax.devices())
+    assert len(jax.local_devices()) == 1 and len(jax.devices()) == 2, jax.devices()
+    return {"index": info.index, "count": info.count}
+
+
+def allgather_shards(info):
+    """Each process sums its shard of 0..10; gathered, the shards cover every example once."""
+    mine = shard_for_process(np.arange(11.0))
+    gathered = multihost_utils.process_allgather(np.array([mine.sum(), mine.size]))
+    assert gathered.shape == (2, 2) and list(gathered.sum(0)) == [55.0, 11.0], gathered
+    return {"shard_sizes": [int(n) for n in gathered[:, 1]]}
+
+
+def global_mesh_sum(info):
+    """Equal shards assembled into one array over both processes' devices; a jitted sum
+    reduces across processes."""
+    sharding = data_parallel()
+    mine = shard_for_process(np.arange(11.0), drop_remainder=True)
+    array = jax.make_array_from_process_local_data(sharding, mine)
+    assert array.shape == (10,) and not array.is_fully_addressable
+    total = local(jax.jit(jnp.sum)(array))
+    assert float(total) == 45.0, total
+
+
+def data_parallel_fit_over_processes(info):
+    """fit with mini-batches split over the two processes; the test compares ``numbers``
+    with the one-device run of the 4-device check (the same fit)."""
+    x, y = digits()
+    parallel = fnn.fit(config(), x, y, key=0, batch_sharding=data_parallel(), **OPTIONS)
+    assert len(parallel.state.params[0]["w"].sharding.device_set) == 2
+    return {"numbers": numbers(parallel)}
+
+
+CHECKS = {
+    "devices": [sweep_parallel, data_parallel_fit, too_many_devices, fit_checks_batch_divisible],
+    "processes": [processes_initialized, allgather_shards, global_mesh_sum, data_parallel_fit_over_processes],
+}
+
+
+def main(mode: str):
+    args = ()
+    if mode == "processes":
+        args = (initialize_from_env(),)  # before any computation
+    for check in CHECKS[mode]:
+        start = time.perf_counter()
+        try:
+            report = {"check": check.__name__, "ok": True} | (check(*args) or {})
+        except Exception:  # noqa: BLE001 - reported to the test, which fails with it
+            report = {"check": check.__name__, "ok": False, "error": traceback.format_exc()}
+        print(json.dumps(report | {"seconds": round(time.perf_counter() - start, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

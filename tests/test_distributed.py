@@ -1,0 +1,261 @@
+"""Devices: member and batch shardings, multi-host initialization and data shards.
+
+The checks that need several devices or processes run in subprocesses (see
+``tests/_multidevice_checks.py``), so this session keeps its single CPU device:
+
+- 4 fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=4``): a sweep
+  sharded over them equals the one-device sweep; data-parallel ``fit`` equals one-device
+  ``fit`` up to float reassociation; asking for 5 devices is an error.
+- 2 processes over loopback (``jax.distributed`` with the CPU backend's gloo
+  collectives): ``initialize_from_env``, gathering each process's shard, a jitted sum
+  over a mesh spanning both, and data-parallel ``fit`` across the processes.
+
+Both kinds start together (module fixture) and run while the in-process tests do.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from fnn.distributed import (
+    ProcessInfo,
+    check_batch_divisible,
+    data_parallel,
+    initialize_from_env,
+    member_sharding,
+    process_shard,
+    shard_for_process,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = Path(__file__).with_name("_multidevice_checks.py")
+TIMEOUT = 300
+MULTIHOST_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def _environment(**variables) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in (*MULTIHOST_VARIABLES, "XLA_FLAGS")}
+    path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": path} | variables
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Launched:
+    """Subprocesses running ``_multidevice_checks.py``; ``reports(i)`` waits for one."""
+
+    def __init__(self, runs: list[tuple[str, dict]]):
+        self.runs = [
+            subprocess.Popen([sys.executable, str(CHECKS), mode], cwd=ROOT, env=_environment(**env), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for mode, env in runs
+        ]
+        self.done: dict = {}
+
+    def reports(self, i: int) -> dict:
+        """``{check name: report}`` of run ``i``; fails the test if the run crashed or hung."""
+        if i not in self.done:
+            process = self.runs[i]
+            try:
+                out, err = process.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, err = process.communicate()
+                pytest.fail(f"{process.args} did not finish in {TIMEOUT} s\n{out}\n{err[-3000:]}")
+            reports = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            if process.returncode != 0 or not reports:
+                pytest.fail(f"{process.args} exited with {process.returncode}\n{out}\n{err[-3000:]}")
+            self.done[i] = {r["check"]: r for r in reports}
+        return self.done[i]
+
+    def close(self):
+        for process in self.runs:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+@pytest.fixture(scope="module")
+def launched():
+    """One 4-device run and two processes of a 2-process run, started together."""
+    port = _free_port()
+    processes = [("processes", {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                                "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    runs = Launched([("devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}), *processes])
+    yield runs
+    runs.close()
+
+
+def assert_passed(report: dict):
+    assert report["ok"], f"{report['check']} failed in the subprocess:\n{report.get('error')}"
+
+
+# ---------------------------------------------------------------------------- 4 devices
+
+
+@pytest.mark.parametrize("check", ["sweep_parallel", "data_parallel_fit", "too_many_devices", "fit_checks_batch_divisible"])
+def test_on_four_devices(launched, check):
+    """sweep_parallel: members 2 per device, allclose(rtol 1e-5, atol 1e-6) to one device;
+    data_parallel_fit: the same tolerance to one-device fit; too_many_devices: errors."""
+    assert_passed(launched.reports(0)[check])
+
+
+# ---------------------------------------------------------------------------- 2 processes
+
+
+@pytest.mark.parametrize("check", ["processes_initialized", "allgather_shards", "global_mesh_sum", "data_parallel_fit_over_processes"])
+def test_two_processes_over_loopback(launched, check):
+    reports = [launched.reports(i)[check] for i in (1, 2)]
+    for report in reports:
+        assert_passed(report)
+    if check == "processes_initialized":
+        assert [(r["index"], r["count"]) for r in reports] == [(0, 2), (1, 2)]
+    if check == "allgather_shards":
+        assert reports[0]["shard_sizes"] == [6, 5]  # 11 examples: the first process gets the extra one
+    if check == "data_parallel_fit_over_processes":  # == fit on one device (run by the 4-device check)
+        reference = launched.reports(0)["data_parallel_fit"].get("reference")
+        if reference is None:
+            pytest.fail("the one-device reference comes from the 4-device data_parallel_fit check, which failed")
+        for report in reports:
+            for a, b in zip(report["numbers"], reference, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- shardings on one device
+
+
+def test_one_device_needs_no_member_sharding():
+    assert member_sharding(None, 6) is None and member_sharding(1, 6) is None
+    assert member_sharding([jax.devices()[0]], 6) is None
+
+
+@pytest.mark.parametrize(
+    "devices, match",
+    [
+        (len(jax.devices()) + 1, "more devices than exist"),
+        (0, "devices must be >= 1"),
+        ([], "non-empty list of jax devices"),
+        ("cpu", "non-empty list of jax devices"),
+        (2.0, "non-empty list of jax devices"),
+        ([jax.devices()[0]] * 2, "must not repeat"),
+    ],
+)
+def test_bad_devices_are_named(devices, match):
+    for make in (lambda: member_sharding(devices, 6), lambda: data_parallel(devices)):
+        with pytest.raises(ValueError, match=match):
+            make()
+
+
+def test_data_parallel_is_a_batch_axis_sharding():
+    sharding = data_parallel()
+    assert isinstance(sharding, NamedSharding) and sharding.spec == PartitionSpec("data")
+    assert sharding.mesh.shape == {"data": len(jax.devices())}
+    check_batch_divisible(7, sharding)  # one device: any batch splits
+    check_batch_divisible(7, None)
+    with pytest.raises(ValueError, match="batch_sharding must be a jax.sharding.NamedSharding"):
+        check_batch_divisible(8, jax.devices()[0])
+
+
+# ---------------------------------------------------------------------------- multi-host entry point
+
+
+@pytest.fixture
+def initialize_calls(monkeypatch):
+    """Records the arguments of jax.distributed.initialize instead of starting anything."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    return calls
+
+
+def multihost_env(address="10.0.0.1:1234", count="4", index="3"):
+    values = dict(zip(MULTIHOST_VARIABLES, (address, count, index)))
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def test_initialize_from_env_passes_the_variables_to_jax(initialize_calls, monkeypatch):
+    assert initialize_from_env(multihost_env(count=" 4 ")) == ProcessInfo(3, 4)
+    assert initialize_calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3)]
+    for name, value in multihost_env(address="127.0.0.1:5555", count="2", index="0").items():
+        monkeypatch.setenv(name, value)
+    assert initialize_from_env() == (0, 2)  # os.environ by default
+    assert initialize_calls[-1] == dict(coordinator_address="127.0.0.1:5555", num_processes=2, process_id=0)
+
+
+def test_initialize_from_env_without_variables_runs_alone(initialize_calls):
+    assert initialize_from_env({}) == ProcessInfo(0, 1) and initialize_calls == []
+    assert initialize_from_env({"JAX_NUM_PROCESSES": " "}) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "variables, match",
+    [
+        (multihost_env(address=None), "JAX_COORDINATOR_ADDRESS is not set"),
+        (multihost_env(count=None), "JAX_NUM_PROCESSES is not set"),
+        (multihost_env(index=None), "JAX_PROCESS_ID is not set"),
+        (multihost_env(count="four"), "JAX_NUM_PROCESSES must be an integer; got 'four'"),
+        (multihost_env(index="1.0"), "JAX_PROCESS_ID must be an integer"),
+        (multihost_env(count="0", index="0"), "JAX_NUM_PROCESSES must be >= 1"),
+        (multihost_env(index="4"), r"JAX_PROCESS_ID must lie in \[0, 4\)"),
+        (multihost_env(index="-1"), "JAX_PROCESS_ID must lie in"),
+        (multihost_env(address="10.0.0.1"), "JAX_COORDINATOR_ADDRESS must be host:port"),
+        (multihost_env(address=":1234"), "JAX_COORDINATOR_ADDRESS must be host:port"),
+        (multihost_env(address="host:99999"), "JAX_COORDINATOR_ADDRESS must be host:port"),
+    ],
+)
+def test_initialize_from_env_names_the_bad_variable(initialize_calls, variables, match):
+    with pytest.raises(ValueError, match=match):
+        initialize_from_env(variables)
+    assert initialize_calls == []
+
+
+# ---------------------------------------------------------------------------- data shards
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 10, 101])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7])
+def test_process_shards_partition_the_examples(n, count):
+    parts = [process_shard(n, i, count) for i in range(count)]
+    covered = np.concatenate([np.arange(n)[p] for p in parts])
+    assert list(covered) == list(range(n))  # disjoint, in order, every example once
+    sizes = [p.stop - p.start for p in parts]
+    assert sizes == [n // count + (i < n % count) for i in range(count)]  # the first n % count get one more
+    equal = [process_shard(n, i, count, drop_remainder=True) for i in range(count)]
+    assert [(p.start, p.stop) for p in equal] == [(i * (n // count), (i + 1) * (n // count)) for i in range(count)]
+
+
+def test_process_shard_defaults_to_this_process():
+    assert process_shard(10) == slice(0, 10)  # one process: everything
+    x, y = np.arange(20.0).reshape(10, 2), np.arange(10)
+    xs, ys = shard_for_process((x, y), 1, 3)
+    np.testing.assert_array_equal(xs, x[4:7])
+    np.testing.assert_array_equal(ys, y[4:7])
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: process_shard(-1, 0, 2), "n_examples must be an int >= 0"),
+        (lambda: process_shard(10.0, 0, 2), "n_examples"),
+        (lambda: process_shard(10, 0, 0), "process_count must be an int >= 1"),
+        (lambda: process_shard(10, 2, 2), r"process_index must be an int in \[0, 2\)"),
+        (lambda: process_shard(10, -1, 2), "process_index"),
+        (lambda: shard_for_process((np.zeros(3), np.zeros(4)), 0, 2), "same number of examples"),
+        (lambda: shard_for_process(np.float32(1.0), 0, 2), "same number of examples"),
+    ],
+)
+def test_bad_shard_arguments_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+

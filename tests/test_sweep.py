@@ -1,0 +1,179 @@
+"""Sweeps: seeds × hyperparameter grids as one vmapped program, on one device.
+
+Every sweep here uses the same configuration and fit options, so the compiled program
+of a 6-member chunk is built once and shared by the tests (only the chunked sweep, with
+4-member chunks, compiles a second one). Multi-device sweeps: tests/test_distributed.py.
+"""
+
+import contextlib
+
+import jax
+import numpy as np
+import pytest
+
+import fnn
+from fnn.datasets import load_digits
+from fnn.sweep import members, sweep
+
+EPOCHS, BATCH, STEPS = 5, 50, 6  # 300 examples: 6 updates an epoch
+LRS, SEEDS = [1e-2, 3e-3], 3
+
+
+def config(lr=1e-2, l2=0.0):
+    return fnn.Trainer(fnn.mlp([64, 16, 10]), fnn.adam(lr), fnn.cross_entropy, regularizer=fnn.l2(l2))
+
+
+@pytest.fixture(scope="module")
+def data():
+    """300 training and 100 validation digits, scaled to [0, 1]."""
+    x, y = load_digits()
+    x = (x / 16.0).astype(np.float32)
+    return x[:300], y[:300], x[300:400], y[300:400]
+
+
+@pytest.fixture(scope="module")
+def options(data):
+    """The fit options every sweep and single run here shares."""
+    return dict(epochs=EPOCHS, batch_size=BATCH, validation=data[2:], patience=2, tol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def run(data, options):
+    """``run(**sweep_arguments)``: a sweep of ``config`` on the data with the shared options."""
+    return lambda **kwargs: sweep(config, data[0], data[1], **(options | kwargs))
+
+
+@pytest.fixture(scope="module")
+def swept(run):
+    """The 2 lr × 3 seed sweep, one chunk."""
+    return run(seeds=SEEDS, grid={"lr": LRS})
+
+
+def assert_members_close(batched, i, single, rtol=1e-5, atol=1e-6):
+    """Member ``i`` of a stacked FitResult equals a single FitResult."""
+    pick = jax.tree.map(lambda a: a[i], (batched.state.params, batched.best_params, batched.history))
+    for a, b in zip(jax.tree.leaves(pick), jax.tree.leaves((single.state.params, single.best_params, single.history))):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    for name in ("stop_epoch", "best_epoch", "stopped_early", "diverged"):
+        assert getattr(batched, name)[i] == getattr(single, name), name
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA compilations inside the block (``jax.monitoring``): yields a list."""
+    events = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def test_sweep_equals_members_run_one_at_a_time(data, options, swept):
+    """2 lr × 3 seeds in one vmapped program == the 6 runs of fit(config(lr), key=seed)."""
+    x, y, _, _ = data
+    table = swept.params
+    assert list(table["lr"]) == [1e-2] * 3 + [3e-3] * 3 and list(table["seed"]) == [0, 1, 2] * 2
+    for i, (lr, seed) in enumerate(zip(table["lr"], table["seed"])):
+        single = fnn.fit(config(float(lr)), x, y, key=int(seed), **options)
+        assert_members_close(swept.results, i, single)
+    assert int(swept.results.state.step[0]) == EPOCHS * STEPS
+
+
+def test_chunks_smaller_than_the_sweep_give_the_same_numbers(run, swept):
+    """6 members in chunks of 4: the second chunk is padded with repeated members."""
+    chunked = run(seeds=SEEDS, grid={"lr": LRS}, chunk_size=4)
+    assert chunked.results.history["loss"].shape == (6, EPOCHS)
+    for i in range(6):
+        assert_members_close(chunked.results, i, jax.tree.map(lambda a: a[i], swept.results))
+
+
+def test_early_stopping_per_member_and_no_recompilation(run, swept):
+    """lr 0 never improves: with patience 2 those members stop after epoch 3 (1-based)
+    and stop updating, while the lr 1e-2 members run all epochs, unchanged by their
+    stopped neighbours. Same configuration and shapes: the program is not compiled again."""
+    with count_compiles() as compiles:
+        result = run(seeds=SEEDS, grid={"lr": [1e-2, 0.0]}).results
+    assert compiles == []
+    stopped, going = slice(3, 6), slice(0, 3)
+    assert list(result.stop_epoch[stopped]) == [3] * 3 and all(result.stopped_early[stopped])
+    assert list(result.state.step[stopped]) == [3 * STEPS] * 3
+    assert np.all(np.isnan(result.history["loss"][stopped, 3:])) and list(result.best_epoch[stopped]) == [0] * 3
+    assert list(result.stop_epoch[going]) == [EPOCHS] * 3 and not any(result.stopped_early[going])
+    for i in range(3):
+        assert_members_close(result, i, jax.tree.map(lambda a: a[i], swept.results), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def test_rows_hold_hyperparameters_seed_and_final_and_best_metrics(swept):
+    rows = swept.rows()
+    h = swept.results.history
+    assert len(rows) == 6
+    for i, row in enumerate(rows):
+        assert (row["lr"], row["seed"]) == (swept.params["lr"][i], swept.params["seed"][i])
+        stop, best = int(swept.results.stop_epoch[i]), int(swept.results.best_epoch[i])
+        assert (row["stop_epoch"], row["best_epoch"], row["diverged"]) == (stop, best, False)
+        assert row["final_val_loss"] == pytest.approx(float(h["val_loss"][i, stop - 1]))
+        assert row["best_val_loss"] == pytest.approx(float(h["val_loss"][i, best]))
+        assert row["final_accuracy"] == pytest.approx(float(h["accuracy"][i, stop - 1]))
+
+
+def test_aggregate_and_summary_over_seeds(swept):
+    final = np.array([row["final_val_accuracy"] for row in swept.rows()]).reshape(2, SEEDS)
+    groups = swept.aggregate("final_val_accuracy")
+    assert [g["lr"] for g in groups] == LRS and all(g["seeds"] == SEEDS for g in groups)
+    for g, values in zip(groups, final):
+        assert (g["mean"], g["std"], g["min"], g["max"]) == pytest.approx(
+            (values.mean(), values.std(), values.min(), values.max())
+        )
+    lines = swept.summary("final_val_accuracy").splitlines()
+    assert lines[0] == "| lr | seeds | final_val_accuracy mean ± std | min | max |"
+    assert lines[1] == "|---|---|---|---|---|" and len(lines) == 4
+    assert lines[2].startswith("| 0.01 | 3 | ") and f"{final[0].mean():.4f} ± {final[0].std():.4f}" in lines[2]
+    assert lines[3].startswith("| 0.003 | 3 | ")
+
+
+def test_product_and_zip_of_the_grid():
+    grid = {"lr": [1e-2, 1e-3], "l2": [0.0, 1e-4]}
+    product = members(config, grid, seeds=2)
+    assert list(zip(product["lr"], product["l2"], product["seed"])) == [
+        (lr, l2, s) for lr in grid["lr"] for l2 in grid["l2"] for s in (0, 1)
+    ]
+    zipped = members(config, grid, seeds=[7], product=False)
+    assert list(zip(zipped["lr"], zipped["l2"], zipped["seed"])) == [(1e-2, 0.0, 7), (1e-3, 1e-4, 7)]
+    assert list(members(config, {}, seeds=3)) == ["seed"]
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(grid={"momentum": [0.9]}), "'momentum' is not a hyperparameter"),
+        (dict(grid={"lr": [1e-2, 1e-3], "l2": [0.0]}, product=False), "equal lengths"),
+        (dict(grid={"lr": []}), r"grid\['lr'\]"),
+        (dict(chunk_size=0), "chunk_size must be >= 1"),
+        (dict(chunk_size=2.5), "chunk_size"),
+        (dict(seeds=0), "seeds must be >= 1"),
+        (dict(seeds=[]), "seeds"),
+        (dict(seeds=[0.5, 1.5]), "seeds"),
+        (dict(key=0), "key= is not a sweep option"),
+        (dict(state=None), "state= is not a sweep option"),
+        (dict(devices=len(jax.devices()) + 1), "devices"),
+    ],
+)
+def test_bad_input_raises_before_compiling(run, change, match):
+    with count_compiles() as compiles, pytest.raises(ValueError, match=match):
+        run(**({"seeds": 2, "grid": {"lr": LRS}} | change))
+    assert compiles == []
