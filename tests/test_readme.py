@@ -13,3 +13,4 @@ def test_readme_examples_run(capsys):
     exec(compile("\n".join(blocks), str(README), "exec"), namespace)
     assert namespace["result"].history["val_accuracy"][namespace["result"].best_epoch] > 0.9
     assert namespace["runs"].history["loss"].shape == (8, 20)
+    assert len(namespace["table"].rows()) == 8
