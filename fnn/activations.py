@@ -12,6 +12,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from fnn.validation import lookup
+
 
 def identity(x):
     """f(x) = x (the linear output of a regression head)."""
@@ -81,8 +83,4 @@ def get(activation: str | Callable) -> Callable:
     Raises:
       ValueError: for an unknown name; the message lists the known ones.
     """
-    if callable(activation):
-        return activation
-    if isinstance(activation, str) and activation in _BY_NAME:
-        return _BY_NAME[activation]
-    raise ValueError(f"activation must be a callable or one of {sorted(_BY_NAME)}; got {activation!r}")
+    return lookup("activation", _BY_NAME, activation)

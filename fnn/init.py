@@ -25,6 +25,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from fnn.validation import lookup
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -186,8 +188,4 @@ def get(init: str | Initializer) -> Initializer:
     Raises:
       ValueError: for an unknown name; the message lists the known ones.
     """
-    if callable(init):
-        return init
-    if isinstance(init, str) and init in _BY_NAME:
-        return _BY_NAME[init]
-    raise ValueError(f"init must be a callable or one of {sorted(_BY_NAME)}; got {init!r}")
+    return lookup("init", _BY_NAME, init)

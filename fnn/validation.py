@@ -100,3 +100,13 @@ def hyperparameter(name: str, value, low=None, high=None, *, low_open=False, hig
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def lookup(name: str, table: dict, value):
+    """``value`` itself if callable, else ``table[value]``; a ValueError names ``name`` and
+    lists the known names otherwise (used for initializers and activations by name)."""
+    if callable(value):
+        return value
+    if isinstance(value, str) and value in table:
+        return table[value]
+    raise ValueError(f"{name} must be a callable or one of {sorted(table)}; got {value!r}")
