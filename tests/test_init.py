@@ -12,15 +12,16 @@ from fnn import init
 
 # name -> (initializer, variance(fan_in, fan_out, rows, cols), uniform limit or None, gaussian?)
 # rows/cols: the matrix view [prod(shape[:-1]), shape[-1]] that orthogonal uses.
+GLOROT, HE, LECUN = (lambda fi, fo, r, c: 2 / (fi + fo)), (lambda fi, fo, r, c: 2 / fi), (lambda fi, fo, r, c: 1 / fi)
 SCHEMES = {
     "normal(0.05)": (init.normal(0.05), lambda fi, fo, r, c: 0.05**2, None, True),
     "uniform(0.2)": (init.uniform(0.2), lambda fi, fo, r, c: 0.2**2 / 3, lambda fi, fo: 0.2, False),
-    "glorot_uniform": (init.glorot_uniform, lambda fi, fo, r, c: 2 / (fi + fo), lambda fi, fo: math.sqrt(6 / (fi + fo)), False),
-    "glorot_normal": (init.glorot_normal, lambda fi, fo, r, c: 2 / (fi + fo), None, True),
-    "he_uniform": (init.he_uniform, lambda fi, fo, r, c: 2 / fi, lambda fi, fo: math.sqrt(6 / fi), False),
-    "he_normal": (init.he_normal, lambda fi, fo, r, c: 2 / fi, None, True),
-    "lecun_uniform": (init.lecun_uniform, lambda fi, fo, r, c: 1 / fi, lambda fi, fo: math.sqrt(3 / fi), False),
-    "lecun_normal": (init.lecun_normal, lambda fi, fo, r, c: 1 / fi, None, True),
+    "glorot_uniform": (init.glorot_uniform, GLOROT, lambda fi, fo: math.sqrt(6 / (fi + fo)), False),
+    "glorot_normal": (init.glorot_normal, GLOROT, None, True),
+    "he_uniform": (init.he_uniform, HE, lambda fi, fo: math.sqrt(6 / fi), False),
+    "he_normal": (init.he_normal, HE, None, True),
+    "lecun_uniform": (init.lecun_uniform, LECUN, lambda fi, fo: math.sqrt(3 / fi), False),
+    "lecun_normal": (init.lecun_normal, LECUN, None, True),
     # Orthonormal columns (tall) or rows (wide): each element has variance gain^2 / max(r, c).
     "orthogonal(1.5)": (init.orthogonal(1.5), lambda fi, fo, r, c: 1.5**2 / max(r, c), None, False),
 }
@@ -28,9 +29,10 @@ CONSTANTS = {"zeros": (init.zeros, 0.0), "ones": (init.ones, 1.0), "constant(0.7
 ALL = {**{k: v[0] for k, v in SCHEMES.items()}, **{k: v[0] for k, v in CONSTANTS.items()}}
 # A dense kernel with fan_in > fan_out, and a conv kernel with fan_in < fan_out whose 2x2 receptive
 # field multiplies both fans (400, 1200). Drawing a sample compiles a program per shape and dtype
-# (~0.6 s on CPU), so the tests share few shapes: orthogonal draws a [400, 300] matrix for both.
+# (~0.6 s on CPU), so the tests share few shapes and dtypes: BIG in float64 wherever values are
+# compared (orthogonal draws a [400, 300] matrix for all three), SMALL for float32.
 SHAPES = [(400, 300), (2, 2, 100, 300)]
-SMALL = (8, 6)
+BIG, SMALL = SHAPES[0], (8, 6)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -87,17 +89,17 @@ def test_orthogonal_needs_rank_2():
 @pytest.mark.parametrize("name", SCHEMES)
 def test_same_key_same_values_other_key_other_values(name):
     fn = SCHEMES[name][0]
-    a, b = fn(jax.random.key(1), SMALL), fn(jax.random.key(1), SMALL)
-    c = fn(jax.random.key(2), SMALL)
+    a, b = fn(jax.random.key(1), BIG, jnp.float64), fn(jax.random.key(1), BIG, jnp.float64)
+    c = fn(jax.random.key(2), BIG, jnp.float64)
     np.testing.assert_array_equal(a, b)
     assert not np.any(np.asarray(a) == np.asarray(c))  # independent draws: no element repeats
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_dtype_default_is_float32(name):  # float64 is asked for, and checked, in the moment tests
-    a, b = ALL[name](jax.random.key(0), SMALL), ALL[name](jax.random.key(0), SMALL, jnp.float32)
-    assert a.dtype == b.dtype == jnp.float32
-    np.testing.assert_array_equal(a, b)
+def test_dtype_argument_is_respected(name):  # float64 values: the moment tests; here shapes only
+    for args, dtype in (((), jnp.float32), ((jnp.float32,), jnp.float32), ((jnp.float64,), jnp.float64)):
+        out = jax.eval_shape(lambda key: ALL[name](key, SMALL, *args), jax.random.key(0))  # noqa: B023
+        assert out.dtype == dtype and out.shape == SMALL
 
 
 BY_NAME = {
@@ -123,7 +125,8 @@ BY_NAME = {
 def test_get_by_name(name):
     fn = init.get(name)
     assert fn == BY_NAME[name]  # factories are frozen dataclasses: equal by value
-    np.testing.assert_array_equal(fn(jax.random.key(4), SMALL), BY_NAME[name](jax.random.key(4), SMALL))
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(fn(key, BIG, jnp.float64), BY_NAME[name](key, BIG, jnp.float64))
 
 
 def test_get_passes_callables_through_and_rejects_unknown_names():
@@ -157,9 +160,9 @@ def test_fans_of_a_scalar_shape_is_an_error():
 @pytest.mark.parametrize("name", SCHEMES)
 def test_vmap_over_keys(name):
     fn = SCHEMES[name][0]
-    keys = jax.random.split(jax.random.key(5), 4)
-    batch = jax.vmap(lambda k: fn(k, SMALL))(keys)
-    assert batch.shape == (4, *SMALL)
-    for i in range(4):  # each member is the draw of its own key ...
-        np.testing.assert_allclose(batch[i], fn(keys[i], SMALL), rtol=1e-5, atol=1e-6)
+    keys = jax.random.split(jax.random.key(5), 3)
+    batch = jax.vmap(lambda k: fn(k, BIG, jnp.float64))(keys)
+    assert batch.shape == (3, *BIG)
+    for i in range(3):  # each member is the draw of its own key ...
+        np.testing.assert_allclose(batch[i], fn(keys[i], BIG, jnp.float64), rtol=1e-12, atol=1e-14)
     assert not np.any(np.asarray(batch[0]) == np.asarray(batch[1]))  # ... and members differ
