@@ -34,7 +34,8 @@ def weighted_mean(per_example, weights=None):
     if weights.shape != per_example.shape:
         raise ValueError(f"weights must have shape {per_example.shape} (one per example); got {weights.shape}")
     total = jnp.sum(weights)
-    return jnp.sum(weights * per_example) / jnp.where(total > 0, total, 1)
+    weighted = jnp.where(weights > 0, weights * per_example, 0)  # a weight-0 row never counts, even if inf/NaN
+    return jnp.sum(weighted) / jnp.where(total > 0, total, 1)
 
 
 def _check_same_shape(predictions, targets):

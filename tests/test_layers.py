@@ -388,3 +388,12 @@ def test_vmap_over_init_keys_and_jit_of_apply(name):
     y, new_state = jax.jit(model.apply_train)(p0, X, state=s0, key=KEY)
     assert y.shape == (8, 2)
     assert_trees_equal((y, new_state), model.apply_train(p0, X, state=s0, key=KEY), rtol=1e-6)
+
+
+def test_jax_rebuilds_layers_without_rerunning_their_checks():
+    """tree.map / grad put zeros and cotangents in the leaves; that must not raise."""
+    assert float(jax.tree.map(jnp.zeros_like, BatchNorm(4)).eps) == 0.0
+    grad = jax.grad(lambda d: d.apply_train((), jnp.ones(10), key=jax.random.key(0))[0].sum())(Dropout(0.3))
+    assert isinstance(grad, Dropout) and np.isfinite(float(grad.rate))
+    with pytest.raises(ValueError, match="rate"):
+        Dropout(1.5)  # a user's construction is still checked

@@ -197,3 +197,8 @@ def test_default_metrics():
     assert losses.default_metrics(binary_cross_entropy) == {"accuracy": binary_accuracy}
     assert losses.default_metrics(mse) == {}
     assert losses.default_metrics(lambda p, t, w=None: mse(p, t, w)) == {}
+
+
+def test_zero_weight_rows_never_count_even_when_not_finite():
+    per_example = jnp.array([1.0, 3.0, jnp.inf, jnp.nan])
+    assert float(losses.weighted_mean(per_example, jnp.array([1.0, 1.0, 0.0, 0.0]))) == 2.0
