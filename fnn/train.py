@@ -157,6 +157,7 @@ class Trainer:
         Returns:
           dict ``{"loss": scalar, <metric>: scalar, ...}`` — example-weighted means.
         """
+        x, y = jnp.asarray(x), jnp.asarray(y)
         n = x.shape[0]
         indices, weights = eval_batches(n, min(batch_size, n))
 

@@ -1,10 +1,18 @@
-"""Test configuration: float64 available, rank promotion an error, warnings fatal."""
+"""Test configuration: float64 available, rank promotion an error.
+
+The tests compile hundreds of small programs and run each for milliseconds, so XLA's
+backend optimization level is lowered: on 2 CPU cores this halves the suite's time
+(compilation dominates), and equality tests compare programs built with the same flags.
+Benchmarks and experiments do not go through this file and keep full optimization.
+"""
 
 import os
 from pathlib import Path
 
-import jax
-import pytest
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import jax  # noqa: E402  (XLA_FLAGS must be set before JAX starts its backend)
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -44,7 +44,8 @@ MULTIHOST_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROC
 def _environment(**variables) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (*MULTIHOST_VARIABLES, "XLA_FLAGS")}
     path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return env | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": path} | variables
+    flags = " ".join(["--xla_backend_optimization_level=0", variables.pop("XLA_FLAGS", "")]).strip()  # as conftest
+    return env | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": path, "XLA_FLAGS": flags} | variables
 
 
 def _free_port() -> int:
