@@ -1,0 +1,154 @@
+"""Optimizer comparison on Fashion-MNIST, after Kingma & Ba (2015), section 6.2.
+
+Kingma & Ba compare optimizers by the training cost of a multilayer network (two hidden
+layers of 1,000 ReLU units, MNIST, mini-batches of 128) against iterations. Here: an MLP
+784-256-256-10 (ReLU, no dropout, so the training loss is the plain objective) on a
+random subset of Fashion-MNIST (10,000 training images by default, to keep the run at a
+couple of minutes on 2 CPU cores), mini-batches of 128, a constant learning rate, and
+four optimizers: SGD with Nesterov momentum 0.9, AdaGrad, RMSprop (decay 0.9) and Adam
+(0.9, 0.999). Each optimizer runs a small learning-rate grid as one vmapped
+``fnn.sweep``; the best rate of each is the one with the lowest final training loss
+(mean over seeds), and the plot shows its training loss against iterations.
+
+    python experiments/optimizers.py
+    python experiments/optimizers.py --n-train 1000 --epochs 1 --seeds 1 --optimizers Adam
+
+Writes ``<out>/optimizers.json`` and ``<out>/optimizers.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+import fnn  # noqa: E402
+from fnn.sweep import sweep  # noqa: E402
+
+NAME = "optimizers"
+
+OPTIMIZERS = {
+    "SGD+Nesterov": (lambda lr: fnn.sgd(lr, momentum=0.9, nesterov=True), [0.01, 0.03, 0.1, 0.3]),
+    "AdaGrad": (lambda lr: fnn.adagrad(lr), [0.003, 0.01, 0.03, 0.1]),
+    "RMSprop": (lambda lr: fnn.rmsprop(lr, decay=0.9), [3e-4, 1e-3, 3e-3, 1e-2]),
+    "Adam": (lambda lr: fnn.adam(lr), [3e-4, 1e-3, 3e-3, 1e-2]),
+}
+
+
+def parse(argv=None):
+    p = common.parser(__doc__.split("\n\n")[0], data=True)
+    p.add_argument("--n-train", type=int, default=10000, help="random subset of the 60,000 training images")
+    p.add_argument("--n-test", type=int, default=10000, help="first N test images (accuracy column only)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    p.add_argument("--seeds", type=int, default=2, help="seeds per learning rate")
+    p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    p.add_argument("--lrs", type=int, default=None, help="use only the first N learning rates of each grid")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    timer = common.Timer()
+    with timer("data"):
+        x_train, y_train, x_test, y_test = common.fashion_subset(common.load_fashion(args.data_dir), args.n_train, args.n_test)
+    sizes = [x_train.shape[1], *args.hidden, 10]
+    steps_per_epoch = -(-len(y_train) // args.batch_size)
+    common.say(
+        f"Fashion-MNIST subset: {len(y_train)} train / {len(y_test)} test; MLP {'-'.join(map(str, sizes))} ReLU; "
+        f"batch {args.batch_size}, {args.epochs} epochs ({steps_per_epoch} iterations each), {args.seeds} seed(s) per rate"
+    )
+    runs, best = {}, {}
+    for name in args.optimizers:
+        make, lrs = OPTIMIZERS[name]
+        lrs = lrs[: args.lrs] if args.lrs else lrs
+
+        def config(lr=lrs[0], make=make):
+            return fnn.Trainer(fnn.mlp(sizes), make(lr), fnn.cross_entropy)
+
+        common.say(f"\n== {name}: learning rates {lrs} x {args.seeds} seed(s) = {len(lrs) * args.seeds} runs in one vmapped program")
+        with timer(name):
+            table = sweep(config, x_train, y_train, seeds=args.seeds, grid={"lr": lrs}, epochs=args.epochs,
+                          batch_size=args.batch_size, validation=(x_test, y_test), progress=not args.no_progress)
+            jax.block_until_ready(table.results.history)
+        runs[name] = summarize(table, lrs, args.seeds)
+        best[name] = min(runs[name], key=lambda r: r["final_loss"])
+        common.say(table.summary("final_loss"))
+        common.say(f"   best lr {best[name]['lr']:g}: final training loss {best[name]['final_loss']:.4f}, "
+                   f"test accuracy {best[name]['test_accuracy']:.4f}  [{timer.times[name]:.1f} s incl. compile]")
+
+    header = ["optimizer", "best lr", "final train loss", "train loss after 1 epoch", "test accuracy", "diverged (of grid)", "time (s)"]
+    rows = [[n, f"{b['lr']:g}", b["final_loss"], b["loss_curve"][0], b["test_accuracy"],
+             sum(r["diverged"] for r in runs[n]), f"{timer.times[n]:.1f}"] for n, b in best.items()]
+    table_md = common.markdown_table(header, rows)
+    common.say("\nBest learning rate of each optimizer (lowest final training loss):\n" + table_md)
+    metrics = {
+        "best": {n: {k: v for k, v in b.items() if k != "loss_curve"} for n, b in best.items()},
+        "grid": {n: [{k: v for k, v in r.items() if k != "loss_curve"} for r in rs] for n, rs in runs.items()},
+    }
+    timings = timer.times | {"total": timer.total()}
+    config_record = vars(args) | {"sizes": sizes, "steps_per_epoch": steps_per_epoch,
+                                  "grids": {n: OPTIMIZERS[n][1][: args.lrs] if args.lrs else OPTIMIZERS[n][1] for n in args.optimizers},
+                                  "settings": {"SGD+Nesterov": "momentum 0.9, Nesterov", "AdaGrad": "initial accumulator 0, eps 1e-10",
+                                               "RMSprop": "decay 0.9, eps 1e-8 outside the sqrt", "Adam": "b1 0.9, b2 0.999, eps 1e-8"}}
+    path = common.write_results(args.out, NAME, argv=argv, config=config_record, metrics=metrics, timings=timings, table=table_md,
+                                curves={n: {str(r["lr"]): r["loss_curve"] for r in rs} for n, rs in runs.items()})
+    plot(runs, best, steps_per_epoch, args)
+    common.say(f"time: {timings}\nwrote {path} and {path.with_suffix('.png')}")
+    return {"metrics": metrics, "timings": timings, "json": path, "png": path.with_suffix(".png")}
+
+
+def summarize(table, lrs, seeds) -> list[dict]:
+    """One dict per learning rate: mean over seeds of the loss curve, final loss, test accuracy."""
+    history = {k: np.asarray(v, dtype=float) for k, v in table.results.history.items()}
+    diverged = np.asarray(table.results.diverged)
+    lr_of_member = np.asarray(table.params["lr"])
+    out = []
+    for lr in lrs:
+        members = np.isclose(lr_of_member, lr)
+        failed = bool(diverged[members].any())
+        curve = np.nanmean(history["loss"][members], axis=0)
+        out.append({
+            "lr": float(lr),
+            "diverged": failed,
+            "final_loss": float("inf") if failed or not np.isfinite(curve[-1]) else float(curve[-1]),
+            "test_accuracy": float(np.nanmean(history["val_accuracy"][members][:, -1])),
+            "loss_curve": curve,
+        })
+    return out
+
+
+def plot(runs, best, steps_per_epoch, args):
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
+    for i, (name, b) in enumerate(best.items()):
+        iterations = steps_per_epoch * np.arange(1, len(b["loss_curve"]) + 1)
+        ax0.plot(iterations, b["loss_curve"], "o-", ms=3, color=f"C{i}", label=f"{name} (lr {b['lr']:g})")
+        lrs = [r["lr"] for r in runs[name]]
+        finals = [r["final_loss"] if np.isfinite(r["final_loss"]) else np.nan for r in runs[name]]
+        ax1.plot(lrs, finals, "o-", color=f"C{i}", label=name)
+    ax0.set_yscale("log")
+    ax0.set_xlabel("iterations (mini-batches of %d)" % args.batch_size)
+    ax0.set_ylabel("training loss (epoch mean)")
+    ax0.set_title("training loss of the best learning rate")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("learning rate")
+    ax1.set_ylabel(f"training loss after {args.epochs} epochs")
+    ax1.set_title("the learning-rate sweeps")
+    for ax in (ax0, ax1):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Fashion-MNIST ({args.n_train} training images), MLP {'-'.join(map(str, [784, *args.hidden, 10]))}")
+    common.save_figure(fig, args.out, NAME)
+
+
+if __name__ == "__main__":
+    main()
