@@ -149,7 +149,7 @@ def main(argv=None):
         ("Python loop, device-gathered batches", device_epoch),
         ("matmuls only (same shapes, scanned)", matmul_epoch),
     ]
-    print(f"\n| variant | s / epoch | GFLOP/s | fit speed-up | share of matmul throughput |\n|---|---|---|---|---|")
+    print("\n| variant | s / epoch | GFLOP/s | fit speed-up | share of matmul throughput |\n|---|---|---|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.3f} | {gflop / seconds:.1f} | {seconds / fit_epoch:.2f}x | {matmul_epoch / seconds:.0%} |")
     print(f"\nfit compile time: {fit_compile:.2f} s; matmul FLOPs per epoch: {gflop:.1f} GFLOP")

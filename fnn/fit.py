@@ -36,7 +36,7 @@ from fnn import losses as losses_lib
 from fnn import progress as progress_lib
 from fnn.batching import epoch_batches
 from fnn.distributed import check_batch_divisible
-from fnn.train import Trainer, TrainState, as_key
+from fnn.train import Trainer, TrainState
 from fnn.validation import check_finite, check_int, check_nonnegative, is_concrete
 
 
