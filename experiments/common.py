@@ -40,9 +40,10 @@ def default_data_dir() -> Path:
 
 
 def parser(description: str, *, data: bool = False) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with ``--out`` (and ``--data-dir`` when ``data``)."""
+    """An ``ArgumentParser`` with ``--out``, ``--no-progress`` (and ``--data-dir`` when ``data``)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results JSON and the PNG plot")
+    p.add_argument("--no-progress", action="store_true", help="no per-epoch progress lines")
     if data:
         p.add_argument(
             "--data-dir",

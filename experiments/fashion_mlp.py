@@ -48,7 +48,6 @@ def parse(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="use only N of the 60,000 training images (before the hold-out)")
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for model selection")
     p.add_argument("--n-test", type=int, default=None, help="score on the first N test images only")
-    p.add_argument("--no-progress", action="store_true", help="no per-epoch lines")
     return p.parse_args(argv)
 
 

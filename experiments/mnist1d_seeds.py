@@ -45,7 +45,6 @@ def parse(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--n-test", type=int, default=None, help="use only the first N test examples")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the generated MNIST-1D .npz is cached")
-    p.add_argument("--no-progress", action="store_true", help="no per-epoch lines")
     return p.parse_args(argv)
 
 

@@ -50,7 +50,6 @@ def parse(argv=None):
     p.add_argument("--seeds", type=int, default=2, help="seeds per learning rate")
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--lrs", type=int, default=None, help="use only the first N learning rates of each grid")
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 

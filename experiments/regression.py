@@ -49,7 +49,6 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l2", type=float, default=0.1, help="L2 weight penalty (l2/2 * sum w^2)")
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 

@@ -52,7 +52,6 @@ def parse(argv=None):
     p.add_argument("--l1", type=float, default=2e-5, help="L1 strength (penalty l1 * sum |w|)")
     p.add_argument("--dropout", type=float, default=0.3, help="dropout rate")
     p.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="which settings to run")
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
