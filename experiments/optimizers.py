@@ -108,7 +108,7 @@ def summarize(table, lrs, seeds) -> list[dict]:
     """One dict per learning rate: mean over seeds of the loss curve, final loss, test accuracy."""
     history = {k: np.asarray(v, dtype=float) for k, v in table.results.history.items()}
     diverged = np.asarray(table.results.diverged)
-    lr_of_member = np.asarray(table.params["lr"])
+    lr_of_member = np.asarray(table.hyperparameters["lr"])
     out = []
     for lr in lrs:
         members = np.isclose(lr_of_member, lr)

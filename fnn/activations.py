@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from fnn.validation import lookup
+from fnn.checks import lookup
 
 
 def identity(x):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.datasets import Dataset
-from fnn.validation import check_finite, check_in_range, check_int, is_concrete
+from fnn.checks import check_finite, check_in_range, check_int, is_concrete
 
 __all__ = ["train_test_split", "standardize", "one_hot", "prepare_images"]
 

@@ -37,7 +37,7 @@ from fnn import progress as progress_lib
 from fnn.batching import epoch_batches
 from fnn.distributed import check_batch_divisible
 from fnn.train import Trainer, TrainState
-from fnn.validation import check_finite, check_int, check_nonnegative, is_concrete
+from fnn.checks import check_finite, check_int, check_nonnegative, is_concrete
 
 
 class FitResult(NamedTuple):

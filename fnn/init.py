@@ -25,7 +25,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from fnn.validation import lookup
+from fnn.checks import lookup
 
 Initializer = Callable[..., jax.Array]
 

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 from fnn import activations as activations_lib
 from fnn import init as init_lib
-from fnn.pytree import pytree_dataclass
-from fnn.validation import check_in_range, check_int, check_positive
+from fnn.pytree import pytree_dataclass, static_field
+from fnn.checks import check_in_range, check_int, check_positive
 
 
 class Layer:
@@ -64,7 +64,7 @@ def _check_features(name: str, x, features: int):
         )
 
 
-@pytree_dataclass(static=("in_features", "out_features", "use_bias", "w_init", "b_init"))
+@pytree_dataclass
 class Dense(Layer):
     """Fully connected layer: ``y = x @ w + b``.
 
@@ -76,11 +76,11 @@ class Dense(Layer):
     Shapes: x [..., in_features] -> y [..., out_features].
     """
 
-    in_features: int
-    out_features: int
-    use_bias: bool = True
-    w_init: Any = "glorot_uniform"
-    b_init: Any = "zeros"
+    in_features: int = static_field()
+    out_features: int = static_field()
+    use_bias: bool = static_field(True)
+    w_init: Any = static_field("glorot_uniform")
+    b_init: Any = static_field("zeros")
 
     def __post_init__(self):
         check_int("in_features", self.in_features)
@@ -102,11 +102,11 @@ class Dense(Layer):
         return y, state
 
 
-@pytree_dataclass(static=("fn",))
+@pytree_dataclass
 class Activation(Layer):
     """Elementwise nonlinearity, by name (``"relu"``) or function; no parameters."""
 
-    fn: Any = "relu"
+    fn: Any = static_field("relu")
 
     def __post_init__(self):
         activations_lib.get(self.fn)
@@ -160,7 +160,7 @@ def _norm_params(features):
     return {"scale": jnp.ones((features,), jnp.float32), "offset": jnp.zeros((features,), jnp.float32)}
 
 
-@pytree_dataclass(static=("features",))
+@pytree_dataclass
 class BatchNorm(Layer):
     """Batch normalization (Ioffe & Szegedy 2015) over the batch axis of [batch, features].
 
@@ -174,7 +174,7 @@ class BatchNorm(Layer):
     Keras/Flax; PyTorch's momentum=0.1 is 0.9 here) and ``eps`` are leaves.
     """
 
-    features: int
+    features: int = static_field()
     momentum: Any = 0.99
     eps: Any = 1e-5
 
@@ -204,12 +204,12 @@ class BatchNorm(Layer):
         return _normalize(x, mean, var, self.eps, params), new_state
 
 
-@pytree_dataclass(static=("features",))
+@pytree_dataclass
 class LayerNorm(Layer):
     """Layer normalization (Ba, Kiros & Hinton 2016) over the last axis:
     ``y = (x - mean) / sqrt(var + eps) * scale + offset`` per example; same in both modes."""
 
-    features: int
+    features: int = static_field()
     eps: Any = 1e-5
 
     def __post_init__(self):
@@ -226,7 +226,7 @@ class LayerNorm(Layer):
         return _normalize(x, mean, var, self.eps, params), state
 
 
-@pytree_dataclass(static=("fn",))
+@pytree_dataclass
 class Function(Layer):
     """Wrap a user-written pure function ``fn(params, x) -> y`` as a layer.
 
@@ -234,7 +234,7 @@ class Function(Layer):
     no state, and behaves the same in training and evaluation.
     """
 
-    fn: Callable
+    fn: Callable = static_field()
 
     def init(self, key):
         raise ValueError("Function(fn) has no initializer: build its params yourself and pass params=")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.activations import log_softmax
-from fnn.validation import is_concrete
+from fnn.checks import is_concrete
 
 
 def weighted_mean(per_example, weights=None):

@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.pytree import pytree_dataclass
+from fnn.pytree import pytree_dataclass, static_field
 from fnn.schedules import Schedule, as_schedule
-from fnn.validation import hyperparameter
-from fnn.validation import check_same_structure, is_concrete
+from fnn.checks import hyperparameter
+from fnn.checks import check_same_structure, is_concrete
 
 # ----------------------------------------------------------------------------- states
 
@@ -157,7 +157,7 @@ class Optimizer:
 # ----------------------------------------------------------------------------- optimizers
 
 
-@pytree_dataclass(static=("nesterov",))
+@pytree_dataclass
 class SGD(Optimizer):
     """Stochastic gradient descent with optional heavy-ball or Nesterov momentum.
 
@@ -190,7 +190,7 @@ class SGD(Optimizer):
 
     lr: Schedule
     momentum: Any
-    nesterov: bool
+    nesterov: bool = static_field()
     State = SGDState
 
     def _rule(self, lr, count, p, g, v):
@@ -200,7 +200,7 @@ class SGD(Optimizer):
         return p - lr * step, v
 
 
-@pytree_dataclass(static=("centered",))
+@pytree_dataclass
 class RMSProp(Optimizer):
     """RMSprop: divide the gradient by a running root mean square of recent gradients.
 
@@ -237,7 +237,7 @@ class RMSProp(Optimizer):
     decay: Any
     eps: Any
     momentum: Any
-    centered: bool
+    centered: bool = static_field()
     State = RMSPropState
 
     def _rule(self, lr, count, p, g, nu, mu, b):

@@ -6,22 +6,47 @@ are pytree *leaves*, so passing a new value to a compiled function re-uses the c
 program and ``jax.vmap`` can map over them. Their structural choices (layer sizes,
 ``nesterov``, activation names) are static *metadata*, part of the tree definition, so
 changing them compiles a new program, as it must.
+
+Static-ness is a property of the field, declared where the field is::
+
+    @pytree_dataclass
+    class SGD:
+        lr: Any                               # a leaf: traced, vmappable
+        nesterov: bool = static_field(False)  # metadata: part of the compiled program
+
+and a subclass inherits it with the field, so it cannot be forgotten.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 
+_STATIC = "fnn_static"
 
-def pytree_dataclass(cls=None, *, static: tuple[str, ...] = ()):
+
+def static_field(default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field holding static metadata (a hashable Python value), not a leaf.
+
+    Args:
+      default: the field's default value; none when omitted (a required field).
+
+    Returns:
+      a ``dataclasses.field`` marked static, for use in a :func:`pytree_dataclass`.
+    """
+    return dataclasses.field(default=default, metadata={_STATIC: True})
+
+
+def pytree_dataclass(cls):
     """Make ``cls`` a frozen dataclass registered as a pytree.
+
+    Fields declared with :func:`static_field` are static metadata (hashable Python
+    values); every other field is a pytree child (arrays, floats, or nested pytrees).
 
     Args:
       cls: the class to decorate.
-      static: names of fields that are static metadata (hashable Python values); every
-        other field is a pytree child (arrays, floats, or nested pytrees).
 
     Returns:
       The decorated class. Instances compare and hash by value of their static fields,
@@ -30,18 +55,12 @@ def pytree_dataclass(cls=None, *, static: tuple[str, ...] = ()):
       ``__post_init__`` run when a user builds an object, not on the tracers, zeros or
       cotangents JAX puts in its leaves.
     """
-
-    def wrap(c):
-        c = dataclasses.dataclass(frozen=True)(c)
-        names = [f.name for f in dataclasses.fields(c)]
-        unknown = set(static) - set(names)
-        if unknown:
-            raise TypeError(f"{c.__name__}: static names {sorted(unknown)} are not fields")
-        data = [n for n in names if n not in static]
-        _register(c, data, list(static))
-        return c
-
-    return wrap if cls is None else wrap(cls)
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    fields = dataclasses.fields(cls)
+    static = [f.name for f in fields if f.metadata.get(_STATIC)]
+    data = [f.name for f in fields if not f.metadata.get(_STATIC)]
+    _register(cls, data, static)
+    return cls
 
 
 def _register(cls, data: list[str], static: list[str]):

@@ -22,8 +22,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from fnn.pytree import pytree_dataclass
-from fnn.validation import hyperparameter
+from fnn.pytree import pytree_dataclass, static_field
+from fnn.checks import hyperparameter
 
 
 def is_weight(path, leaf) -> bool:
@@ -58,18 +58,18 @@ def _l2_penalty(strength, params, select):
     return _scaled(strength, _selected_sum(jnp.square, params, select)) / 2
 
 
-@pytree_dataclass(static=("select",))
+@pytree_dataclass
 class _Penalty:
     """A penalty with one strength: ``_penalty(strength, params, select)``."""
 
     strength: Any
-    select: Callable = is_weight
+    select: Callable = static_field(is_weight)
 
     def __call__(self, params):
         return self._penalty(self.strength, params, self.select)
 
 
-@pytree_dataclass(static=("select",))
+@pytree_dataclass
 class L2(_Penalty):
     """L2 penalty ``strength / 2 * sum_w sum(w ** 2)`` over the selected leaves.
 
@@ -81,20 +81,20 @@ class L2(_Penalty):
     _penalty = staticmethod(_l2_penalty)
 
 
-@pytree_dataclass(static=("select",))
+@pytree_dataclass
 class L1(_Penalty):
     """L1 penalty ``strength * sum_w sum(|w|)`` over the selected leaves (gradient ``strength * sign(w)``)."""
 
     _penalty = staticmethod(_l1_penalty)
 
 
-@pytree_dataclass(static=("select",))
+@pytree_dataclass
 class L1L2:
     """Elastic net: ``l1_strength * sum |w| + l2_strength / 2 * sum w ** 2`` over the selected leaves."""
 
     l1_strength: Any
     l2_strength: Any
-    select: Callable = is_weight
+    select: Callable = static_field(is_weight)
 
     def __call__(self, params):
         return _l1_penalty(self.l1_strength, params, self.select) + _l2_penalty(self.l2_strength, params, self.select)

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.pytree import pytree_dataclass
-from fnn.validation import check_in_range, hyperparameter, is_concrete
+from fnn.pytree import pytree_dataclass, static_field
+from fnn.checks import check_in_range, hyperparameter, is_concrete
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -74,20 +74,20 @@ class PiecewiseConstant(Schedule):
         return _float(jnp.take(self.values, index))
 
 
-@pytree_dataclass(static=("staircase",))
+@pytree_dataclass
 class _TimeDecay(Schedule):
     """``lr(step) = init_value * factor(step / decay_steps)``, the ratio floored if ``staircase``."""
 
     init_value: Any
     decay_rate: Any
     decay_steps: Any
-    staircase: bool = False
+    staircase: bool = static_field(False)
 
     def __call__(self, step):
         return self.init_value * self._factor(_progress(step, self.decay_steps, self.staircase))
 
 
-@pytree_dataclass(static=("staircase",))
+@pytree_dataclass
 class ExponentialDecay(_TimeDecay):
     """``lr(step) = init_value * decay_rate ** (step / decay_steps)`` (exponent floored if ``staircase``)."""
 
@@ -95,7 +95,7 @@ class ExponentialDecay(_TimeDecay):
         return self.decay_rate**progress
 
 
-@pytree_dataclass(static=("staircase",))
+@pytree_dataclass
 class InverseTimeDecay(_TimeDecay):
     """``lr(step) = init_value / (1 + decay_rate * step / decay_steps)`` (ratio floored if ``staircase``)."""
 
@@ -132,7 +132,7 @@ class Warmup(Schedule):
         return jnp.where(t < self.warmup_steps, ramp, after)
 
 
-@pytree_dataclass(static=("fn",))
+@pytree_dataclass
 class FunctionSchedule(Schedule):
     """A plain Python function ``step -> lr``, kept as static metadata.
 
@@ -140,7 +140,7 @@ class FunctionSchedule(Schedule):
     object to re-use a compiled step (a fresh ``lambda`` per call recompiles).
     """
 
-    fn: Callable
+    fn: Callable = static_field()
 
     def __call__(self, step):
         return _float(self.fn(step))

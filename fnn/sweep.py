@@ -34,19 +34,19 @@ import numpy as np
 
 from fnn.distributed import member_sharding
 from fnn.fit import fit
-from fnn.validation import check_int
+from fnn.checks import check_int
 
 
 class SweepResult(NamedTuple):
     """The sweep as a table: one row per member.
 
     Attributes:
-      params: ``{name: [members] array}`` — each member's hyperparameters and ``seed``.
+      hyperparameters: ``{name: [members] array}`` — each member's hyperparameters and ``seed``.
       results: the stacked ``FitResult`` (every field with a leading [members] axis,
         histories [members, epochs]).
     """
 
-    params: dict
+    hyperparameters: dict
     results: Any
 
     def rows(self) -> list[dict]:
@@ -54,8 +54,8 @@ class SweepResult(NamedTuple):
         and the final and best value of every history entry."""
         r = self.results
         out = []
-        for i in range(len(self.params["seed"])):
-            row = {k: _scalar(v[i]) for k, v in self.params.items()}
+        for i in range(len(self.hyperparameters["seed"])):
+            row = {k: _scalar(v[i]) for k, v in self.hyperparameters.items()}
             row |= {"stop_epoch": int(r.stop_epoch[i]), "best_epoch": int(r.best_epoch[i]), "diverged": bool(r.diverged[i])}
             for name, h in r.history.items():
                 row[f"final_{name}"] = _last_finite(np.asarray(h[i]))
@@ -66,7 +66,7 @@ class SweepResult(NamedTuple):
 
     def aggregate(self, metric: str) -> list[dict]:
         """Mean, std, min and max of row field ``metric`` over seeds, per grid point."""
-        names = [k for k in self.params if k != "seed"]
+        names = [k for k in self.hyperparameters if k != "seed"]
         groups: dict = {}
         for row in self.rows():
             groups.setdefault(tuple(row[k] for k in names), []).append(row[metric])
@@ -180,7 +180,7 @@ def sweep(
     pieces = [_run_chunk(config, fit_kwargs, x, y, _take(table, range(start, start + chunk), n), sharding)
               for start in range(0, n, chunk)]
     results = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
-    return SweepResult(params=table, results=results)
+    return SweepResult(hyperparameters=table, results=results)
 
 
 def _take(table: dict, index, n: int) -> dict:

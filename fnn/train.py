@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from fnn import losses as losses_lib
 from fnn.batching import eval_batches
 from fnn.layers import as_model
-from fnn.pytree import pytree_dataclass
+from fnn.checks import as_key
+from fnn.pytree import pytree_dataclass, static_field
 
 
 class TrainState(NamedTuple):
@@ -48,19 +49,7 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
-def as_key(key):
-    """Accept an int seed (also a traced integer scalar), a raw uint32 key or a typed key;
-    return a typed key."""
-    if isinstance(key, int) or (jnp.shape(key) == () and jnp.issubdtype(jnp.result_type(key), jnp.integer)):
-        return jax.random.key(key)
-    if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
-        return key
-    if jnp.shape(key) == (2,) and jnp.result_type(key) == jnp.uint32:
-        return jax.random.wrap_key_data(key)
-    raise ValueError(f"key must be an int seed or a jax.random key; got {type(key).__name__} {jnp.shape(key)}")
-
-
-@pytree_dataclass(static=("loss", "metrics"))
+@pytree_dataclass
 class Trainer:
     """What a training step needs: ``model``, ``optimizer``, ``loss``, ``regularizer``.
 
@@ -76,9 +65,9 @@ class Trainer:
 
     model: Any
     optimizer: Any
-    loss: Callable = losses_lib.mse
+    loss: Callable = static_field(losses_lib.mse)
     regularizer: Any = None
-    metrics: Any = None
+    metrics: Any = static_field(None)
 
     def __post_init__(self):
         object.__setattr__(self, "model", as_model(self.model))

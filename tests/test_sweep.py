@@ -80,7 +80,7 @@ def count_compiles():
 def test_sweep_equals_members_run_one_at_a_time(data, options, swept):
     """2 lr × 3 seeds in one vmapped program == the 6 runs of fit(config(lr), key=seed)."""
     x, y, _, _ = data
-    table = swept.params
+    table = swept.hyperparameters
     assert list(table["lr"]) == [1e-2] * 3 + [3e-3] * 3 and list(table["seed"]) == [0, 1, 2] * 2
     for i, (lr, seed) in enumerate(zip(table["lr"], table["seed"])):
         single = fnn.fit(config(float(lr)), x, y, key=int(seed), **options)
@@ -120,7 +120,7 @@ def test_rows_hold_hyperparameters_seed_and_final_and_best_metrics(swept):
     h = swept.results.history
     assert len(rows) == 6
     for i, row in enumerate(rows):
-        assert (row["lr"], row["seed"]) == (swept.params["lr"][i], swept.params["seed"][i])
+        assert (row["lr"], row["seed"]) == (swept.hyperparameters["lr"][i], swept.hyperparameters["seed"][i])
         stop, best = int(swept.results.stop_epoch[i]), int(swept.results.best_epoch[i])
         assert (row["stop_epoch"], row["best_epoch"], row["diverged"]) == (stop, best, False)
         assert row["final_val_loss"] == pytest.approx(float(h["val_loss"][i, stop - 1]))

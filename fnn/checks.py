@@ -8,8 +8,9 @@ hyperparameters can stay traced data (a sweep checks its grid eagerly instead).
 
 from __future__ import annotations
 
-import numpy as np
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def is_concrete(value) -> bool:
@@ -110,3 +111,15 @@ def lookup(name: str, table: dict, value):
     if isinstance(value, str) and value in table:
         return table[value]
     raise ValueError(f"{name} must be a callable or one of {sorted(table)}; got {value!r}")
+
+
+def as_key(key):
+    """Accept an int seed (also a traced integer scalar), a raw uint32 key or a typed key;
+    return a typed key."""
+    if isinstance(key, int) or (jnp.shape(key) == () and jnp.issubdtype(jnp.result_type(key), jnp.integer)):
+        return jax.random.key(key)
+    if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        return key
+    if jnp.shape(key) == (2,) and jnp.result_type(key) == jnp.uint32:
+        return jax.random.wrap_key_data(key)
+    raise ValueError(f"key must be an int seed or a jax.random key; got {type(key).__name__} {jnp.shape(key)}")
