@@ -6,28 +6,33 @@ The convention, used by every layer, by ``Serial`` and by the training engine:
   (batch-norm running statistics; ``()`` for layers without any), both pytrees.
 * ``y = layer.apply(params, x, state=state)`` — **evaluation mode**, a pure function of
   its inputs: no dropout, batch norm uses the running statistics. For a model without
-  state this is the plain ``apply(params, x)``.
+  state (no batch norm) ``state`` may be ``None`` or ``()``: the plain ``apply(params, x)``;
+  a model with state needs the one from ``init``.
 * ``y, state = layer.apply_train(params, x, state=state, key=key)`` — **training mode**:
   dropout draws its mask from ``key``, batch norm normalizes with the batch statistics
   and returns updated running statistics in the new ``state``.
 
 Both are thin wrappers of one method a layer implements,
 ``forward(params, state, x, *, key, train) -> (y, new_state)``; ``train`` is a static
-Python flag (under ``vmap`` a ``lax.cond`` would run both branches anyway). Layers are
-pytrees (see ``fnn.pytree``): numeric hyperparameters such as the dropout rate or the
-batch-norm momentum are leaves, so a sweep can ``vmap`` over them; sizes and names are
-static. A user-written pure function ``f(params, x)`` becomes a layer with
-``Function(f)`` and trains like any other.
+Python flag (under ``vmap`` a ``lax.cond`` would run both branches anyway). Both first
+check ``params`` and ``state`` against the structure and leaf shapes ``init`` gives
+(:func:`check_params`, at trace time under ``jit``): a mismatch is a ``ValueError`` naming
+the leaf path, never a different computation. Layers are pytrees (see ``fnn.pytree``):
+numeric hyperparameters such as the dropout rate or the batch-norm momentum are leaves,
+so a sweep can ``vmap`` over them; sizes and names are static. A user-written pure
+function ``f(params, x)`` becomes a layer with ``Function(f)`` and trains like any other.
 
 Shapes: inputs are ``[..., features]``; batch norm needs a batch axis, ``[batch, features]``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import activations as activations_lib
 from fnn import init as init_lib
@@ -47,13 +52,82 @@ class Layer:
         raise NotImplementedError
 
     def apply(self, params, x, *, state=None):
-        """Evaluation-mode forward pass: returns ``y`` only (pure in params, x and state)."""
+        """Evaluation-mode forward pass: returns ``y`` only (pure in params, x and state);
+        ``ValueError`` if params or state do not match the model (:func:`check_params`)."""
+        check_params(self, params, state)
         y, _ = self.forward(params, state, x, key=None, train=False)
         return y
 
     def apply_train(self, params, x, *, state=None, key=None):
-        """Training-mode forward pass: returns ``(y, new_state)``."""
+        """Training-mode forward pass: returns ``(y, new_state)``; ``ValueError`` if params or
+        state do not match the model (:func:`check_params`)."""
+        check_params(self, params, state)
         return self.forward(params, state, x, key=key, train=True)
+
+    def _check(self, params, state, names):
+        """Compare params and state with the shapes ``init`` gives; skipped without ``init``."""
+        if self._init_shapes is not None:
+            _match(names[0], params, self._init_shapes[0])
+            _match(names[1], state, self._init_shapes[1])
+
+    def _state_shapes(self):
+        """The state ``init`` gives, as ShapeDtypeStructs; ``()`` without ``init``."""
+        return () if self._init_shapes is None else self._init_shapes[1]
+
+    @functools.cached_property
+    def _init_shapes(self):
+        """``init``'s (params, state) as ShapeDtypeStructs (nothing computed), or ``None`` when
+        ``init`` raises (no initializer); kept on the instance: computed once per model."""
+        try:
+            return jax.eval_shape(lambda: self.init(jax.random.key(0)))
+        except (ValueError, NotImplementedError):
+            return None
+
+
+def check_params(model, params, state=None, *, names=("params", "state")):
+    """Check that params and state have the structure and leaf shapes ``model.init`` gives.
+
+    Dtypes may differ. Under ``jit``/``vmap`` (per-member shapes) it runs at trace time.
+    Layers without an initializer (``Function``) are skipped: their params are the user's.
+
+    Args:
+      model: an fnn Layer (a plain function ``f(params, x)`` is a ``Function``).
+      params: the params pytree, e.g. a tuple with one entry per ``Serial`` layer.
+      state: the state pytree; ``None`` or ``()`` only when the model has no state.
+      names: the names of params and state in messages, e.g. ``("params", "model_state")``.
+
+    Returns:
+      ``state``, unchanged (so a caller may write ``state = check_params(...)``).
+
+    Raises:
+      ValueError: naming the first leaf path missing, extra or of another shape, e.g.
+        ``params[2]['w'] has shape (8, 10); the model expects (16, 10)``.
+    """
+    as_model(model)._check(params, state, names)
+    return state
+
+
+def _shapes(tree) -> str:
+    """A pytree with each leaf written as its shape, e.g. ``{'mean': [8], 'var': [8]}``."""
+    return repr(jax.tree.map(lambda leaf: list(np.shape(leaf)), tree))
+
+
+def _match(name: str, tree, expected):
+    """Raise ``ValueError`` at the first leaf path where ``tree`` differs from ``expected``
+    (ShapeDtypeStructs): a leaf missing, one too many, or of another shape."""
+    got, want = (dict(jax.tree_util.tree_leaves_with_path(t)) for t in (tree, expected))
+    bad = [p for p in want if p not in got or np.shape(got[p]) != want[p].shape] + [p for p in got if p not in want]
+    if bad:
+        path, where = bad[0], name + jax.tree_util.keystr(bad[0])
+        if path in got and path in want:
+            raise ValueError(f"{where} has shape {np.shape(got[path])}; the model expects {want[path].shape}")
+        problem = "is missing" if path in want else "is not in the model"
+        raise ValueError(f"{where} {problem}: {name} must be shaped {_shapes(expected)}")
+
+
+def _is_empty(state) -> bool:
+    """True for ``None`` and ``()``: no state given."""
+    return state is None or (isinstance(state, tuple) and not state)
 
 
 def _check_features(name: str, x, features: int):
@@ -189,7 +263,7 @@ class BatchNorm(Layer):
 
     def forward(self, params, state, x, *, key=None, train=False):
         _check_features(f"BatchNorm({self.features})", x, self.features)
-        if state is None or state == ():
+        if _is_empty(state):
             raise ValueError("BatchNorm needs its running statistics: pass state= (from model.init)")
         if not train:
             return _normalize(x, state["mean"], state["var"], self.eps, params), state
@@ -247,8 +321,9 @@ class Function(Layer):
 class Serial(Layer):
     """Composition ``layers[-1](... layers[0](x))``.
 
-    params and state are tuples with one entry per layer (``()`` for layers without any);
-    layer ``i`` gets the key ``fold_in(key, i)``.
+    params and state are tuples with exactly one entry per layer (``()`` for layers without
+    any); ``state`` may be ``None`` or ``()`` when no layer has state, and comes back as
+    given. Layer ``i`` gets the key ``fold_in(key, i)``.
     """
 
     layers: tuple
@@ -263,13 +338,36 @@ class Serial(Layer):
         return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
 
     def forward(self, params, state, x, *, key=None, train=False):
-        states = (None,) * len(self.layers) if state is None else state
+        params, states = self._entries("params", params), self._states("state", state)
         new_states = []
         for i, (layer, p, s) in enumerate(zip(self.layers, params, states)):
             k = None if key is None else jax.random.fold_in(key, i)
             x, s = layer.forward(p, s, x, key=k, train=train)
             new_states.append(s)
-        return x, (None if state is None else tuple(new_states))
+        return x, (state if _is_empty(state) else tuple(new_states))
+
+    def _entries(self, name: str, tree, show_state: bool = False):
+        """``tree`` if it has one entry per layer (``zip`` would drop layers), else a ValueError."""
+        if not (isinstance(tree, (tuple, list)) and len(tree) == len(self.layers)):
+            got = f"has {len(tree)} entries" if isinstance(tree, (tuple, list)) else f"is {_shapes(tree)}"
+            needs = f"; it needs the state from model.init, shaped {_shapes(self._state_shapes())}"
+            raise ValueError(f"{name} {got}; Serial has {len(self.layers)} layers{needs if show_state else ''}")
+        return tree
+
+    def _states(self, name: str, state):
+        """One state per layer: ``state``'s entries, or ``None`` each for ``None``/``()`` if stateless."""
+        if _is_empty(state) and not jax.tree.leaves(self._state_shapes()):
+            return (None,) * len(self.layers)
+        return self._entries(name, state, show_state=True)
+
+    def _check(self, params, state, names):
+        """Check the number of entries, then each layer's under its paths ``params[i]``, ``state[i]``."""
+        params, states = self._entries(names[0], params), self._states(names[1], state)
+        for i, (layer, p, s) in enumerate(zip(self.layers, params, states)):
+            layer._check(p, s, (f"{names[0]}[{i}]", f"{names[1]}[{i}]"))
+
+    def _state_shapes(self):
+        return tuple(layer._state_shapes() for layer in self.layers)
 
 
 def as_model(model) -> Layer:

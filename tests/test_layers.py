@@ -1,6 +1,6 @@
 """fnn.layers: Dense, Dropout, BatchNorm, LayerNorm, Serial, Function, the mlp builder;
 layers as pytrees (no recompilation for equal models, hyperparameters as leaves); jit and
-vmap over init keys for every model."""
+vmap over init keys for every model; params and state checked against the model."""
 
 import re
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fnn import init as init_lib
-from fnn.layers import Activation, BatchNorm, Dense, Dropout, Function, Layer, LayerNorm, Serial, as_model, mlp
+from fnn.layers import Activation, BatchNorm, Dense, Dropout, Function, Layer, LayerNorm, Serial
+from fnn.layers import as_model, check_params, mlp
 
 # One set of sizes throughout ([3, 5, 2]): drawing random numbers compiles a program per
 # shape (~0.6 s on CPU), and equal shapes share it.
@@ -397,3 +398,143 @@ def test_jax_rebuilds_layers_without_rerunning_their_checks():
     assert isinstance(grad, Dropout) and np.isfinite(float(grad.rate))
     with pytest.raises(ValueError, match="rate"):
         Dropout(1.5)  # a user's construction is still checked
+
+
+# --- params and state are checked against the model (issue 10) ---------------------------
+
+BN_STATE = r"it needs the state from model\.init, shaped \(\(\), \{'mean': \[5\], 'var': \[5\]\}, \(\), \(\)\)"
+
+
+def test_stateless_model_takes_none_or_empty_state_as_its_whole_state():
+    """state=() made Serial zip its layers with nothing and hand back x unchanged."""
+    model = mlp([3, 5, 2])
+    params, state = model.init(KEY)
+    assert state == ((), (), ())
+    y = model.apply(params, X, state=state)
+    for empty in (None, ()):
+        np.testing.assert_array_equal(model.apply(params, X, state=empty), y)  # [8, 2], not x
+        y_train, new_state = model.apply_train(params, X, state=empty, key=KEY)
+        np.testing.assert_array_equal(y_train, y)
+        assert new_state == empty  # comes back as given: a scan carry keeps its structure
+    nested = Serial((Serial(model.layers[:2]), model.layers[2]))  # an inner Serial gets None, not ()
+    np.testing.assert_array_equal(nested.apply((params[:2], params[2]), X, state=()), y)
+
+
+@pytest.mark.parametrize("method", ["apply", "apply_train"])
+def test_model_with_state_rejects_a_missing_or_miscounted_state(method):
+    model = mlp([3, 5, 2], batchnorm=True)
+    params, state = model.init(KEY)
+    wrong = [(None, "is None"), ((), "has 0 entries"), (state[:2], "has 2 entries"), (state + ((),), "has 5 entries")]
+    for bad, got in wrong:
+        with pytest.raises(ValueError, match=rf"^state {got}; Serial has 4 layers; {BN_STATE}$"):
+            getattr(model, method)(params, X, state=bad)
+
+
+def test_state_leaves_are_checked_by_path_and_shape():
+    model = mlp([3, 5, 2], batchnorm=True)
+    params, state = model.init(KEY)
+    narrow = state[:1] + ({"mean": jnp.zeros(4), "var": jnp.ones(4)},) + state[2:]
+    with pytest.raises(ValueError, match=r"^state\[1\]\['mean'\] has shape \(4,\); the model expects \(5,\)$"):
+        model.apply(params, X, state=narrow)
+    no_var = state[:1] + ({"mean": state[1]["mean"]},) + state[2:]
+    expected = r"^state\[1\]\['var'\] is missing: state\[1\] must be shaped \{'mean': \[5\], 'var': \[5\]\}$"
+    with pytest.raises(ValueError, match=expected):
+        model.apply_train(params, X, state=no_var)
+    assert model.apply(as64(params), X, state=as64(state)).dtype == jnp.float64  # dtypes may differ
+
+
+def with_entry(params, i, entry):
+    return params[:i] + (entry,) + params[i + 1 :]
+
+
+PARAMS_MISMATCHES = {  # mlp([3, 5, 2]): Dense(3, 5), Activation, Dense(5, 2)
+    "too_few_layers": (lambda p: p[:2], r"^params has 2 entries; Serial has 3 layers$"),
+    "too_many_layers": (lambda p: p + ((),), r"^params has 4 entries; Serial has 3 layers$"),
+    "not_a_tuple": (lambda p: {"layers": p}, r"^params is \{'layers': .*\}; Serial has 3 layers$"),
+    "missing_key": (
+        lambda p: with_entry(p, 0, {"w": p[0]["w"]}),
+        r"^params\[0\]\['b'\] is missing: params\[0\] must be shaped \{'b': \[5\], 'w': \[3, 5\]\}$",
+    ),
+    "extra_key": (lambda p: with_entry(p, 2, {**p[2], "c": jnp.zeros(2)}), r"^params\[2\]\['c'\] is not in the model"),
+    "wrong_shape": (
+        lambda p: with_entry(p, 2, {"w": jnp.zeros((4, 2)), "b": p[2]["b"]}),
+        r"^params\[2\]\['w'\] has shape \(4, 2\); the model expects \(5, 2\)$",
+    ),
+    "params_for_a_parameterless_layer": (
+        lambda p: with_entry(p, 1, {"w": jnp.zeros(3)}),
+        r"^params\[1\]\['w'\] is not in the model: params\[1\] must be shaped \(\)$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PARAMS_MISMATCHES)
+def test_params_that_do_not_match_the_model_name_the_leaf_path(case):
+    model = mlp([3, 5, 2])
+    params, _ = model.init(KEY)
+    make_bad, message = PARAMS_MISMATCHES[case]
+    for run in (model.apply, lambda p, x: model.apply_train(p, x, state=((), (), ()))[0]):
+        with pytest.raises(ValueError, match=message):
+            run(make_bad(params), X)
+
+
+def test_serial_forward_never_lets_zip_drop_layers():
+    model = mlp([3, 5, 2], batchnorm=True)
+    params, state = model.init(KEY)
+    with pytest.raises(ValueError, match=r"^params has 3 entries; Serial has 4 layers$"):
+        model.forward(params[:3], state, X)
+    with pytest.raises(ValueError, match=rf"^state has 3 entries; Serial has 4 layers; {BN_STATE}$"):
+        model.forward(params, state[:3], X, train=True)
+    with pytest.raises(ValueError, match=rf"^state has 0 entries; Serial has 4 layers; {BN_STATE}$"):
+        model.forward(params, (), X)
+
+
+@pytest.mark.parametrize("case", ["too_few_layers", "missing_key", "wrong_shape"])
+def test_params_checks_fire_under_jit_and_vmap(case):
+    model = mlp([3, 5, 2])
+    make_bad, message = PARAMS_MISMATCHES[case]
+    message = message.removesuffix("$")  # under a trace JAX appends a note on its frames
+    members = jax.vmap(model.init)(jax.random.split(KEY, 3))[0]  # 3 members: leaves [3, ...]
+    assert jax.vmap(lambda p: model.apply(p, X))(members).shape == (3, 8, 2)  # per-member shapes match
+    with pytest.raises(ValueError, match=message):
+        jax.vmap(lambda p: model.apply(p, X))(jax.vmap(make_bad)(members))
+    params, _ = model.init(KEY)
+    with pytest.raises(ValueError, match=message):
+        jax.jit(model.apply)(make_bad(params), X)
+    # The check runs when tracing: the compiled program is the forward pass alone.
+    traced = jax.make_jaxpr(lambda p: model.apply(p, X))(params)
+    assert str(traced) == str(jax.make_jaxpr(lambda p: model.forward(p, None, X)[0])(params))
+
+
+def test_state_checks_fire_under_jit_and_vmap():
+    model = mlp([3, 5, 2], batchnorm=True)
+    params, state = jax.vmap(model.init)(jax.random.split(KEY, 3))
+    assert jax.vmap(lambda p, s: model.apply(p, X, state=s))(params, state).shape == (3, 8, 2)
+    with pytest.raises(ValueError, match=rf"^state has 0 entries; Serial has 4 layers; {BN_STATE}"):
+        jax.vmap(lambda p: model.apply(p, X, state=()))(params)
+    with pytest.raises(ValueError, match=r"^state is None; Serial has 4 layers"):
+        jax.jit(lambda p: model.apply_train(p, X, key=KEY))(jax.tree.map(lambda a: a[0], params))
+
+
+def test_models_without_an_initializer_keep_the_users_params():
+    user_params = {"w": jnp.asarray(rng.normal(size=(5, 2))), "s": jnp.asarray(2.0)}
+    check_params(Function(user_model), {"anything": jnp.zeros(7)})  # no init: nothing to compare
+    check_params(user_model, user_params)  # a plain function is a Function
+    model = Serial((Dense(3, 5), Function(user_model)))
+    dense_params, _ = Dense(3, 5).init(KEY)
+    expected = user_model(user_params, Dense(3, 5).apply(dense_params, X))
+    np.testing.assert_allclose(jax.jit(model.apply)((dense_params, user_params), X), expected, rtol=1e-6)
+    y, state = model.apply_train((dense_params, user_params), X, state=())
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    assert state == ()
+    with pytest.raises(ValueError, match=r"^params\[0\]\['w'\] has shape \(5, 3\); the model expects \(3, 5\)$"):
+        model.apply(({"w": jnp.zeros((5, 3)), "b": jnp.zeros(5)}, user_params), X)
+
+
+def test_check_params_names_the_callers_arguments():
+    model = mlp([3, 5, 2], batchnorm=True)
+    params, state = model.init(KEY)
+    assert check_params(model, as64(params), state) is state  # dtypes may differ
+    with pytest.raises(ValueError, match=rf"^model_state has 0 entries; Serial has 4 layers; {BN_STATE}$"):
+        check_params(model, params, (), names=("params", "model_state"))
+    with pytest.raises(ValueError, match=r"^init_params\[3\]\['b'\] is missing"):
+        check_params(model, with_entry(params, 3, {"w": params[3]["w"]}), state, names=("init_params", "model_state"))
