@@ -21,21 +21,41 @@ def identity(x):
 
 
 def relu(x):
-    """f(x) = max(x, 0) (Nair & Hinton 2010). Gradient 0 at x = 0."""
+    """f(x) = max(x, 0) (Nair & Hinton 2010).
+
+    At the kink x = 0 the derivative is taken as 0 (the x <= 0 side).
+    """
     return jnp.where(x > 0, x, 0)
 
 
 def leaky_relu(x, negative_slope=0.01):
-    """f(x) = x for x >= 0, negative_slope * x otherwise (Maas et al. 2013)."""
-    return jnp.where(x >= 0, x, negative_slope * x)
+    """f(x) = x for x >= 0, negative_slope * x otherwise (Maas et al. 2013).
+
+    At the kink x = 0 the derivative is taken as 1 (the x >= 0 side).
+
+    Args:
+      x: any shape.
+      negative_slope: the slope for x < 0 (may be traced); cast to x's dtype.
+    Returns:
+      f(x), the shape and dtype of ``x``.
+    """
+    return jnp.where(x >= 0, x, jnp.asarray(negative_slope, jnp.result_type(x)) * x)
 
 
 def elu(x, alpha=1.0):
     """f(x) = x for x > 0, alpha * (exp(x) - 1) otherwise (Clevert et al. 2016).
 
-    ``expm1`` is evaluated on min(x, 0) so the unused branch never overflows.
+    At x = 0 the derivative is alpha (the x <= 0 side, alpha * exp(0)): for alpha = 1
+    both sides agree and f' is continuous; otherwise x = 0 is a kink. ``expm1`` is
+    evaluated on min(x, 0) so the unused branch never overflows.
+
+    Args:
+      x: any shape.
+      alpha: the limit -alpha of f as x -> -inf (may be traced); cast to x's dtype.
+    Returns:
+      f(x), the shape and dtype of ``x``.
     """
-    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, 0, x)))
+    return jnp.where(x > 0, x, jnp.asarray(alpha, jnp.result_type(x)) * jnp.expm1(jnp.where(x > 0, 0, x)))
 
 
 def gelu(x):

@@ -85,6 +85,15 @@ def test_hyperparameters_of_leaky_relu_and_elu(dtype):
     assert elu[-1] == -2.5  # elu(-1e4) == -alpha
 
 
+def test_hyperparameter_arrays_keep_the_input_dtype():
+    # A swept hyperparameter arrives as a float64 array; a float32 network stays float32.
+    x = jnp.asarray(ORDINARY, jnp.float32)
+    slope, alpha = jnp.asarray(0.2, jnp.float64), jnp.asarray(2.5, jnp.float64)
+    leaky, elu = jax.jit(lambda v, s, a: (act.leaky_relu(v, s), act.elu(v, a)))(x, slope, alpha)
+    assert leaky.dtype == elu.dtype == jnp.float32
+    np.testing.assert_allclose(leaky, np.where(ORDINARY >= 0, ORDINARY, 0.2 * ORDINARY), rtol=1e-6)
+
+
 @DTYPES
 def test_softmax_and_log_softmax_stability_at_1e4(dtype):
     x = jnp.asarray([1e4, 0.0, -1e4], dtype)
@@ -116,8 +125,21 @@ def test_softmax_rows_sum_to_one_along_axis():
     np.testing.assert_allclose(log_cols, _np_log_softmax(x, axis=0), rtol=1e-12)
 
 
-def test_relu_gradient_at_zero_is_zero():
-    assert jax.grad(act.relu)(0.0) == 0.0
+@pytest.mark.parametrize(
+    "f, derivative",
+    [
+        (act.relu, 0.0),
+        (act.leaky_relu, 1.0),
+        (functools.partial(act.leaky_relu, negative_slope=0.2), 1.0),
+        (functools.partial(act.elu, alpha=2.5), 2.5),
+    ],
+    ids=["relu", "leaky_relu", "leaky_relu_0.2", "elu_2.5"],
+)
+def test_derivative_at_a_kink_is_the_documented_one(f, derivative):
+    # Finite differences give the mean of the one-sided slopes there (0.5 for relu); the
+    # docstrings say which side's slope jax.grad takes, and this is it.
+    for dtype in (jnp.float32, jnp.float64):
+        assert jax.grad(f)(jnp.zeros((), dtype)) == derivative
 
 
 @pytest.mark.parametrize("name", list(REFERENCE) + ["linear"])

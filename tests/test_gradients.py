@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fnn import activations as act
 from fnn import check_grads, numerical_grad
 from fnn.layers import Activation, BatchNorm, Dense, Dropout, LayerNorm, Serial, mlp
 from fnn.losses import binary_cross_entropy, cross_entropy, mse
@@ -143,6 +144,44 @@ def test_every_loss_wrt_predictions():
             for kind, w in (("unweighted", None), ("weighted", WEIGHTS))
         }
     )
+
+
+# --- at the ties and kinks: where a formulation's derivative can go wrong -----------------
+
+TIED = np.array([[2.0, 2.0, -1.0, 0.0], [0.5, 3.0, 3.0, -2.0]])  # two tied maxima per row
+EQUAL = np.zeros((2, C))
+R = jnp.asarray(rng.normal(size=(2, C)))  # readout weights: the rows of a softmax sum to 1
+R3 = jnp.asarray(rng.normal(size=3))
+
+
+def readout(f):
+    return lambda x: jnp.sum((R if x.ndim == 2 else R3) * f(x))
+
+
+def cross_entropies(name, logits):
+    """Cross-entropy cases at ``logits``: labels at and off the maxima, soft, smoothed."""
+    labels = jnp.asarray([0, 3])
+    return {
+        f"cross_entropy_{name}_int": (lambda z: cross_entropy(z, labels), logits),
+        f"cross_entropy_{name}_soft": (lambda z: cross_entropy(z, SOFT[:2]), logits),
+        f"cross_entropy_{name}_smooth": (lambda z: cross_entropy(z, labels, label_smoothing=0.1), logits),
+    }
+
+
+def test_losses_and_activations_at_ties_and_kinks():
+    # Smooth functions, evaluated exactly where a max, a |.| or a branch of their
+    # formulation sits: jax.grad must match finite differences there too.
+    cases = {
+        "binary_cross_entropy_at_0": (lambda z: binary_cross_entropy(z, jnp.asarray([0.0, 0.5, 1.0])), np.zeros(3)),
+        **cross_entropies("equal", EQUAL),
+        **cross_entropies("tied", TIED),
+        "mse_at_the_target": (lambda p: mse(p, TARGETS), TARGETS),
+        **{f"{f.__name__}_equal": (readout(f), EQUAL) for f in (act.softmax, act.log_softmax)},
+        **{f"{f.__name__}_tied": (readout(f), TIED) for f in (act.softmax, act.log_softmax)},
+        **{f"{f.__name__}_at_0": (readout(f), np.zeros(3)) for f in (act.softplus, act.sigmoid, act.tanh, act.gelu)},
+        "elu_at_0": (readout(act.elu), np.zeros(3)),  # alpha = 1: both one-sided slopes are 1
+    }
+    check_cases(cases)
 
 
 # --- check_grads itself ------------------------------------------------------------------

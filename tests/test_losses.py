@@ -1,7 +1,10 @@
 """fnn.losses: values against NumPy, per-example weights and zero-weight padding,
-stability at logits of +-1e4, errors at the door, default metrics."""
+stability at logits of +-1e4, errors at the door, what a loss declares (its targets,
+checked by check_targets, and its default metrics)."""
 
 import functools
+import inspect
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -191,12 +194,139 @@ def test_weights_of_wrong_shape(case, weights):
         loss(jnp.asarray(predictions), jnp.asarray(targets), jnp.asarray(weights), **kwargs)
 
 
+# --- what a loss declares: its targets and its default metrics ----------------------------
+
+
+@losses.declare(targets="labels", metrics={"accuracy": accuracy, "loss_again": cross_entropy})
+def declared_hinge(logits, labels, weights=None, *, margin=1.0):
+    """A user's multiclass hinge loss, declared like the built-in classification loss."""
+    true = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    return losses.weighted_mean(jnp.sum(jnp.maximum(0, margin + logits - true), axis=-1) - margin, weights)
+
+
+UNDECLARED = lambda p, t, w=None: cross_entropy(p, t, w)  # noqa: E731 - wrapping drops the declaration
+
+
 def test_default_metrics():
     assert losses.default_metrics(cross_entropy) == {"accuracy": accuracy}
     assert losses.default_metrics(functools.partial(cross_entropy, label_smoothing=0.1)) == {"accuracy": accuracy}
     assert losses.default_metrics(binary_cross_entropy) == {"accuracy": binary_accuracy}
     assert losses.default_metrics(mse) == {}
     assert losses.default_metrics(lambda p, t, w=None: mse(p, t, w)) == {}
+    assert losses.default_metrics(UNDECLARED) == {}
+    hinge_metrics = {"accuracy": accuracy, "loss_again": cross_entropy}
+    assert losses.default_metrics(declared_hinge) == hinge_metrics
+    assert losses.default_metrics(functools.partial(functools.partial(declared_hinge), margin=2.0)) == hinge_metrics
+
+
+OUT, BIN_OUT = (C,), (3,)  # the model's output shape for one example
+FLOAT_LABELS, WIDE = LABELS.astype(float), np.eye(C + 1)[LABELS]
+NAN_SOFT, BIG_PROBS = SOFT.copy(), BINARY[1].copy()
+NAN_SOFT[1, 2], BIG_PROBS[3, 1], BIG_PROBS[0, 0] = np.nan, 1.5, -0.25
+OUT_OF_RANGE = np.where(LABELS == 3, C, LABELS)
+LABELS_EXPECTED = r"y must be integer class labels of shape \[n\] in \[0, 4\), or one-hot/soft targets of shape \[n, 4\]"
+HINT = r"if your loss takes integer class labels, declare it with fnn.losses.Loss\(loss, targets='labels'\)"
+SMOOTHED = functools.partial(cross_entropy, label_smoothing=0.1)
+# id -> (loss, targets, output shape, regex of the ValueError or None when accepted)
+TARGETS = {
+    "ce_int": (cross_entropy, LABELS, OUT, None),
+    "ce_one_hot": (cross_entropy, ONE_HOT, OUT, None),
+    "ce_int_one_hot": (cross_entropy, ONE_HOT.astype(int), OUT, None),
+    "ce_soft": (cross_entropy, SOFT, OUT, None),
+    "ce_out_of_range": (cross_entropy, OUT_OF_RANGE, OUT, r"^y must lie in \[0, 4\) for 4 classes; got values in \[0, 4\]$"),
+    "ce_negative": (cross_entropy, LABELS - 1, OUT, r"^y must lie in \[0, 4\).*\[-1, 2\]$"),
+    "ce_float_labels": (cross_entropy, FLOAT_LABELS, OUT, rf"^{LABELS_EXPECTED}; got float64 of shape \(6,\)$"),
+    "ce_soft_too_wide": (cross_entropy, WIDE, OUT, rf"^{LABELS_EXPECTED}; got float64 of shape \(6, 5\)$"),
+    "ce_soft_not_finite": (cross_entropy, NAN_SOFT, OUT, r"^y holds 1 non-finite values"),
+    "ce_no_class_axis": (cross_entropy, LABELS, (), r"^y cannot be class labels: .* no class axis"),
+    "ce_smoothed_int": (SMOOTHED, LABELS, OUT, None),
+    "ce_smoothed_out_of_range": (SMOOTHED, OUT_OF_RANGE, OUT, r"^y must lie in \[0, 4\)"),
+    "ce_smoothed_soft_not_finite": (SMOOTHED, NAN_SOFT, OUT, r"^y holds 1 non-finite values"),
+    "user_labels_int": (declared_hinge, LABELS, OUT, None),
+    "user_labels_out_of_range": (declared_hinge, OUT_OF_RANGE, OUT, r"^y must lie in \[0, 4\)"),
+    "bce": (binary_cross_entropy, BINARY[1], BIN_OUT, None),
+    "bce_hard": (binary_cross_entropy, (BINARY[1] > 0.5).astype(np.int32), BIN_OUT, None),
+    "bce_outside_0_1": (
+        binary_cross_entropy, BIG_PROBS, BIN_OUT, r"^y must lie in \[0, 1\] \(probabilities\); got values in \[-0.25, 1.5\]$"
+    ),
+    "bce_not_finite": (binary_cross_entropy, np.where(BIG_PROBS > 1, np.inf, 0.5), BIN_OUT, r"^y holds 1 non-finite"),
+    "bce_labels": (binary_cross_entropy, LABELS, BIN_OUT, r"^y must have shape \[n, 3\] to match the model's output; got"),
+    "mse": (mse, REGRESSION[1], BIN_OUT, None),
+    "mse_1d": (mse, REGRESSION[1][:, 0], (), None),
+    "mse_not_finite": (mse, np.where(BIG_PROBS > 1, np.nan, 0.5), BIN_OUT, r"^y holds 1 non-finite"),
+    "mse_labels": (mse, LABELS, OUT, r"^y must have shape \[n, 4\] to match the model's output; got \(6,\)$"),
+    "undeclared_same_shape": (UNDECLARED, SOFT, OUT, None),
+    "undeclared_not_finite": (UNDECLARED, NAN_SOFT, OUT, r"^y holds 1 non-finite"),
+    "undeclared_labels": (UNDECLARED, LABELS, OUT, rf"^y must have shape \[n, 4\] .*got \(6,\); {HINT}$"),
+    "undeclared_float_labels": (UNDECLARED, FLOAT_LABELS, OUT, r"got \(6,\)$"),  # no hint: these are not int
+}
+
+
+@pytest.mark.parametrize("case", TARGETS)
+def test_check_targets(case):
+    loss, targets, output_shape, error = TARGETS[case]
+    if error is None:
+        assert losses.check_targets(loss, "y", jnp.asarray(targets), output_shape) is None
+    else:
+        with pytest.raises(ValueError, match=error):
+            losses.check_targets(loss, "y", jnp.asarray(targets), output_shape)
+
+
+def test_check_targets_names_the_argument():
+    with pytest.raises(ValueError, match=r"^validation y must lie in \[0, 4\)"):
+        losses.check_targets(cross_entropy, "validation y", OUT_OF_RANGE, [C])
+
+
+@pytest.mark.parametrize("case", ["ce_out_of_range", "ce_soft_not_finite", "bce_outside_0_1", "mse_not_finite"])
+def test_check_targets_checks_shapes_but_not_values_of_traced_targets(case):
+    loss, targets, output_shape, _ = TARGETS[case]
+
+    def check(y):
+        losses.check_targets(loss, "y", y, output_shape)
+        return y
+
+    jax.eval_shape(check, targets)  # the values are unknown under a trace
+    with pytest.raises(ValueError, match="must have shape|must be integer class labels"):
+        jax.eval_shape(check, targets[:, None])  # the shape is known
+
+
+def test_a_declared_loss_is_its_function():
+    assert isinstance(cross_entropy, losses.Loss) and cross_entropy.targets == "labels"
+    assert (cross_entropy.__name__, cross_entropy.__module__) == ("cross_entropy", "fnn.losses")
+    assert cross_entropy.__doc__.startswith("Softmax cross-entropy from logits")
+    assert list(inspect.signature(cross_entropy).parameters) == ["logits", "labels", "weights", "label_smoothing"]
+    assert repr(binary_cross_entropy) == "Loss(binary_cross_entropy, targets='probabilities', metrics=['accuracy'])"
+    z, y = jnp.asarray(LOGITS), jnp.asarray(LABELS)
+    np.testing.assert_allclose(declared_hinge(z, y, margin=2.0), declared_hinge.fn(z, y, None, margin=2.0), rtol=1e-15)
+
+
+def test_a_loss_hashes_and_compares_by_value():
+    # A Loss is a static field of the jit-cached Trainer: equal declarations share a program.
+    twin = losses.Loss(cross_entropy.fn, targets="labels", metrics=[("accuracy", accuracy)])
+    assert twin == cross_entropy and hash(twin) == hash(cross_entropy) and twin is not cross_entropy
+    assert losses.Loss(cross_entropy.fn, targets="labels") != cross_entropy  # other metrics
+    assert losses.Loss(cross_entropy.fn, metrics={"accuracy": accuracy}) != cross_entropy  # other targets
+    assert len({mse, binary_cross_entropy, cross_entropy, twin, SMOOTHED}) == 4
+
+
+def test_a_loss_pickles():
+    for loss in (mse, cross_entropy, binary_cross_entropy, declared_hinge):  # declared on their def: by name
+        assert pickle.loads(pickle.dumps(loss)) is loss
+    redeclared = losses.Loss(cross_entropy, metrics={"hinge": declared_hinge})  # by its fields
+    assert pickle.loads(pickle.dumps(redeclared)) == redeclared
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(fn=3), "fn must be a function"),
+        (dict(fn=mse.fn, targets="classes"), r"targets must be one of \['labels', 'probabilities', 'same_shape'\]; got 'cl"),
+        (dict(fn=mse.fn, metrics={"r2": 0.5}), "metrics must map names to functions"),
+    ],
+)
+def test_a_bad_declaration_is_a_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        losses.Loss(**kwargs)
 
 
 def test_zero_weight_rows_never_count_even_when_not_finite():
