@@ -3,7 +3,14 @@
 Every check names the argument it looks at and says what was expected. Checks on
 *values* (a learning rate must be positive, say) run only when the value is concrete;
 under ``jax.jit`` or ``jax.vmap`` the value is a tracer and the check is skipped, so that
-hyperparameters can stay traced data (a sweep checks its grid eagerly instead).
+hyperparameters can stay traced data (a sweep checks its grid eagerly instead). Checks on
+*kinds* always run: a numeric hyperparameter is a Python int or float, or a NumPy or JAX
+array (or scalar) of a real numeric dtype, traced or not; strings, ``None``, bools and
+other objects are refused.
+
+Optimizers, gradient wrappers, schedules, regularizers and layers check their arguments
+in ``__post_init__``, so building one directly is checked like building it through its
+factory; :func:`check_fields` does it for a frozen dataclass's hyperparameter fields.
 """
 
 from __future__ import annotations
@@ -31,15 +38,46 @@ def _host_value(value):
     return None
 
 
-def check_in_range(name: str, value, low=None, high=None, *, low_open=False, high_open=False):
-    """Raise ``ValueError`` unless every element of ``value`` lies in the stated interval.
+def _is_numeric(value) -> bool:
+    """True for a Python int or float (not a bool) and for a NumPy or JAX array or scalar,
+    tracers included, of an integer or floating dtype."""
+    if isinstance(value, (int, float)):
+        return not isinstance(value, bool)
+    return isinstance(value, (np.ndarray, np.generic, jax.Array)) and (
+        jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)
+    )
+
+
+def _describe(value) -> str:
+    """``value`` and its type for an error message: ``'0.1' (str)``, ``array([ True]) (ndarray of bool)``."""
+    kind = type(value).__name__
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        kind += f" of {value.dtype}"
+    return f"{value!r} ({kind})"
+
+
+def check_in_range(name: str, value, low=None, high=None, *, low_open=False, high_open=False, schedule=False):
+    """Raise ``ValueError`` unless ``value`` is numeric and every element lies in the interval.
 
     Args:
       name: the argument's name, used in the message.
-      value: a scalar or array; skipped when traced or callable (a schedule).
+      value: a Python int or float, or a NumPy / JAX array or scalar of a real numeric
+        dtype; the interval is not checked when it is traced.
       low, high: bounds, ``None`` for unbounded.
       low_open, high_open: whether the bound itself is excluded.
+      schedule: also accept a schedule (any callable ``step -> value``), returned
+        unchecked, as a learning rate is.
+
+    Raises:
+      ValueError: naming ``name``, for a value of another kind (a string, ``None``, a
+        bool, a bool array, a callable unless ``schedule``) or, when concrete, outside
+        the interval or not finite.
     """
+    if schedule and callable(value):
+        return
+    if not _is_numeric(value):
+        kinds = "a number, a numeric array or a schedule" if schedule else "a number or a numeric array"
+        raise ValueError(f"{name} must be {kinds}; got {_describe(value)}")
     v = _host_value(value)
     if v is None:
         return
@@ -52,12 +90,12 @@ def check_in_range(name: str, value, low=None, high=None, *, low_open=False, hig
 
 
 def check_positive(name: str, value):
-    """Raise ``ValueError`` unless ``value`` > 0 (skipped when traced)."""
+    """Raise ``ValueError`` unless ``value`` is numeric and > 0 (the value is not read when traced)."""
     check_in_range(name, value, 0, None, low_open=True)
 
 
 def check_nonnegative(name: str, value):
-    """Raise ``ValueError`` unless ``value`` >= 0 (skipped when traced)."""
+    """Raise ``ValueError`` unless ``value`` is numeric and >= 0 (the value is not read when traced)."""
     check_in_range(name, value, 0, None)
 
 
@@ -90,17 +128,47 @@ def check_same_structure(name_a: str, tree_a, name_b: str, tree_b):
             )
 
 
-def hyperparameter(name: str, value, low=None, high=None, *, low_open=False, high_open=False):
-    """Check ``value`` lies in the interval (when concrete) and return it as a hyperparameter.
+def hyperparameter(name: str, value, low=None, high=None, *, low_open=False, high_open=False, schedule=False):
+    """Check ``value`` as :func:`check_in_range` does and return it as a hyperparameter.
 
     A Python number becomes a Python float, so that ``1`` and ``0.5`` give pytree
     leaves of the same type and share one compiled program; arrays, tracers and
-    callables are returned unchanged.
+    (with ``schedule=True``) schedules are returned unchanged.
     """
-    check_in_range(name, value, low, high, low_open=low_open, high_open=high_open)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return value
+    check_in_range(name, value, low, high, low_open=low_open, high_open=high_open, schedule=schedule)
+    return float(value) if isinstance(value, (int, float)) else value
+
+
+# Intervals for check_fields: keyword arguments of hyperparameter.
+NONNEGATIVE = {"low": 0}  # [0, inf)
+POSITIVE = {"low": 0, "low_open": True}  # (0, inf)
+FRACTION = {"low": 0, "high": 1, "high_open": True}  # [0, 1): a decay or momentum coefficient
+UNIT = {"low": 0, "high": 1}  # [0, 1]
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` as a ``bool`` if it is a Python or NumPy bool (a static flag), else raise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a bool (True or False); got {_describe(value)}")
+    return bool(value)
+
+
+def check_fields(obj, flags=(), **intervals):
+    """Check the fields of a frozen dataclass and store them normalized; for ``__post_init__``.
+
+    Args:
+      obj: the instance being built.
+      flags: names of static boolean fields; each is checked by :func:`check_bool`.
+      **intervals: field name -> the interval its value must lie in (:data:`POSITIVE`,
+        :data:`FRACTION`, ...); each field is checked and converted by :func:`hyperparameter`.
+
+    Raises:
+      ValueError: naming the first field that is not of the expected kind or range.
+    """
+    for name in flags:
+        object.__setattr__(obj, name, check_bool(name, getattr(obj, name)))
+    for name, interval in intervals.items():
+        object.__setattr__(obj, name, hyperparameter(name, getattr(obj, name), **interval))
 
 
 def lookup(name: str, table: dict, value):
@@ -114,12 +182,15 @@ def lookup(name: str, table: dict, value):
 
 
 def as_key(key):
-    """Accept an int seed (also a traced integer scalar), a raw uint32 key or a typed key;
-    return a typed key."""
-    if isinstance(key, int) or (jnp.shape(key) == () and jnp.issubdtype(jnp.result_type(key), jnp.integer)):
+    """The run's PRNG key from an int seed (also a traced integer scalar), a raw uint32
+    key [2] or a typed key; a ``ValueError`` names ``key`` for anything else."""
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer, np.ndarray, jax.Array)):
+        raise ValueError(f"key must be an int seed or a jax.random key; got {type(key).__name__} {key!r}")
+    dtype, shape = jnp.result_type(key), jnp.shape(key)
+    if shape == () and jnp.issubdtype(dtype, jnp.integer):
         return jax.random.key(key)
-    if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
         return key
-    if jnp.shape(key) == (2,) and jnp.result_type(key) == jnp.uint32:
+    if shape == (2,) and dtype == jnp.uint32:
         return jax.random.wrap_key_data(key)
-    raise ValueError(f"key must be an int seed or a jax.random key; got {type(key).__name__} {jnp.shape(key)}")
+    raise ValueError(f"key must be an int seed or a jax.random key; got {dtype} of shape {shape}")

@@ -2,24 +2,22 @@
 
 Every optimizer is a frozen pytree with three methods::
 
-    state = opt.init(params)                                # NamedTuple: count + buffers
-    params, state = opt.update(grads, state, params)        # one step of the published rule
-    lr = opt.learning_rate(state)                           # the lr the next update uses
+    state = opt.init(params)                            # NamedTuple: count + buffers
+    params, state = opt.update(grads, state, params)    # one step of the published rule
+    lr = opt.learning_rate(state)                       # the lr the next update uses
 
-``opt.lr`` is always a schedule (:mod:`fnn.schedules`), evaluated at ``state.count``,
-the number of updates already applied (0 at the first update). Every numeric
-hyperparameter is a pytree leaf: a Python float, a traced scalar or (lr) a schedule.
-A compiled step taking the optimizer as an argument therefore does not recompile for
-new values, and ``jax.vmap`` maps over a grid of them. Only structural flags
-(``nesterov``, ``centered``) are static.
+``opt.lr`` is always a schedule (:mod:`fnn.schedules`) evaluated at ``state.count``, the
+number of updates already applied (0 at the first). Numeric hyperparameters are pytree
+leaves, so a compiled step does not recompile for new values and ``jax.vmap`` maps over
+them; only flags (``nesterov``, ``centered``) are static. The state's structure never
+depends on hyperparameter values, so states of one optimizer type stack, scan and
+checkpoint alike. Update rules run in each parameter's dtype; ``count`` is int32.
 
-The state's structure never depends on hyperparameter values (SGD always keeps a
-velocity, RMSprop always keeps its mean and momentum buffers), so states of one
-optimizer type can be stacked, scanned over and checkpointed alike. Update rules run in
-each parameter's dtype (gradients and hyperparameters are cast to it); ``count`` is int32.
-
-The factories (``sgd``, ``adam``, ...) are the public entry points: they check concrete
-hyperparameters eagerly and raise ``ValueError`` naming the argument.
+Each optimizer is documented once, on its class; its factory (``sgd`` for :class:`SGD`,
+...) is the public entry point, with the same arguments. The class checks them when built
+(``__post_init__``; values are read only when concrete), so ``SGD(...)`` raises the same
+``ValueError``, naming the argument, as ``sgd(...)``. Clipping wraps any optimizer:
+:mod:`fnn.clipping`.
 """
 
 from __future__ import annotations
@@ -31,10 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.checks import FRACTION, NONNEGATIVE, POSITIVE, check_fields, check_same_structure, is_concrete
 from fnn.pytree import pytree_dataclass, static_field
 from fnn.schedules import Schedule, as_schedule
-from fnn.checks import hyperparameter
-from fnn.checks import check_same_structure, is_concrete
 
 # ----------------------------------------------------------------------------- states
 
@@ -62,18 +59,13 @@ class AdamState(NamedTuple):
     nu: Any  # second raw moment estimate v
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- base
 
 
 def _cast(like, *values):
     """``values`` as arrays of the dtype of the parameter ``like``."""
     dtype = jnp.result_type(like)
     return tuple(jnp.asarray(v, dtype) for v in values)
-
-
-def _ema(decay, average, x):
-    """Exponential moving average: ``decay * average + (1 - decay) * x``."""
-    return decay * average + (1 - decay) * x
 
 
 def _map_leaves(rule, params, *trees):
@@ -84,37 +76,21 @@ def _map_leaves(rule, params, *trees):
     return [treedef.unflatten(list(out)) for out in zip(*outputs)] or [params] * len(trees)
 
 
-def _lr(lr):
-    """Validate a learning-rate argument (>= 0 unless a schedule) and make it a schedule."""
-    return as_schedule(hyperparameter("lr", lr, 0))
-
-
-def _fraction(name, value):
-    """A decay or momentum coefficient, in [0, 1)."""
-    return hyperparameter(name, value, 0, 1, high_open=True)
-
-
-def _positive(name, value):
-    return hyperparameter(name, value, 0, low_open=True)
-
-
-def global_norm(tree):
-    """The Euclidean norm of all leaves of ``tree`` together: ``sqrt(sum_i sum(x_i ** 2))``."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
-# ----------------------------------------------------------------------------- base
-
-
+@pytree_dataclass
 class Optimizer:
     """Base class: ``init``, ``update`` and ``learning_rate`` from a per-leaf rule.
 
-    A subclass sets ``State`` (a NamedTuple whose first field is ``count`` and whose
-    other fields are params-shaped buffers) and ``_rule(lr, count, p, g, *buffers) ->
-    (new_p, *new_buffers)``, the published update for one parameter array.
+    A subclass (a :func:`~fnn.pytree.pytree_dataclass`, its fields after ``lr``) sets
+    ``State`` (a NamedTuple: ``count``, then params-shaped buffers) and ``_rule(lr, count,
+    p, g, *buffers) -> (new_p, *new_buffers)``, the update of one parameter array.
     """
 
-    State: Any = None
+    lr: Schedule
+    State = None
+
+    def __post_init__(self):
+        """Check ``lr`` (a number or numeric array >= 0, or a schedule) and store it as a schedule."""
+        object.__setattr__(self, "lr", as_schedule(self.lr))
 
     def init(self, params):
         """The initial state: ``count = 0`` (int32) and buffers shaped like ``params``."""
@@ -129,7 +105,7 @@ class Optimizer:
         return self.lr(state.count)
 
     def update(self, grads, state, params):
-        """One step: returns ``(new_params, new_state)``; see the class docstring for the rule.
+        """One step, ``(new_params, new_state)``, by the rule in the class docstring.
 
         Raises:
           ValueError: if ``grads``, ``params`` and the state's buffers differ in tree
@@ -146,10 +122,8 @@ class Optimizer:
     def _check(self, grads, state, params):
         check_same_structure("grads", grads, "params", params)
         if not isinstance(state, self.State):
-            raise ValueError(
-                f"state must be the {self.State.__name__} made by this optimizer's init(params); "
-                f"got {type(state).__name__}"
-            )
+            expected, kind = self.State.__name__, type(state).__name__
+            raise ValueError(f"state must be the {expected} made by this optimizer's init(params); got {kind}")
         for name in self.State._fields[1:]:
             check_same_structure(f"state.{name}", getattr(state, name), "params", params)
 
@@ -168,8 +142,6 @@ class SGD(Optimizer):
         p_{t+1} = p_t - lr_t * v_{t+1}                      (heavy ball)
         p_{t+1} = p_t - lr_t * (g_t + mu * v_{t+1})         (nesterov=True)
 
-    ``mu = 0`` is plain SGD, ``p_{t+1} = p_t - lr_t * g_t``.
-
     References:
       Polyak (1964), "Some methods of speeding up the convergence of iteration methods"
       (heavy ball). Sutskever, Martens, Dahl & Hinton (2013), "On the importance of
@@ -180,18 +152,23 @@ class SGD(Optimizer):
     when the learning rate changes over time.
 
     Args:
-      lr: a schedule (see :func:`fnn.schedules.as_schedule`), >= 0.
-      momentum: ``mu`` in [0, 1).
+      lr: learning rate >= 0: a number, a numeric array (traced or not) or a schedule.
+      momentum: ``mu`` in [0, 1); 0 (the default) gives plain SGD, ``p_{t+1} = p_t - lr_t * g_t``.
       nesterov: use Nesterov momentum (static; needs ``momentum > 0``).
 
     Returns:
       ``update`` returns ``(new_params, SGDState(count + 1, velocity))``.
     """
 
-    lr: Schedule
-    momentum: Any
-    nesterov: bool = static_field()
+    momentum: Any = 0.0
+    nesterov: bool = static_field(False)
     State = SGDState
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_fields(self, ("nesterov",), momentum=FRACTION)
+        if self.nesterov and is_concrete(self.momentum) and np.any(np.asarray(self.momentum) == 0):
+            raise ValueError("nesterov=True needs momentum > 0; got momentum=0 (use nesterov=False for plain SGD)")
 
     def _rule(self, lr, count, p, g, v):
         lr, mu = _cast(p, lr, self.momentum)
@@ -223,28 +200,31 @@ class RMSProp(Optimizer):
       eqs. 38-41 (centered variant; there eps sits inside the root).
 
     Args:
-      lr: a schedule, >= 0.
-      decay: ``rho`` in [0, 1).
-      eps: > 0.
+      lr: learning rate >= 0, or a schedule (as for :class:`SGD`).
+      decay: ``rho`` in [0, 1); 0.9 as in Hinton's lecture and Keras (PyTorch: alpha=0.99).
+      eps: > 0, added to the root mean square.
       momentum: ``m`` in [0, 1).
-      centered: subtract the squared running mean of gradients (static).
+      centered: divide by the running standard deviation instead of the RMS (static).
 
     Returns:
       ``update`` returns ``(new_params, RMSPropState(count + 1, nu, mu, momentum))``.
     """
 
-    lr: Schedule
-    decay: Any
-    eps: Any
-    momentum: Any
-    centered: bool = static_field()
+    decay: Any = 0.9
+    eps: Any = 1e-8
+    momentum: Any = 0.0
+    centered: bool = static_field(False)
     State = RMSPropState
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_fields(self, ("centered",), decay=FRACTION, eps=POSITIVE, momentum=FRACTION)
 
     def _rule(self, lr, count, p, g, nu, mu, b):
         lr, rho, eps, m = _cast(p, lr, self.decay, self.eps, self.momentum)
-        nu = _ema(rho, nu, g * g)
+        nu = rho * nu + (1 - rho) * g * g
         if self.centered:
-            mu = _ema(rho, mu, g)
+            mu = rho * mu + (1 - rho) * g
             mean_square = jnp.maximum(nu - mu * mu, 0)
         else:
             mean_square = nu
@@ -273,18 +253,21 @@ class AdaGrad(Optimizer):
       and stochastic optimization", JMLR 12 (diagonal version).
 
     Args:
-      lr: a schedule, >= 0.
-      initial_accumulator: ``a_0``, >= 0.
-      eps: > 0.
+      lr: learning rate >= 0, or a schedule (as for :class:`SGD`).
+      initial_accumulator: ``a_0``, the starting sum of squares, >= 0.
+      eps: > 0, added to the square root.
 
     Returns:
       ``update`` returns ``(new_params, AdaGradState(count + 1, sum_of_squares))``.
     """
 
-    lr: Schedule
-    initial_accumulator: Any
-    eps: Any
+    initial_accumulator: Any = 0.0
+    eps: Any = 1e-10
     State = AdaGradState
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_fields(self, initial_accumulator=NONNEGATIVE, eps=POSITIVE)
 
     def _initial_buffer(self, p):
         return jnp.full_like(p, self.initial_accumulator)
@@ -315,7 +298,7 @@ class Adam(Optimizer):
       Kingma & Ba (2015), "Adam: A method for stochastic optimization", ICLR, Algorithm 1.
 
     Args:
-      lr: a schedule, >= 0.
+      lr: learning rate >= 0, or a schedule (as for :class:`SGD`).
       b1, b2: moment decay rates in [0, 1).
       eps: > 0.
 
@@ -323,16 +306,19 @@ class Adam(Optimizer):
       ``update`` returns ``(new_params, AdamState(count + 1, mu=m, nu=v))``.
     """
 
-    lr: Schedule
-    b1: Any
-    b2: Any
-    eps: Any
+    b1: Any = 0.9
+    b2: Any = 0.999
+    eps: Any = 1e-8
     State = AdamState
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_fields(self, b1=FRACTION, b2=FRACTION, eps=POSITIVE)
 
     def _rule(self, lr, count, p, g, m, v):
         lr, b1, b2, eps, t = _cast(p, lr, self.b1, self.b2, self.eps, count + 1)
-        m = _ema(b1, m, g)
-        v = _ema(b2, v, g * g)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
         m_hat = m / (1 - b1**t)
         v_hat = v / (1 - b2**t)
         return p - lr * m_hat / (jnp.sqrt(v_hat) + eps), m, v
@@ -361,204 +347,49 @@ class AdamW(Adam):
       Loshchilov & Hutter (2019), "Decoupled weight decay regularization", ICLR, Algorithm 2.
 
     Args:
-      lr: a schedule, >= 0.
-      b1, b2: moment decay rates in [0, 1).
-      eps: > 0.
+      lr, b1, b2, eps: as for :class:`Adam`.
       weight_decay: >= 0.
 
     Returns:
       ``update`` returns ``(new_params, AdamState(count + 1, mu=m, nu=v))``.
     """
 
-    weight_decay: Any
+    weight_decay: Any = 1e-2
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_fields(self, weight_decay=NONNEGATIVE)
 
     def _rule(self, lr, count, p, g, m, v):
         lr_p, wd = _cast(p, lr, self.weight_decay)
         return super()._rule(lr, count, p * (1 - lr_p * wd), g, m, v)
 
 
-# ----------------------------------------------------------------------------- wrappers
-
-
-@pytree_dataclass
-class _GradientWrapper(Optimizer):
-    """Transforms the gradients, then hands them to ``inner``, a pytree child whose state is the state."""
-
-    inner: Optimizer
-
-    @property
-    def lr(self):
-        return self.inner.lr
-
-    def init(self, params):
-        return self.inner.init(params)
-
-    def learning_rate(self, state):
-        return self.inner.learning_rate(state)
-
-    def update(self, grads, state, params):
-        check_same_structure("grads", grads, "params", params)
-        return self.inner.update(self._transform(grads), state, params)
-
-
-@pytree_dataclass
-class ClipByGlobalNorm(_GradientWrapper):
-    """Rescale the gradients so that their global norm is at most ``max_norm``, then step ``inner``.
-
-    ::
-
-        n  = sqrt(sum over all leaves of sum(g**2))
-        g' = g * max_norm / max(n, max_norm)     (= g if n <= max_norm, else g * max_norm / n)
-
-    References:
-      Pascanu, Mikolov & Bengio (2013), "On the difficulty of training recurrent neural
-      networks", Algorithm 1.
-
-    Args:
-      inner: any fnn optimizer; it receives the rescaled gradients.
-      max_norm: > 0.
-
-    Returns:
-      ``update`` returns ``inner.update(rescaled_grads, state, params)``.
-    """
-
-    max_norm: Any
-
-    def _transform(self, grads):
-        scale = self.max_norm / jnp.maximum(global_norm(grads), self.max_norm)
-        return jax.tree.map(lambda g: g * _cast(g, scale)[0], grads)
-
-
-@pytree_dataclass
-class ClipByValue(_GradientWrapper):
-    """Clip every gradient coordinate to ``[-max_value, max_value]``, then step ``inner``.
-
-    ``g' = min(max(g, -max_value), max_value)``, coordinate by coordinate.
-
-    Args:
-      inner: any fnn optimizer; it receives the clipped gradients, and its state is the state.
-      max_value: > 0.
-
-    Returns:
-      ``update`` returns ``inner.update(clipped_grads, state, params)``.
-    """
-
-    max_value: Any
-
-    def _transform(self, grads):
-        return jax.tree.map(lambda g: jnp.clip(g, *_cast(g, -self.max_value, self.max_value)), grads)
-
-
 # ----------------------------------------------------------------------------- factories
 
 
-def sgd(lr, momentum=0.0, nesterov: bool = False) -> SGD:
-    """SGD, with heavy-ball or Nesterov momentum; the equations are in :class:`SGD`.
-
-    Args:
-      lr: learning rate >= 0: a float, a traced scalar, a schedule or a callable ``step -> lr``.
-      momentum: in [0, 1); 0 gives plain SGD.
-      nesterov: Nesterov momentum (static); needs ``momentum > 0``.
-
-    Returns:
-      An :class:`SGD` optimizer.
-    """
-    momentum = _fraction("momentum", momentum)
-    if nesterov and is_concrete(momentum) and np.any(np.asarray(momentum) == 0):
-        raise ValueError("nesterov=True needs momentum > 0; got momentum=0 (use nesterov=False for plain SGD)")
-    return SGD(_lr(lr), momentum, bool(nesterov))
+def sgd(lr, momentum=SGD.momentum, nesterov: bool = SGD.nesterov) -> SGD:
+    """SGD with heavy-ball or Nesterov momentum: ``SGD(lr, momentum, nesterov)``; see :class:`SGD`."""
+    return SGD(lr, momentum, nesterov)
 
 
-def rmsprop(lr, decay=0.9, eps=1e-8, momentum=0.0, centered: bool = False) -> RMSProp:
-    """RMSprop (eps outside the square root); the equations are in :class:`RMSProp`.
-
-    Args:
-      lr: learning rate >= 0 or a schedule.
-      decay: running-average decay in [0, 1); 0.9 as in Hinton's lecture and Keras (PyTorch's alpha: 0.99).
-      eps: > 0, added to the root mean square.
-      momentum: in [0, 1).
-      centered: divide by the running standard deviation instead of the RMS (static).
-
-    Returns:
-      An :class:`RMSProp` optimizer.
-    """
-    return RMSProp(
-        _lr(lr), _fraction("decay", decay), _positive("eps", eps), _fraction("momentum", momentum), bool(centered)
-    )
+def rmsprop(
+    lr, decay=RMSProp.decay, eps=RMSProp.eps, momentum=RMSProp.momentum, centered: bool = RMSProp.centered
+) -> RMSProp:
+    """RMSprop, eps outside the root: ``RMSProp(lr, decay, eps, momentum, centered)``; see :class:`RMSProp`."""
+    return RMSProp(lr, decay, eps, momentum, centered)
 
 
-def adagrad(lr, initial_accumulator=0.0, eps=1e-10) -> AdaGrad:
-    """AdaGrad; the equations are in :class:`AdaGrad`.
-
-    Args:
-      lr: learning rate >= 0 or a schedule.
-      initial_accumulator: starting value of the sum of squares, >= 0 (0 PyTorch, 0.1 optax/TF).
-      eps: > 0, added to the square root.
-
-    Returns:
-      An :class:`AdaGrad` optimizer.
-    """
-    return AdaGrad(_lr(lr), hyperparameter("initial_accumulator", initial_accumulator, 0), _positive("eps", eps))
+def adagrad(lr, initial_accumulator=AdaGrad.initial_accumulator, eps=AdaGrad.eps) -> AdaGrad:
+    """AdaGrad: ``AdaGrad(lr, initial_accumulator, eps)``; see :class:`AdaGrad`."""
+    return AdaGrad(lr, initial_accumulator, eps)
 
 
-def adam(lr, b1=0.9, b2=0.999, eps=1e-8) -> Adam:
-    """Adam, bias-corrected; the equations are in :class:`Adam`.
-
-    Args:
-      lr: learning rate >= 0 or a schedule.
-      b1, b2: moment decay rates in [0, 1).
-      eps: > 0.
-
-    Returns:
-      An :class:`Adam` optimizer.
-    """
-    return Adam(_lr(lr), _fraction("b1", b1), _fraction("b2", b2), _positive("eps", eps))
+def adam(lr, b1=Adam.b1, b2=Adam.b2, eps=Adam.eps) -> Adam:
+    """Adam, bias-corrected: ``Adam(lr, b1, b2, eps)``; see :class:`Adam`."""
+    return Adam(lr, b1, b2, eps)
 
 
-def adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2) -> AdamW:
-    """AdamW, decay multiplied by the current lr (PyTorch); the equations are in :class:`AdamW`.
-
-    Args:
-      lr: learning rate >= 0 or a schedule.
-      b1, b2: moment decay rates in [0, 1).
-      eps: > 0.
-      weight_decay: >= 0.
-
-    Returns:
-      An :class:`AdamW` optimizer.
-    """
-    base = adam(lr, b1, b2, eps)
-    return AdamW(base.lr, base.b1, base.b2, base.eps, hyperparameter("weight_decay", weight_decay, 0))
-
-
-def _wrap(cls, optimizer, name, limit):
-    """Check the inner optimizer and the (positive) limit, and build the wrapper ``cls``."""
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be an fnn optimizer (e.g. fnn.optimizers.adam(1e-3)); got {optimizer!r}")
-    return cls(optimizer, _positive(name, limit))
-
-
-def clip_by_global_norm(optimizer, max_norm) -> ClipByGlobalNorm:
-    """Rescale the gradients to global norm <= ``max_norm`` before ``optimizer`` steps; see :class:`ClipByGlobalNorm`.
-
-    Args:
-      optimizer: any fnn optimizer (wrappers compose); its state and learning rate are the wrapper's.
-      max_norm: > 0.
-
-    Returns:
-      A :class:`ClipByGlobalNorm` optimizer.
-    """
-    return _wrap(ClipByGlobalNorm, optimizer, "max_norm", max_norm)
-
-
-def clip_by_value(optimizer, max_value) -> ClipByValue:
-    """Clip each gradient coordinate to ``[-max_value, max_value]`` before ``optimizer`` steps.
-
-    Args:
-      optimizer: any fnn optimizer; wrappers compose.
-      max_value: > 0.
-
-    Returns:
-      A :class:`ClipByValue` optimizer with the inner optimizer's state and learning rate.
-    """
-    return _wrap(ClipByValue, optimizer, "max_value", max_value)
+def adamw(lr, b1=AdamW.b1, b2=AdamW.b2, eps=AdamW.eps, weight_decay=AdamW.weight_decay) -> AdamW:
+    """AdamW, decay times the current lr: ``AdamW(lr, b1, b2, eps, weight_decay)``; see :class:`AdamW`."""
+    return AdamW(lr, b1, b2, eps, weight_decay)

@@ -13,6 +13,10 @@ To choose by name, e.g. only leaves called ``"w"``::
 
 ``select`` is part of the compiled program's identity: re-use one function object
 rather than a fresh ``lambda`` per call.
+
+A regularizer checks its arguments when it is built (in ``__post_init__``, so building
+:class:`L2` directly is checked like :func:`l2`) and raises ``ValueError`` naming the
+argument; strengths are only read when concrete, so they may be traced.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.pytree import pytree_dataclass, static_field
-from fnn.checks import hyperparameter
+from fnn.checks import NONNEGATIVE, check_fields
 
 
 def is_weight(path, leaf) -> bool:
@@ -58,12 +62,22 @@ def _l2_penalty(strength, params, select):
     return _scaled(strength, _selected_sum(jnp.square, params, select)) / 2
 
 
+def _check_select(select):
+    """Raise ``ValueError`` unless ``select`` is callable."""
+    if not callable(select):
+        raise ValueError(f"select must be a callable (path, leaf) -> bool; got {select!r} ({type(select).__name__})")
+
+
 @pytree_dataclass
 class _Penalty:
     """A penalty with one strength: ``_penalty(strength, params, select)``."""
 
     strength: Any
     select: Callable = static_field(is_weight)
+
+    def __post_init__(self):
+        check_fields(self, strength=NONNEGATIVE)
+        _check_select(self.select)
 
     def __call__(self, params):
         return self._penalty(self.strength, params, self.select)
@@ -96,14 +110,12 @@ class L1L2:
     l2_strength: Any
     select: Callable = static_field(is_weight)
 
+    def __post_init__(self):
+        check_fields(self, l1_strength=NONNEGATIVE, l2_strength=NONNEGATIVE)
+        _check_select(self.select)
+
     def __call__(self, params):
         return _l1_penalty(self.l1_strength, params, self.select) + _l2_penalty(self.l2_strength, params, self.select)
-
-
-def _select(select):
-    if not callable(select):
-        raise ValueError(f"select must be a callable (path, leaf) -> bool; got {select!r}")
-    return select
 
 
 def l2(strength, select=is_weight) -> L2:
@@ -117,7 +129,7 @@ def l2(strength, select=is_weight) -> L2:
     Returns:
       An :class:`L2` regularizer, ``reg(params) -> scalar``.
     """
-    return L2(hyperparameter("strength", strength, 0), _select(select))
+    return L2(strength, select)
 
 
 def l1(strength, select=is_weight) -> L1:
@@ -130,7 +142,7 @@ def l1(strength, select=is_weight) -> L1:
     Returns:
       An :class:`L1` regularizer, ``reg(params) -> scalar``.
     """
-    return L1(hyperparameter("strength", strength, 0), _select(select))
+    return L1(strength, select)
 
 
 def l1_l2(l1_strength, l2_strength, select=is_weight) -> L1L2:
@@ -144,4 +156,4 @@ def l1_l2(l1_strength, l2_strength, select=is_weight) -> L1L2:
     Returns:
       An :class:`L1L2` regularizer, ``reg(params) -> scalar``.
     """
-    return L1L2(hyperparameter("l1_strength", l1_strength, 0), hyperparameter("l2_strength", l2_strength, 0), _select(select))
+    return L1L2(l1_strength, l2_strength, select)

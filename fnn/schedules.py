@@ -10,8 +10,10 @@ float scalar or array; every schedule is elementwise in ``step``. The result is 
 float array in JAX's default float dtype (float64 with ``jax_enable_x64``); optimizers
 cast it to the dtype of each parameter.
 
-The factories (``constant``, ``exponential_decay``, ...) are the public entry points:
-they validate concrete arguments eagerly and raise ``ValueError`` naming the argument.
+The factories (``constant``, ``exponential_decay``, ...) are the public entry points;
+their defaults are the classes'. Every schedule checks its arguments when it is built (in ``__post_init__``, so building a
+class directly is checked alike) and raises ``ValueError`` naming the argument; values
+are only read when concrete, so a schedule built under ``jax.vmap`` keeps traced ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.pytree import pytree_dataclass, static_field
-from fnn.checks import check_in_range, hyperparameter, is_concrete
+from fnn.checks import NONNEGATIVE, POSITIVE, UNIT, check_fields, check_in_range, hyperparameter, is_concrete
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -36,6 +38,15 @@ def _progress(step, decay_steps, staircase: bool):
     """``step / decay_steps``, floored when ``staircase``."""
     p = _float(step) / decay_steps
     return jnp.floor(p) if staircase else p
+
+
+def _array(name, value):
+    """``value``, a sequence or array of numbers, as a JAX array; ``ValueError`` naming ``name`` otherwise."""
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError):
+        kind = type(value).__name__
+        raise ValueError(f"{name} must be a sequence or array of numbers; got {value!r} ({kind})") from None
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -54,6 +65,9 @@ class Constant(Schedule):
 
     value: Any
 
+    def __post_init__(self):
+        check_fields(self, value=NONNEGATIVE)
+
     def __call__(self, step):
         return _float(self.value)
 
@@ -69,6 +83,19 @@ class PiecewiseConstant(Schedule):
     boundaries: Any
     values: Any
 
+    def __post_init__(self):
+        b, v = _array("boundaries", self.boundaries), _array("values", self.values)
+        if b.ndim != 1:
+            raise ValueError(f"boundaries must be a 1-D sequence of steps; got shape {b.shape}")
+        if v.shape != (b.shape[0] + 1,):
+            raise ValueError(f"values must hold len(boundaries) + 1 = {b.shape[0] + 1} entries; got shape {v.shape}")
+        check_in_range("boundaries", b, 0)
+        check_in_range("values", v, 0)
+        if is_concrete(b) and np.any(np.diff(np.asarray(b)) <= 0):
+            raise ValueError(f"boundaries must be strictly increasing; got {np.asarray(b).tolist()}")
+        object.__setattr__(self, "boundaries", b)
+        object.__setattr__(self, "values", v)
+
     def __call__(self, step):
         index = jnp.searchsorted(self.boundaries, _float(step), side="right")
         return _float(jnp.take(self.values, index))
@@ -82,6 +109,9 @@ class _TimeDecay(Schedule):
     decay_rate: Any
     decay_steps: Any
     staircase: bool = static_field(False)
+
+    def __post_init__(self):
+        check_fields(self, ("staircase",), init_value=NONNEGATIVE, decay_rate=NONNEGATIVE, decay_steps=POSITIVE)
 
     def __call__(self, step):
         return self.init_value * self._factor(_progress(step, self.decay_steps, self.staircase))
@@ -104,12 +134,30 @@ class InverseTimeDecay(_TimeDecay):
 
 
 @pytree_dataclass
+class StepDecay(Schedule):
+    """``lr(step) = init_value * factor ** floor(step / every)``."""
+
+    init_value: Any
+    factor: Any
+    every: Any
+
+    def __post_init__(self):
+        check_fields(self, init_value=NONNEGATIVE, factor=NONNEGATIVE, every=POSITIVE)
+
+    def __call__(self, step):
+        return self.init_value * self.factor ** _progress(step, self.every, staircase=True)
+
+
+@pytree_dataclass
 class CosineDecay(Schedule):
     """``lr(step) = init_value * ((1 - alpha) * (1 + cos(pi * min(step, decay_steps) / decay_steps)) / 2 + alpha)``."""
 
     init_value: Any
     decay_steps: Any
-    alpha: Any
+    alpha: Any = 0.0
+
+    def __post_init__(self):
+        check_fields(self, init_value=NONNEGATIVE, decay_steps=POSITIVE, alpha=UNIT)
 
     def __call__(self, step):
         t = jnp.minimum(_float(step), self.decay_steps) / self.decay_steps
@@ -123,7 +171,11 @@ class Warmup(Schedule):
 
     schedule: Schedule
     warmup_steps: Any
-    init_value: Any
+    init_value: Any = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "schedule", as_schedule(self.schedule, "schedule"))
+        check_fields(self, warmup_steps=POSITIVE, init_value=NONNEGATIVE)
 
     def __call__(self, step):
         t = _float(step)
@@ -142,6 +194,10 @@ class FunctionSchedule(Schedule):
 
     fn: Callable = static_field()
 
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise ValueError(f"fn must be a callable step -> lr; got {self.fn!r} ({type(self.fn).__name__})")
+
     def __call__(self, step):
         return _float(self.fn(step))
 
@@ -158,7 +214,7 @@ def constant(value) -> Constant:
     Returns:
       A :class:`Constant` schedule, ``lr(step) = value``.
     """
-    return Constant(hyperparameter("value", value, 0))
+    return Constant(value)
 
 
 def piecewise_constant(boundaries, values) -> PiecewiseConstant:
@@ -174,29 +230,12 @@ def piecewise_constant(boundaries, values) -> PiecewiseConstant:
     Returns:
       A :class:`PiecewiseConstant` schedule.
     """
-    b, v = jnp.asarray(boundaries), jnp.asarray(values)
-    if b.ndim != 1:
-        raise ValueError(f"boundaries must be a 1-D sequence of steps; got shape {b.shape}")
-    if v.shape != (b.shape[0] + 1,):
-        raise ValueError(f"values must hold len(boundaries) + 1 = {b.shape[0] + 1} entries; got shape {v.shape}")
-    check_in_range("boundaries", b, 0)
-    check_in_range("values", v, 0)
-    if is_concrete(b) and np.any(np.diff(np.asarray(b)) <= 0):
-        raise ValueError(f"boundaries must be strictly increasing; got {np.asarray(b).tolist()}")
-    return PiecewiseConstant(b, v)
+    return PiecewiseConstant(boundaries, values)
 
 
-def _time_decay(cls, init_value, decay_rate, decay_steps, staircase, names=("decay_rate", "decay_steps")):
-    """Validate the arguments of a :class:`_TimeDecay` schedule and build it."""
-    return cls(
-        hyperparameter("init_value", init_value, 0),
-        hyperparameter(names[0], decay_rate, 0),
-        hyperparameter(names[1], decay_steps, 0, low_open=True),
-        bool(staircase),
-    )
-
-
-def exponential_decay(init_value, decay_rate, decay_steps, staircase: bool = False) -> ExponentialDecay:
+def exponential_decay(
+    init_value, decay_rate, decay_steps, staircase: bool = ExponentialDecay.staircase
+) -> ExponentialDecay:
     """Exponential decay: ``lr(step) = init_value * decay_rate ** (step / decay_steps)``.
 
     Args:
@@ -208,10 +247,10 @@ def exponential_decay(init_value, decay_rate, decay_steps, staircase: bool = Fal
     Returns:
       An :class:`ExponentialDecay` schedule.
     """
-    return _time_decay(ExponentialDecay, init_value, decay_rate, decay_steps, staircase)
+    return ExponentialDecay(init_value, decay_rate, decay_steps, staircase)
 
 
-def step_decay(init_value, factor, every) -> ExponentialDecay:
+def step_decay(init_value, factor, every) -> StepDecay:
     """Step decay: multiply by ``factor`` every ``every`` steps.
 
     ``lr(step) = init_value * factor ** floor(step / every)``.
@@ -222,12 +261,15 @@ def step_decay(init_value, factor, every) -> ExponentialDecay:
       every: steps between drops, > 0.
 
     Returns:
-      An :class:`ExponentialDecay` schedule with ``staircase=True``.
+      A :class:`StepDecay` schedule, with the values of
+      ``exponential_decay(init_value, factor, every, staircase=True)``.
     """
-    return _time_decay(ExponentialDecay, init_value, factor, every, True, names=("factor", "every"))
+    return StepDecay(init_value, factor, every)
 
 
-def inverse_time_decay(init_value, decay_rate, decay_steps, staircase: bool = False) -> InverseTimeDecay:
+def inverse_time_decay(
+    init_value, decay_rate, decay_steps, staircase: bool = InverseTimeDecay.staircase
+) -> InverseTimeDecay:
     """Inverse-time decay: ``lr(step) = init_value / (1 + decay_rate * step / decay_steps)``.
 
     Args:
@@ -239,10 +281,10 @@ def inverse_time_decay(init_value, decay_rate, decay_steps, staircase: bool = Fa
     Returns:
       An :class:`InverseTimeDecay` schedule.
     """
-    return _time_decay(InverseTimeDecay, init_value, decay_rate, decay_steps, staircase)
+    return InverseTimeDecay(init_value, decay_rate, decay_steps, staircase)
 
 
-def cosine_decay(init_value, decay_steps, alpha=0.0) -> CosineDecay:
+def cosine_decay(init_value, decay_steps, alpha=CosineDecay.alpha) -> CosineDecay:
     """Cosine decay (SGDR, Loshchilov & Hutter 2017, without restarts).
 
     ``lr(step) = init_value * ((1 - alpha) * 0.5 * (1 + cos(pi * min(step, decay_steps) / decay_steps)) + alpha)``:
@@ -257,14 +299,10 @@ def cosine_decay(init_value, decay_steps, alpha=0.0) -> CosineDecay:
     Returns:
       A :class:`CosineDecay` schedule.
     """
-    return CosineDecay(
-        hyperparameter("init_value", init_value, 0),
-        hyperparameter("decay_steps", decay_steps, 0, low_open=True),
-        hyperparameter("alpha", alpha, 0, 1),
-    )
+    return CosineDecay(init_value, decay_steps, alpha)
 
 
-def warmup(schedule, warmup_steps, init_value=0.0) -> Warmup:
+def warmup(schedule, warmup_steps, init_value=Warmup.init_value) -> Warmup:
     """Linear warm-up in front of a schedule.
 
     ``lr(step) = init_value + (schedule(0) - init_value) * step / warmup_steps`` for
@@ -278,26 +316,28 @@ def warmup(schedule, warmup_steps, init_value=0.0) -> Warmup:
     Returns:
       A :class:`Warmup` schedule.
     """
-    return Warmup(
-        as_schedule(schedule),
-        hyperparameter("warmup_steps", warmup_steps, 0, low_open=True),
-        hyperparameter("init_value", init_value, 0),
-    )
+    return Warmup(schedule, warmup_steps, init_value)
 
 
-def as_schedule(value) -> Schedule:
+def as_schedule(value, name: str = "lr") -> Schedule:
     """Turn a learning-rate argument into a schedule.
 
     Args:
       value: an fnn :class:`Schedule` (returned as is); any other callable
         ``step -> lr`` (wrapped in a :class:`FunctionSchedule`, static); or a number or
-        scalar array, traced or not (a :class:`Constant`, checked >= 0).
+        numeric array, traced or not (a :class:`Constant`, checked >= 0 when concrete).
+      name: the argument's name for the error message.
 
     Returns:
       A :class:`Schedule`.
+
+    Raises:
+      ValueError: naming ``name``, for anything else (a string, ``None``, a bool, ...)
+        or a negative or non-finite number.
     """
+    value = hyperparameter(name, value, 0, schedule=True)
     if isinstance(value, Schedule):
         return value
     if callable(value):
         return FunctionSchedule(value)
-    return constant(value)
+    return Constant(value)

@@ -1,10 +1,15 @@
-"""Optimizers against plain-NumPy versions of the published equations, plus their properties."""
+"""Optimizers against plain-NumPy versions of the published equations, plus their properties;
+argument checks, the same for a class built directly as for its factory."""
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fnn
+from fnn import clipping
 from fnn import optimizers as opt
 from fnn import schedules
 
@@ -76,11 +81,11 @@ def np_clip_value(gs, max_value):
 
 
 def clip_adam(lr, max_norm):
-    return opt.clip_by_global_norm(opt.adam(lr), max_norm)
+    return clipping.clip_by_global_norm(opt.adam(lr), max_norm)
 
 
 def clip_sgd(lr, momentum, max_value):
-    return opt.clip_by_value(opt.sgd(lr, momentum), max_value)
+    return clipping.clip_by_value(opt.sgd(lr, momentum), max_value)
 
 
 # id: (fnn factory, NumPy reference, (NumPy gradient clip, its argument) or None, hyperparameters)
@@ -260,7 +265,7 @@ VMAP_CASES = {
     "sgd_nesterov_momentum": (lambda x: opt.sgd(0.05, momentum=x, nesterov=True), np.linspace(0.1, 0.8, 8)),
     "adam_b1": (lambda x: opt.adam(0.01, b1=x), np.linspace(0.1, 0.8, 8)),
     "adamw_weight_decay": (lambda x: opt.adamw(0.01, weight_decay=x), np.linspace(0.0, 0.7, 8)),
-    "clip_max_norm": (lambda x: opt.clip_by_global_norm(opt.sgd(0.1), x), np.linspace(0.5, 4.0, 8)),
+    "clip_max_norm": (lambda x: clipping.clip_by_global_norm(opt.sgd(0.1), x), np.linspace(0.5, 4.0, 8)),
 }
 
 
@@ -342,44 +347,110 @@ def test_state_structure_does_not_depend_on_values():
         assert jax.tree.structure(a.init(params)) == jax.tree.structure(b.init(params))
 
 
-# ----------------------------------------------------------------------------- bad input
+# ----------------------------------------------------------------------------- construction and bad input
 
+FACTORIES = {opt.SGD: opt.sgd, opt.RMSProp: opt.rmsprop, opt.AdaGrad: opt.adagrad, opt.Adam: opt.adam, opt.AdamW: opt.adamw}
+
+
+def test_public_names():
+    assert (fnn.sgd, fnn.rmsprop, fnn.adagrad, fnn.adam, fnn.adamw) == tuple(FACTORIES.values())
+    assert fnn.Optimizer is opt.Optimizer and all(issubclass(cls, opt.Optimizer) for cls in FACTORIES)
+
+
+@pytest.mark.parametrize("cls", FACTORIES, ids=lambda cls: cls.__name__)
+def test_class_built_directly_equals_the_factorys(cls):
+    direct, made = cls(1), FACTORIES[cls](1)  # an int lr, and every default
+    assert direct == made and type(made) is cls
+    assert isinstance(direct.lr, schedules.Constant) and type(direct.lr.value) is float
+    assert all(type(leaf) is float for leaf in jax.tree.leaves(direct))  # Python numbers stored as floats
+
+
+# (class, keyword arguments, the argument the error must name); each is tried on the class and on its factory
 BAD_ARGUMENTS = [
-    (lambda: opt.sgd(-0.1), "lr"),
-    (lambda: opt.sgd(float("nan")), "lr"),
-    (lambda: opt.sgd(jnp.array([0.1, -0.1])), "lr"),
-    (lambda: opt.sgd(0.1, momentum=1.0), "momentum"),
-    (lambda: opt.sgd(0.1, momentum=-0.5), "momentum"),
-    (lambda: opt.sgd(0.1, nesterov=True), "nesterov"),
-    (lambda: opt.rmsprop(-1.0), "lr"),
-    (lambda: opt.rmsprop(0.1, decay=1.0), "decay"),
-    (lambda: opt.rmsprop(0.1, eps=0.0), "eps"),
-    (lambda: opt.rmsprop(0.1, momentum=2.0), "momentum"),
-    (lambda: opt.adagrad(-1.0), "lr"),
-    (lambda: opt.adagrad(0.1, initial_accumulator=-0.1), "initial_accumulator"),
-    (lambda: opt.adagrad(0.1, eps=-1e-10), "eps"),
-    (lambda: opt.adam(-0.1), "lr"),
-    (lambda: opt.adam(0.1, b1=1.0), "b1"),
-    (lambda: opt.adam(0.1, b2=-0.1), "b2"),
-    (lambda: opt.adam(0.1, eps=0.0), "eps"),
-    (lambda: opt.adamw(-0.1), "lr"),
-    (lambda: opt.adamw(0.1, b1=1.5), "b1"),
-    (lambda: opt.adamw(0.1, weight_decay=-1e-2), "weight_decay"),
-    (lambda: opt.clip_by_global_norm(opt.adam(0.1), 0.0), "max_norm"),
-    (lambda: opt.clip_by_global_norm(opt.adam(0.1), -1.0), "max_norm"),
-    (lambda: opt.clip_by_value(opt.sgd(0.1), 0.0), "max_value"),
+    (opt.SGD, dict(lr=-0.1), "lr"),
+    (opt.SGD, dict(lr=float("nan")), "lr"),
+    (opt.SGD, dict(lr=jnp.array([0.1, -0.1])), "lr"),
+    (opt.SGD, dict(lr=0.1, momentum=1.0), "momentum"),
+    (opt.SGD, dict(lr=0.1, momentum=-0.5), "momentum"),
+    (opt.SGD, dict(lr=0.1, nesterov=True), "nesterov"),
+    (opt.RMSProp, dict(lr=-1.0), "lr"),
+    (opt.RMSProp, dict(lr=0.1, decay=1.0), "decay"),
+    (opt.RMSProp, dict(lr=0.1, eps=0.0), "eps"),
+    (opt.RMSProp, dict(lr=0.1, momentum=2.0), "momentum"),
+    (opt.AdaGrad, dict(lr=-1.0), "lr"),
+    (opt.AdaGrad, dict(lr=0.1, initial_accumulator=-0.1), "initial_accumulator"),
+    (opt.AdaGrad, dict(lr=0.1, eps=-1e-10), "eps"),
+    (opt.Adam, dict(lr=-0.1), "lr"),
+    (opt.Adam, dict(lr=0.1, b1=1.0), "b1"),
+    (opt.Adam, dict(lr=0.1, b2=-0.1), "b2"),
+    (opt.Adam, dict(lr=0.1, eps=0.0), "eps"),
+    (opt.AdamW, dict(lr=-0.1), "lr"),
+    (opt.AdamW, dict(lr=0.1, b1=1.5), "b1"),
+    (opt.AdamW, dict(lr=0.1, weight_decay=-1e-2), "weight_decay"),
 ]
 
 
-@pytest.mark.parametrize("build, name", BAD_ARGUMENTS, ids=[f"{i}-{n}" for i, (_, n) in enumerate(BAD_ARGUMENTS)])
-def test_bad_hyperparameter_names_argument(build, name):
-    with pytest.raises(ValueError, match=name):
-        build()
+@pytest.mark.parametrize("build", ["class", "factory"])
+@pytest.mark.parametrize("cls, kwargs, name", BAD_ARGUMENTS, ids=[f"{c.__name__}-{n}" for c, _, n in BAD_ARGUMENTS])
+def test_bad_hyperparameter_names_argument(cls, kwargs, name, build):
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        (cls if build == "class" else FACTORIES[cls])(**kwargs)
 
 
-def test_wrapper_needs_an_optimizer():
-    with pytest.raises(TypeError, match="optimizer"):
-        opt.clip_by_global_norm(lambda g: g, 1.0)
+# every numeric argument of every optimizer, and the static flags
+NUMERIC = {
+    opt.SGD: ["lr", "momentum"],
+    opt.RMSProp: ["lr", "decay", "eps", "momentum"],
+    opt.AdaGrad: ["lr", "initial_accumulator", "eps"],
+    opt.Adam: ["lr", "b1", "b2", "eps"],
+    opt.AdamW: ["lr", "b1", "b2", "eps", "weight_decay"],
+}
+FLAGS = [(opt.SGD, "nesterov"), (opt.RMSProp, "centered")]
+BAD_KINDS = ["0.1", None, True, np.bool_(False), np.array([True]), 1 + 0j, [0.1], object()]
+TYPE_CASES = [(cls, name, bad) for cls, names in NUMERIC.items() for name in names for bad in BAD_KINDS]
+
+
+@pytest.mark.parametrize("build", ["class", "factory"])
+@pytest.mark.parametrize("cls, name, bad", TYPE_CASES, ids=[f"{c.__name__}-{n}-{type(b).__name__}" for c, n, b in TYPE_CASES])
+def test_non_numeric_hyperparameter_is_refused(cls, name, bad, build):
+    kinds = "a number, a numeric array or a schedule" if name == "lr" else "a number or a numeric array"
+    message = f"{name} must be {kinds}; got {bad!r} ({type(bad).__name__}"
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        (cls if build == "class" else FACTORIES[cls])(**{"lr": 0.1, name: bad})
+
+
+@pytest.mark.parametrize("build", ["class", "factory"])
+@pytest.mark.parametrize("cls, name", FLAGS)
+@pytest.mark.parametrize("bad", ["yes", None, 1, np.array(True)], ids=["str", "None", "int", "array"])
+def test_non_bool_flag_is_refused(cls, name, bad, build):
+    with pytest.raises(ValueError, match=rf"^{name} must be a bool"):
+        (cls if build == "class" else FACTORIES[cls])(0.1, momentum=0.5, **{name: bad})
+
+
+def test_the_issues_examples_are_refused_with_the_documented_message():
+    with pytest.raises(ValueError, match=re.escape("lr must be a number, a numeric array or a schedule; got '0.1' (str)")):
+        fnn.sgd("0.1")
+    with pytest.raises(ValueError, match=re.escape("lr must be a number, a numeric array or a schedule; got None (NoneType)")):
+        fnn.adam(None)
+
+
+@pytest.mark.parametrize("lr", [1, 0.5, np.float32(0.5), np.int64(2), np.array(0.5), jnp.asarray(0.5), schedules.constant(0.5),
+                                lambda step: 0.5], ids=["int", "float", "np.float32", "np.int64", "np.array", "jax.Array", "schedule", "callable"])
+def test_accepted_learning_rates(lr):
+    optimizer = opt.sgd(lr)
+    assert isinstance(optimizer.lr, schedules.Schedule)
+    assert float(optimizer.learning_rate(optimizer.init({"w": jnp.zeros(2)}))) == float(lr(0) if callable(lr) else lr)
+
+
+def test_values_are_not_read_when_traced_nor_checked_when_jax_rebuilds():
+    # built under vmap: the lr is a tracer, negative for one member, and only its kind is checked
+    lrs = jax.vmap(lambda lr: opt.adam(lr).learning_rate(opt.adam(lr).init({"w": jnp.zeros(2)})))(jnp.array([-0.1, 0.2]))
+    np.testing.assert_allclose(lrs, [-0.1, 0.2])
+    # JAX rebuilds an optimizer without __init__: tree.map may put any value in its leaves
+    rebuilt = jax.tree.map(lambda leaf: -1.0, opt.sgd(0.1, momentum=0.5))
+    assert isinstance(rebuilt, opt.SGD) and rebuilt.momentum == -1.0 and float(rebuilt.lr(0)) == -1.0
+    with pytest.raises(ValueError, match="momentum"):
+        opt.SGD(0.1, -1.0)  # while a user's construction is checked
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -401,14 +472,6 @@ def test_state_of_another_optimizer_is_refused():
     params = {"w": jnp.zeros(2)}
     with pytest.raises(ValueError, match="state must be the AdamState"):
         opt.adam(0.1).update(params, opt.sgd(0.1).init(params), params)
-
-
-def test_wrappers_report_the_inner_learning_rate():
-    schedule = schedules.exponential_decay(0.1, 0.5, 2)
-    wrapped = opt.clip_by_value(opt.clip_by_global_norm(opt.adam(schedule), 1.0), 0.5)
-    state = wrapped.init({"w": jnp.zeros(2)})._replace(count=jnp.int32(3))
-    assert wrapped.lr is schedule
-    assert float(wrapped.learning_rate(state)) == pytest.approx(0.1 * 0.5**1.5, rel=1e-14)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,5 +1,7 @@
 """L1/L2 penalties: values against NumPy, default and custom selection, gradients, traced strengths."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,16 +88,43 @@ def test_float32_params_give_a_float32_penalty():
         assert penalty(params).dtype == jnp.float32
 
 
-@pytest.mark.parametrize(
-    "build, name",
-    [
-        (lambda: reg.l2(-0.1), "strength"),
-        (lambda: reg.l1(float("nan")), "strength"),
-        (lambda: reg.l1_l2(-0.1, 0.1), "l1_strength"),
-        (lambda: reg.l1_l2(0.1, -0.1), "l2_strength"),
-        (lambda: reg.l2(0.1, select="w"), "select"),
-    ],
-)
+BAD = [
+    (lambda: reg.l2(-0.1), "strength"),
+    (lambda: reg.l1(float("nan")), "strength"),
+    (lambda: reg.l1_l2(-0.1, 0.1), "l1_strength"),
+    (lambda: reg.l1_l2(0.1, -0.1), "l2_strength"),
+    (lambda: reg.l2(0.1, select="w"), "select"),
+    # classes built directly are checked alike
+    (lambda: reg.L2(-0.1), "strength"),
+    (lambda: reg.L1(0.1, select=None), "select"),
+    (lambda: reg.L1L2(0.1, -1.0), "l2_strength"),
+    # not numbers
+    *[(lambda bad=bad, build=build: build(bad), "strength") for build in (reg.l1, reg.l2, reg.L2)
+      for bad in ["1e-4", None, True, np.array([True]), [0.1]]],
+    (lambda: reg.l1_l2("0.1", 0.1), "l1_strength"),
+    (lambda: reg.L1L2(0.1, None), "l2_strength"),
+]
+
+
+@pytest.mark.parametrize("build, name", BAD, ids=[f"{i}-{n}" for i, (_, n) in enumerate(BAD)])
 def test_bad_arguments_name_the_argument(build, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=rf"^{name} must"):
         build()
+
+
+def test_the_kind_message_names_the_value_and_its_type():
+    with pytest.raises(ValueError, match=re.escape("strength must be a number or a numeric array; got '1e-4' (str)")):
+        reg.l2("1e-4")
+
+
+@pytest.mark.parametrize("cls, factory, args", [(reg.L2, reg.l2, (1,)), (reg.L1, reg.l1, (1,)), (reg.L1L2, reg.l1_l2, (1, 0))])
+def test_class_built_directly_equals_the_factorys(cls, factory, args):
+    made = factory(*args)
+    assert cls(*args) == made and type(made) is cls
+    assert all(type(leaf) is float for leaf in jax.tree.leaves(made))  # Python ints are stored as floats
+
+
+def test_strengths_are_not_read_when_traced():
+    params = make_params()
+    got = jax.vmap(lambda s: reg.L2(s)(params))(jnp.array([-1.0, 1.0]))  # a negative traced strength is not refused
+    np.testing.assert_allclose(got, [-1.0, 1.0] * np.asarray(reg.l2(1.0)(params)), rtol=1e-13)

@@ -1,4 +1,7 @@
-"""Learning-rate schedules against their formulas computed in NumPy; jit, vmap, validation."""
+"""Learning-rate schedules against their formulas computed in NumPy; jit, vmap, validation
+(the same for a class built directly as for its factory)."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +128,8 @@ def test_as_schedule():
 
 BAD = [
     (lambda: sch.constant(-0.1), "value"),
-    (lambda: sch.as_schedule(-0.1), "value"),
+    (lambda: sch.as_schedule(-0.1), "lr"),
+    (lambda: sch.as_schedule(-0.1, "rate"), "rate"),
     (lambda: sch.piecewise_constant([3, 3], [1.0, 0.5, 0.1]), "boundaries"),
     (lambda: sch.piecewise_constant([5, 3], [1.0, 0.5, 0.1]), "boundaries"),
     (lambda: sch.piecewise_constant([[1, 2]], [1.0, 0.5, 0.1]), "boundaries"),
@@ -145,10 +149,59 @@ BAD = [
     (lambda: sch.cosine_decay(0.1, 10, alpha=1.5), "alpha"),
     (lambda: sch.warmup(sch.cosine_decay(0.1, 10), 0), "warmup_steps"),
     (lambda: sch.warmup(sch.cosine_decay(0.1, 10), 5, init_value=-0.1), "init_value"),
+    (lambda: sch.warmup(-0.1, 5), "schedule"),
+    (lambda: sch.piecewise_constant("12", [1.0]), "boundaries"),
+    (lambda: sch.piecewise_constant([1], None), "values"),
+    (lambda: sch.piecewise_constant([1], [True, False]), "values"),
+    (lambda: sch.exponential_decay(0.1, 0.5, 10, staircase="yes"), "staircase"),
+    # classes built directly are checked alike
+    (lambda: sch.Constant(-0.1), "value"),
+    (lambda: sch.PiecewiseConstant([5, 3], [1.0, 0.5, 0.1]), "boundaries"),
+    (lambda: sch.ExponentialDecay(0.1, 0.5, 0), "decay_steps"),
+    (lambda: sch.InverseTimeDecay(-0.1, 0.5, 3), "init_value"),
+    (lambda: sch.StepDecay(0.1, 0.5, 0), "every"),
+    (lambda: sch.CosineDecay(0.1, 10, 1.5), "alpha"),
+    (lambda: sch.Warmup(sch.constant(0.1), 0, 0.0), "warmup_steps"),
+    (lambda: sch.Warmup("0.1", 5, 0.0), "schedule"),
+    (lambda: sch.FunctionSchedule(0.1), "fn"),
 ]
 
 
 @pytest.mark.parametrize("build, name", BAD, ids=[f"{i}-{n}" for i, (_, n) in enumerate(BAD)])
 def test_bad_arguments_name_the_argument(build, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=rf"^{name} must"):
         build()
+
+
+# every numeric argument of every factory, with valid values for the others
+ARGUMENTS = {
+    sch.constant: dict(value=0.1),
+    sch.step_decay: dict(init_value=0.1, factor=0.5, every=2),
+    sch.exponential_decay: dict(init_value=0.1, decay_rate=0.5, decay_steps=2),
+    sch.inverse_time_decay: dict(init_value=0.1, decay_rate=0.5, decay_steps=2),
+    sch.cosine_decay: dict(init_value=0.1, decay_steps=10, alpha=0.1),
+    sch.warmup: dict(schedule=0.1, warmup_steps=5, init_value=0.0),
+}
+TYPE_CASES = [(factory, name, bad) for factory, kwargs in ARGUMENTS.items() for name in kwargs
+              for bad in ["1", None, True, np.array([True])]]
+
+
+@pytest.mark.parametrize("factory, name, bad", TYPE_CASES,
+                         ids=[f"{f.__name__}-{n}-{type(b).__name__}" for f, n, b in TYPE_CASES])
+def test_non_numeric_arguments_are_refused(factory, name, bad):
+    kinds = "a number, a numeric array or a schedule" if name == "schedule" else "a number or a numeric array"
+    with pytest.raises(ValueError, match="^" + re.escape(f"{name} must be {kinds}; got {bad!r} ({type(bad).__name__}")):
+        factory(**{**ARGUMENTS[factory], name: bad})
+
+
+@pytest.mark.parametrize("factory", ARGUMENTS, ids=lambda f: f.__name__)
+def test_class_built_directly_equals_the_factorys(factory):
+    made = factory(**ARGUMENTS[factory])
+    assert type(made)(**ARGUMENTS[factory]) == made  # the factories' arguments are the classes' fields
+    assert all(type(leaf) is float for leaf in jax.tree.leaves(made))  # Python ints are stored as floats
+
+
+def test_step_decay_is_a_staircase_named_by_its_arguments():
+    schedule = sch.step_decay(1.0, 0.5, 3)
+    assert isinstance(schedule, sch.StepDecay) and (schedule.factor, schedule.every) == (0.5, 3.0)
+    assert [float(schedule(t)) for t in (0, 2, 3, 5, 6)] == [1.0, 1.0, 0.5, 0.5, 0.25]

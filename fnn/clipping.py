@@ -1,0 +1,154 @@
+"""Gradient wrappers: transform the gradients, then let an optimizer take the step.
+
+A wrapper is not an optimizer: it has no update rule and no state of its own. It holds
+an ``optimizer`` (any object with ``init``, ``update``, ``learning_rate`` and ``lr``: an
+fnn optimizer, another wrapper, or a user's optimizer) and presents the same protocol::
+
+    state = wrapper.init(params)                          # the optimizer's state
+    params, state = wrapper.update(grads, state, params)  # optimizer.update(transform(grads), ...)
+    lr = wrapper.learning_rate(state)                     # the optimizer's learning rate
+
+so wrappers compose (``clip_by_value(clip_by_global_norm(adam(1e-3), 1.0), 0.5)``) and
+``fnn.Trainer`` takes them wherever it takes an optimizer. The limits (``max_norm``,
+``max_value``) are pytree leaves like any hyperparameter: traced data, vmappable.
+
+Each wrapper is documented once, on its class; its factory (``clip_by_global_norm`` for
+:class:`ClipByGlobalNorm`, ...) is the public entry point, with the same arguments. The
+class checks them when built (``__post_init__``), so building it directly raises the
+same ``ValueError``, naming the argument, as the factory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fnn.checks import POSITIVE, check_fields, check_same_structure
+from fnn.pytree import pytree_dataclass
+
+_PROTOCOL = ("init", "update", "learning_rate", "lr")  # what an optimizer (or a wrapper) provides
+
+
+def global_norm(tree):
+    """The Euclidean norm of all leaves of ``tree`` together.
+
+    Args:
+      tree: a pytree of arrays (gradients, say).
+
+    Returns:
+      ``sqrt(sum_i sum(x_i ** 2))`` over the leaves ``x_i``, a scalar.
+    """
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def _like(g, value):
+    """``value`` as an array of the dtype of the gradient ``g``."""
+    return jnp.asarray(value, jnp.result_type(g))
+
+
+@pytree_dataclass
+class _GradientWrapper:
+    """Transforms the gradients (``_transform``), then hands them to ``optimizer``, a pytree
+    child whose state is the wrapper's state. A subclass's own fields are limits, each > 0."""
+
+    optimizer: Any
+
+    def __post_init__(self):
+        """Check ``optimizer`` (it must provide the protocol) and the limits (> 0; stored as floats)."""
+        missing = [name for name in _PROTOCOL if not hasattr(self.optimizer, name)]
+        if missing:
+            raise ValueError(
+                f"optimizer must be an fnn optimizer or gradient wrapper (with {', '.join(_PROTOCOL)}), "
+                f"e.g. fnn.adam(1e-3); got {self.optimizer!r} ({type(self.optimizer).__name__}), "
+                f"which lacks {', '.join(missing)}"
+            )
+        check_fields(self, **{field.name: POSITIVE for field in dataclasses.fields(self)[1:]})
+
+    @property
+    def lr(self):
+        """The wrapped optimizer's learning-rate schedule."""
+        return self.optimizer.lr
+
+    def init(self, params):
+        """The wrapped optimizer's initial state."""
+        return self.optimizer.init(params)
+
+    def learning_rate(self, state):
+        """The learning rate the next ``update`` uses (the wrapped optimizer's)."""
+        return self.optimizer.learning_rate(state)
+
+    def update(self, grads, state, params):
+        """One step of the wrapped optimizer on the transformed gradients.
+
+        Returns:
+          ``optimizer.update(transformed_grads, state, params)``: ``(new_params, new_state)``.
+
+        Raises:
+          ValueError: if ``grads`` and ``params`` differ in tree structure or leaf shapes,
+            or the wrapped optimizer refuses ``state``.
+        """
+        check_same_structure("grads", grads, "params", params)
+        return self.optimizer.update(self._transform(grads), state, params)
+
+
+@pytree_dataclass
+class ClipByGlobalNorm(_GradientWrapper):
+    """Rescale the gradients so that their global norm is at most ``max_norm``, then step ``optimizer``.
+
+    ::
+
+        n  = sqrt(sum over all leaves of sum(g**2))
+        g' = g * max_norm / max(n, max_norm)     (= g if n <= max_norm, else g * max_norm / n)
+
+    The direction of the whole gradient is kept; only its length is capped.
+
+    References:
+      Pascanu, Mikolov & Bengio (2013), "On the difficulty of training recurrent neural
+      networks", Algorithm 1.
+
+    Args:
+      optimizer: any fnn optimizer or gradient wrapper; it receives the rescaled gradients,
+        and its state and learning rate are the wrapper's (``update`` returns its result).
+      max_norm: > 0.
+    """
+
+    max_norm: Any
+
+    def _transform(self, grads):
+        scale = self.max_norm / jnp.maximum(global_norm(grads), self.max_norm)
+        return jax.tree.map(lambda g: g * _like(g, scale), grads)
+
+
+@pytree_dataclass
+class ClipByValue(_GradientWrapper):
+    """Clip every gradient coordinate to ``[-max_value, max_value]``, then step ``optimizer``.
+
+    ::
+
+        g' = min(max(g, -max_value), max_value)       (coordinate by coordinate)
+
+    Unlike :class:`ClipByGlobalNorm`, this changes the gradient's direction when some
+    coordinates are clipped and others are not.
+
+    Args:
+      optimizer: as for :class:`ClipByGlobalNorm`; it receives the clipped gradients.
+      max_value: > 0.
+    """
+
+    max_value: Any
+
+    def _transform(self, grads):
+        return jax.tree.map(lambda g: jnp.clip(g, _like(g, -self.max_value), _like(g, self.max_value)), grads)
+
+
+def clip_by_global_norm(optimizer, max_norm) -> ClipByGlobalNorm:
+    """Gradients rescaled to global norm <= ``max_norm``: ``ClipByGlobalNorm(optimizer, max_norm)``; see there."""
+    return ClipByGlobalNorm(optimizer, max_norm)
+
+
+def clip_by_value(optimizer, max_value) -> ClipByValue:
+    """Gradients clipped to ``[-max_value, max_value]``: ``ClipByValue(optimizer, max_value)``; see there."""
+    return ClipByValue(optimizer, max_value)

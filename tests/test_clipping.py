@@ -1,0 +1,139 @@
+"""Gradient wrappers: clipping against NumPy, composition (clip of clip), the optimizer protocol
+without being optimizers, and argument checks. Multi-step runs of a wrapped optimizer against the
+NumPy references are in test_optimizers.py (its ``clip_*`` cases)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+from fnn import clipping
+from fnn import optimizers as opt
+from fnn import schedules
+
+PARAMS = {"w": jnp.array([[1.0, -2.0], [0.5, 0.0]]), "b": jnp.array([0.25, -0.75])}
+GRADS = {"w": jnp.array([[3.0, -4.0], [0.5, 12.0]]), "b": jnp.array([-0.2, 1.5])}  # global norm ~13.55
+
+
+def step(wrapper, grads=GRADS, params=PARAMS):
+    """One update; with ``sgd(1.0)`` inside, ``params - new_params`` is the gradient the optimizer got."""
+    new, _ = wrapper.update(grads, wrapper.init(params), params)
+    return jax.tree.map(lambda p, q: np.asarray(p - q), params, new)
+
+
+def np_leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_global_norm_against_numpy():
+    want = np.sqrt(sum(np.sum(g**2) for g in np_leaves(GRADS)))
+    assert float(clipping.global_norm(GRADS)) == pytest.approx(want, rel=1e-14)
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 5.0, 20.0])  # 20 is above the norm: no change
+def test_clip_by_global_norm_keeps_the_direction_and_caps_the_norm(max_norm):
+    got = step(fnn.clip_by_global_norm(fnn.sgd(1.0), max_norm))
+    norm = np.sqrt(sum(np.sum(g**2) for g in np_leaves(GRADS)))
+    for g, want in zip(np_leaves(got), np_leaves(GRADS)):
+        np.testing.assert_allclose(g, want * min(1.0, max_norm / norm), rtol=1e-13)
+    assert float(clipping.global_norm(got)) == pytest.approx(min(norm, max_norm), rel=1e-13)
+
+
+def test_clip_by_value_clips_each_coordinate():
+    got = step(fnn.clip_by_value(fnn.sgd(1.0), 1.0))
+    for g, want in zip(np_leaves(got), np_leaves(GRADS)):
+        np.testing.assert_allclose(g, np.clip(want, -1.0, 1.0), rtol=1e-15)
+
+
+def test_clip_of_clip_applies_the_outer_transform_first():
+    value_then_norm = step(fnn.clip_by_value(fnn.clip_by_global_norm(fnn.sgd(1.0), 1.0), 0.5))
+    norm_then_value = step(fnn.clip_by_global_norm(fnn.clip_by_value(fnn.sgd(1.0), 0.5), 1.0))
+    clipped = [np.clip(g, -0.5, 0.5) for g in np_leaves(GRADS)]
+    norm = np.sqrt(sum(np.sum(g**2) for g in clipped))
+    for g, want in zip(np_leaves(value_then_norm), clipped):
+        np.testing.assert_allclose(g, want / norm, rtol=1e-13)  # the norm of the clipped gradient is > 1
+    scaled = [g / np.sqrt(sum(np.sum(h**2) for h in np_leaves(GRADS))) for g in np_leaves(GRADS)]
+    for g, want in zip(np_leaves(norm_then_value), scaled):
+        np.testing.assert_allclose(g, np.clip(want, -0.5, 0.5), rtol=1e-13)
+    assert not np.allclose(np_leaves(value_then_norm)[1], np_leaves(norm_then_value)[1])  # order matters here
+
+
+def test_a_wrapper_is_not_an_optimizer_but_speaks_its_protocol():
+    wrapped = fnn.clip_by_global_norm(fnn.clip_by_value(fnn.adam(0.1), 0.5), 1.0)
+    for cls in (clipping.ClipByGlobalNorm, clipping.ClipByValue):
+        assert not issubclass(cls, opt.Optimizer)
+    assert not isinstance(wrapped, opt.Optimizer)
+    assert all(hasattr(wrapped, name) for name in ("init", "update", "learning_rate", "lr"))
+    state = wrapped.init(PARAMS)
+    assert type(state) is opt.AdamState  # the innermost optimizer's state is the state
+
+
+def test_wrappers_report_the_inner_learning_rate():
+    schedule = schedules.exponential_decay(0.1, 0.5, 2)
+    wrapped = fnn.clip_by_value(fnn.clip_by_global_norm(fnn.adam(schedule), 1.0), 0.5)
+    state = wrapped.init({"w": jnp.zeros(2)})._replace(count=jnp.int32(3))
+    assert wrapped.lr is schedule
+    assert float(wrapped.learning_rate(state)) == pytest.approx(0.1 * 0.5**1.5, rel=1e-14)
+
+
+class HalfStep:
+    """A user's optimizer, not an fnn one: ``p - lr * g / 2`` with a plain ``count`` state."""
+
+    lr = schedules.constant(1.0)
+
+    def init(self, params):
+        return jnp.zeros([], jnp.int32)
+
+    def learning_rate(self, state):
+        return self.lr(state)
+
+    def update(self, grads, state, params):
+        return jax.tree.map(lambda p, g: p - self.lr(state) * g / 2, params, grads), state + 1
+
+
+def test_a_wrapper_takes_any_object_with_the_protocol():
+    got = step(fnn.clip_by_value(HalfStep(), 1.0))
+    for g, want in zip(np_leaves(got), np_leaves(GRADS)):
+        np.testing.assert_allclose(g, np.clip(want, -1.0, 1.0) / 2, rtol=1e-15)
+
+
+def test_trainer_takes_a_wrapper():
+    model = fnn.mlp([3, 4, 2])
+    x, y = jnp.ones((8, 3)), jnp.zeros(8, jnp.int32)
+    trainer = fnn.Trainer(model, fnn.clip_by_global_norm(fnn.sgd(0.5), 1e-3), fnn.cross_entropy)
+    state = trainer.init(0)
+    new, metrics = jax.jit(trainer.train_step)(state, (x, y))
+    moved = jax.tree.map(lambda a, b: b - a, state.params, new.params)
+    assert float(metrics["lr"]) == 0.5
+    assert float(clipping.global_norm(moved)) == pytest.approx(0.5 * 1e-3, rel=1e-5)  # lr times the clipped norm
+
+
+# (class, keyword arguments, the argument the error must name, a phrase of the message); tried on class and factory
+FACTORIES = {clipping.ClipByGlobalNorm: clipping.clip_by_global_norm, clipping.ClipByValue: clipping.clip_by_value}
+LIMIT = {clipping.ClipByGlobalNorm: "max_norm", clipping.ClipByValue: "max_value"}
+NOT_OPTIMIZERS = [lambda g: g, None, "adam", opt.Adam, fnn.adam, 0.1]
+BAD = [
+    *[(cls, dict(optimizer=bad, **{LIMIT[cls]: 1.0}), "optimizer", "must be an fnn optimizer or gradient wrapper")
+      for cls in FACTORIES for bad in NOT_OPTIMIZERS],
+    *[(cls, dict(optimizer=fnn.sgd(0.1), **{LIMIT[cls]: bad}), LIMIT[cls], phrase)
+      for cls in FACTORIES
+      for bad, phrase in [(0.0, "must lie in (0, inf)"), (-1.0, "must lie in (0, inf)"), ("1", "must be a number"),
+                          (None, "must be a number"), (True, "must be a number"), (lambda: 1.0, "must be a number")]],
+]
+
+
+@pytest.mark.parametrize("build", ["class", "factory"])
+@pytest.mark.parametrize("cls, kwargs, name, phrase", BAD, ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n, _) in enumerate(BAD)])
+def test_bad_arguments_raise_value_error_naming_them(cls, kwargs, name, phrase, build):
+    with pytest.raises(ValueError, match="^" + re.escape(f"{name} {phrase}")):
+        (cls if build == "class" else FACTORIES[cls])(**kwargs)
+
+
+def test_limits_are_stored_as_floats_and_checked_only_when_concrete():
+    assert type(clipping.ClipByValue(fnn.sgd(0.1), 1).max_value) is float
+    got = jax.vmap(lambda m: clipping.clip_by_value(fnn.sgd(1.0), m).update(GRADS, fnn.sgd(1.0).init(PARAMS), PARAMS)[0]["b"])(
+        jnp.array([-1.0, 1.0]))  # a traced limit, negative for one member: not read at construction
+    np.testing.assert_allclose(got[1], PARAMS["b"] - np.clip(GRADS["b"], -1.0, 1.0), rtol=1e-15)
