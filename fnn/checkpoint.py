@@ -10,10 +10,27 @@ File layout (all integers little-endian)::
     payload                       every leaf's bytes, C order, one after another
     sha256                        32 bytes: digest of everything above
 
-``save`` writes to a temporary file in the same folder, flushes and fsyncs it, then
-renames it over the target (atomic on POSIX), so a crash mid-write leaves the previous
-checkpoint intact. ``restore`` refuses a file that is truncated, corrupted (checksum),
-of a newer format, or of another structure than the tree it is asked to fill.
+Writing. ``save`` writes to a temporary file beside the target, named after it —
+``.<name>.ckpt-<16 hex digits>`` for a target ``<name>`` — flushes and fsyncs it, renames
+it over the target (atomic on POSIX) and fsyncs the folder, so a crash mid-write leaves
+the previous checkpoint intact. A save that fails with an exception removes its
+temporary; one that is killed cannot, so every save first removes the temporaries that
+earlier saves of the same target left behind (names of exactly that form, never another
+file). A checkpoint file must therefore have one writer at a time: two processes saving
+to the same path could remove each other's temporary mid-write.
+
+``check_destination(path)`` says, before a long run and without writing anything,
+whether ``save`` could write there: ``fit`` calls it at the door, ``save`` before
+every write. ``save`` also refuses a tree that ``read`` would refuse (a leaf of a dtype
+other than bool or numeric, such as bfloat16).
+
+Reading. ``read`` refuses, with a ``CheckpointError`` naming the file, anything but a
+file ``save`` could have written: truncated, corrupted (checksum), of a newer format, or
+with a header that does not describe its payload (a checksum only proves that the file
+is what someone wrote, not that ``save`` wrote it): every leaf's dtype must be a plain
+bool or numeric NumPy dtype, its shape a list of non-negative ints, its key
+implementation one JAX knows, and the leaves' sizes must add up to the payload.
+``restore`` also refuses a file of another structure than the tree it is asked to fill.
 
 A training run's checkpoint (see ``fnn.fit``) holds the whole loop state: params, model
 state, optimizer state, step and epoch counters, the run's PRNG key, the best params so
@@ -23,11 +40,16 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
+import math
 import os
+import re
+import reprlib
+import secrets
 import struct
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -36,25 +58,75 @@ import numpy as np
 MAGIC = b"FNNCKPT\n"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIQ")
+_DIGEST_SIZE = 32
+_TEMP_MARK = ".ckpt-"
+_TEMP_RANDOM_BYTES = 8  # written as 16 hex digits
+_PLAIN_DTYPES = frozenset(np.dtype(c).str for c in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"])
+_ENTRY_KEYS = ("dtype", "shape", "key_impl")
+_MAX_NDIM = 64  # NumPy's limit
+_MAX_ELEMENTS = 2**62  # product of the non-zero dimensions: NumPy's sizes are signed 64-bit
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be restored (the message says why)."""
 
 
+# ---------------------------------------------------------------------------- writing
+
+
+def check_destination(path, *, name: str = "checkpoint") -> None:
+    """Check that ``save`` can write a checkpoint to ``path``, creating nothing.
+
+    Args:
+      path: the checkpoint file (str or os.PathLike); it need not exist yet.
+      name: the argument's name, for the message.
+    Raises:
+      ValueError: naming the argument and what is wrong: not a path, a folder (or another
+        non-regular file), a folder that does not exist or is not writable, or an existing
+        file that is not writable.
+    """
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        path = None
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{name} must be a file path (a non-empty str or os.PathLike)")
+    problem = _destination_problem(path, os.path.dirname(os.path.abspath(path)))
+    if problem:
+        raise ValueError(f"{name}={path!r}: {problem}")
+
+
+def _destination_problem(path: str, folder: str) -> str | None:
+    """What keeps ``save`` from writing ``path`` (in ``folder``), or None."""
+    if os.path.isdir(path):
+        return "is a folder; give a file path inside it"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder" if os.path.exists(folder) else f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    if os.path.exists(path) and not os.path.isfile(path):
+        return "exists and is not a regular file"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the existing file is not writable (a checkpoint would replace it)"
+    return None
+
+
 def _is_key(leaf) -> bool:
     return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
-def _leaf_record(leaf):
-    """(header entry, raw bytes) of one leaf."""
+def _entry(leaf) -> dict:
+    """The header entry of ``leaf`` (an array, or a PRNG key array stored as its key data)."""
     if _is_key(leaf):
-        impl = str(jax.random.key_impl(leaf))
-        data = np.asarray(jax.random.key_data(leaf))
+        data, impl = jax.eval_shape(jax.random.key_data, leaf), str(jax.random.key_impl(leaf))
     else:
-        impl, data = None, np.asarray(leaf)
-    entry = {"dtype": data.dtype.str, "shape": list(data.shape), "key_impl": impl}
-    return entry, np.ascontiguousarray(data).tobytes()
+        data, impl = leaf, None
+    return {"dtype": np.dtype(data.dtype).str, "shape": list(data.shape), "key_impl": impl}
+
+
+def _raw(leaf) -> bytes:
+    """The bytes stored for ``leaf`` (a PRNG key array's key data)."""
+    return np.ascontiguousarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf).tobytes()
 
 
 def save(path, tree, metadata: dict | None = None):
@@ -64,24 +136,60 @@ def save(path, tree, metadata: dict | None = None):
       path: destination file; its folder must exist.
       tree: pytree of arrays, scalars or PRNG keys.
       metadata: optional JSON-serializable dict stored in the header.
+    Raises:
+      ValueError: ``path`` cannot be written (see ``check_destination``), or ``tree`` or
+        ``metadata`` holds what ``read`` would refuse (a leaf of a dtype other than bool
+        or numeric, such as bfloat16 or object; metadata other than a dict).
+      OSError: the write itself failed (the previous checkpoint is left as it was).
     """
+    check_destination(path, name="path")
     leaves, treedef = jax.tree.flatten(tree)
-    records = [_leaf_record(leaf) for leaf in jax.device_get(leaves)]
-    header = json.dumps(
-        {"treedef": str(treedef), "leaves": [entry for entry, _ in records], "metadata": metadata or {}}
-    ).encode()
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(raw for _, raw in records)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
+    leaves = [leaf if _is_key(leaf) else np.asarray(leaf) for leaf in jax.device_get(leaves)]
+    metadata = {} if metadata is None else metadata
+    header = {"treedef": str(treedef), "leaves": [_entry(leaf) for leaf in leaves], "metadata": metadata}
+    problem = _header_problem(header)
+    if problem:
+        raise ValueError(f"cannot save to {path}: {problem}")
+    header = json.dumps(header).encode()
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(_raw(leaf) for leaf in leaves)
+    _remove_stale_temporaries(path)
+    _write_atomically(path, body + hashlib.sha256(body).digest())
+
+
+def _temporary_prefix(path) -> tuple[str, str]:
+    """``(folder, ".<name>.ckpt-")``: where the temporaries of ``<folder>/<name>`` go, how their names start."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return folder, f".{name}{_TEMP_MARK}"
+
+
+def _remove_stale_temporaries(path):
+    """Remove the temporaries that killed saves of ``path`` left behind (and no other file)."""
+    folder, prefix = _temporary_prefix(path)
+    pattern = re.compile(re.escape(prefix) + f"[0-9a-f]{{{2 * _TEMP_RANDOM_BYTES}}}")
+    for entry in os.listdir(folder):
+        if pattern.fullmatch(entry):
+            _remove(os.path.join(folder, entry))
+
+
+def _remove(path):
+    """Remove the file ``path`` if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _write_atomically(path, blob: bytes):
+    """Write ``blob`` to a new temporary beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
+    folder, prefix = _temporary_prefix(path)
+    tmp = os.path.join(folder, prefix + secrets.token_hex(_TEMP_RANDOM_BYTES))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.write(hashlib.sha256(body).digest())
+            f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        _remove(tmp)
         raise
     _fsync_folder(folder)
 
@@ -94,18 +202,42 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
+# ---------------------------------------------------------------------------- reading
+
+
 def read(path):
     """Read and verify a checkpoint file.
 
+    Args:
+      path: a file written by ``save``.
     Returns:
       ``(header, leaves)``: the header dict and the list of leaves (NumPy arrays; PRNG
       keys re-wrapped as JAX key arrays).
     Raises:
-      CheckpointError: truncated, corrupted, not a checkpoint, or a newer format.
+      CheckpointError: naming the file: truncated, corrupted, not a checkpoint, a newer
+        format, or a header that does not describe a payload ``save`` could have written.
+      OSError: the file cannot be opened.
     """
     with open(path, "rb") as f:
         blob = f.read()
-    if len(blob) < _PREFIX.size + 32:
+    body, digest = blob[:-_DIGEST_SIZE], blob[-_DIGEST_SIZE:]
+    start = _header_end(path, blob)
+    header = _parse_header(path, body[_PREFIX.size:start])
+    sizes = [math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize for e in header["leaves"]]
+    if len(body) - start != sum(sizes):
+        raise CheckpointError(
+            f"{path}: truncated or padded: payload is {len(body) - start} bytes, expected {sum(sizes)}"
+        )
+    if hashlib.sha256(body).digest() != digest:
+        raise CheckpointError(f"{path}: corrupted (SHA-256 checksum mismatch)")
+    offsets = itertools.accumulate(sizes, initial=start)
+    pieces = enumerate(zip(header["leaves"], offsets))
+    return header, [_leaf(path, i, entry, body, offset) for i, (entry, offset) in pieces]
+
+
+def _header_end(path, blob: bytes) -> int:
+    """Check the fixed-size prefix; returns where the header ends (the payload starts)."""
+    if len(blob) < _PREFIX.size + _DIGEST_SIZE:
         raise CheckpointError(f"{path}: truncated ({len(blob)} bytes is shorter than any checkpoint)")
     magic, version, header_len = _PREFIX.unpack_from(blob)
     if magic != MAGIC:
@@ -114,23 +246,66 @@ def read(path):
         raise CheckpointError(
             f"{path}: written in checkpoint format {version}, newer than this fnn reads ({FORMAT_VERSION}); upgrade fnn"
         )
-    body, digest = blob[:-32], blob[-32:]
-    start = _PREFIX.size + header_len
+    if header_len > len(blob) - _PREFIX.size - _DIGEST_SIZE:
+        raise CheckpointError(f"{path}: truncated: the header length ({header_len} bytes) points past the end")
+    return _PREFIX.size + header_len
+
+
+def _parse_header(path, raw: bytes) -> dict:
+    """The header as a dict, refused unless it has the form ``save`` writes."""
     try:
-        header = json.loads(body[_PREFIX.size:start])
-        sizes = [int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize for e in header["leaves"]]
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{path}: corrupted or truncated header") from None
-    if len(body) != start + sum(sizes):
-        raise CheckpointError(f"{path}: truncated or padded: payload is {len(body) - start} bytes, expected {sum(sizes)}")
-    if hashlib.sha256(body).digest() != digest:
-        raise CheckpointError(f"{path}: corrupted (SHA-256 checksum mismatch)")
-    leaves, offset = [], start
-    for entry, size in zip(header["leaves"], sizes):
-        data = np.frombuffer(body, np.dtype(entry["dtype"]), int(np.prod(entry["shape"])), offset).reshape(entry["shape"])
-        offset += size
-        leaves.append(jax.random.wrap_key_data(data, impl=entry["key_impl"]) if entry["key_impl"] else data.copy())
-    return header, leaves
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path}: corrupted or truncated header (not readable as UTF-8 JSON)") from None
+    problem = _header_problem(header)
+    if problem:
+        raise CheckpointError(f"{path}: invalid header: {problem}")
+    return header
+
+
+def _header_problem(header) -> str | None:
+    """What is wrong with a parsed header, or None."""
+    if not isinstance(header, dict) or not isinstance(header.get("leaves"), list):
+        return 'not an object with a list of "leaves"'
+    if not isinstance(header.get("treedef"), str):
+        return '"treedef" is not a string'
+    if not isinstance(header.get("metadata"), dict):
+        return '"metadata" is not an object'
+    for i, entry in enumerate(header["leaves"]):
+        problem = _entry_problem(entry)
+        if problem:
+            return f"leaf {i}: {problem}"
+    return None
+
+
+def _entry_problem(entry) -> str | None:
+    """What is wrong with one leaf's header entry, or None."""
+    if not isinstance(entry, dict) or not all(k in entry for k in _ENTRY_KEYS):
+        return f"not an object with the keys {', '.join(_ENTRY_KEYS)}"
+    dtype, shape, impl = (entry[k] for k in _ENTRY_KEYS)
+    if not isinstance(dtype, str) or dtype not in _PLAIN_DTYPES:
+        return f"dtype {reprlib.repr(dtype)} is not a plain bool or numeric NumPy dtype"
+    if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM and all(type(d) is int and d >= 0 for d in shape)):
+        return f"shape {reprlib.repr(shape)} is not a list of at most {_MAX_NDIM} non-negative ints"
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        return f"shape {reprlib.repr(shape)} is too large for an array"
+    if impl is not None and not isinstance(impl, str):
+        return f"key_impl {reprlib.repr(impl)} is neither null nor a PRNG implementation name"
+    return None
+
+
+def _leaf(path, i: int, entry: dict, body: bytes, offset: int):
+    """Leaf ``i``, decoded from ``body`` at ``offset``: a NumPy array, or a JAX key array."""
+    data = np.frombuffer(body, np.dtype(entry["dtype"]), math.prod(entry["shape"]), offset).reshape(entry["shape"])
+    if entry["key_impl"] is None:
+        return data.copy()
+    try:
+        return jax.random.wrap_key_data(data, impl=entry["key_impl"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"{path}: leaf {i}: this JAX cannot read {entry['dtype']} {entry['shape']} data as keys of PRNG "
+            f"implementation {reprlib.repr(entry['key_impl'])} (an unknown implementation, or data of another shape)"
+        ) from e
 
 
 def restore(path, like):
@@ -142,8 +317,8 @@ def restore(path, like):
     Returns:
       the restored pytree (JAX arrays).
     Raises:
-      CheckpointError: see ``read``, or a structure, shape or dtype that differs from
-        ``like``'s (the message says what differs).
+      CheckpointError: see ``read``, or a structure, leaf count, shape, dtype or key
+        implementation that differs from ``like``'s (the message says what differs).
     """
     header, leaves = read(path)
     like_leaves, treedef = jax.tree.flatten(like)
@@ -151,13 +326,16 @@ def restore(path, like):
         raise CheckpointError(
             f"{path}: holds a tree of another structure:\n  file:     {header['treedef']}\n  expected: {treedef}"
         )
+    if len(leaves) != len(like_leaves):
+        raise CheckpointError(f"{path}: holds {len(leaves)} leaves, expected {len(like_leaves)}")
     for i, (entry, want) in enumerate(zip(header["leaves"], like_leaves)):
-        is_key = _is_key(want)
-        want_shape = list(jax.eval_shape(jax.random.key_data, want).shape if is_key else jnp.shape(want))
-        if entry["shape"] != want_shape or is_key != bool(entry["key_impl"]) or (
-            not is_key and np.dtype(entry["dtype"]) != want.dtype
-        ):
-            raise CheckpointError(
-                f"{path}: leaf {i} is {entry['dtype']} {entry['shape']}, expected {want.dtype} {want_shape}"
-            )
+        expected = _entry(want)
+        if entry != expected:
+            raise CheckpointError(f"{path}: leaf {i} is {_describe(entry)}, expected {_describe(expected)}")
     return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves])
+
+
+def _describe(entry: dict) -> str:
+    """A header entry in words, such as ``<f4 [3, 4]``."""
+    kind = f"key<{entry['key_impl']}> data " if entry["key_impl"] else ""
+    return f"{kind}{entry['dtype']} {entry['shape']}"

@@ -1,5 +1,7 @@
 """Checkpoints: round trip, atomic writes, refusal of bad files, bit-exact resume."""
 
+import hashlib
+import json
 import os
 import struct
 
@@ -92,6 +94,232 @@ def test_other_structure_is_refused(tmp_path, tree):
         checkpoint.restore(path, like={**tree, "w": jnp.zeros((4, 3), jnp.float32)})
 
 
+def test_restore_refuses_a_leaf_count_other_than_the_structure(tmp_path):
+    tree = {"a": jnp.zeros(0), "b": jnp.zeros(0)}  # zero-size leaves: dropping or adding one keeps the payload valid
+    path = tmp_path / "run.ckpt"
+    for leaves in (lambda entries: entries[:1], lambda entries: entries * 2):
+        checkpoint.save(path, tree)
+        _rewrite_header(path, lambda header: {**header, "leaves": leaves(header["leaves"])})
+        with pytest.raises(checkpoint.CheckpointError, match="leaves, expected 2") as caught:
+            checkpoint.restore(path, like=tree)
+        assert str(path) in str(caught.value)
+
+
+# ---------------------------------------------------------------------------- hostile headers
+
+
+PREFIX = struct.Struct("<8sIQ")  # magic, format version, header length: the documented layout
+
+
+def _rewrite_header(path, edit, header_len=None):
+    """Replace the header of the checkpoint at ``path`` by ``edit(header)`` (an object to
+    write as JSON, or raw bytes) and recompute the digest, so that only the header is hostile."""
+    blob = path.read_bytes()
+    magic, version, length = PREFIX.unpack_from(blob)
+    start = PREFIX.size + length
+    new = edit(json.loads(blob[PREFIX.size:start]))
+    raw = new if isinstance(new, bytes) else json.dumps(new).encode()
+    body = PREFIX.pack(magic, version, len(raw) if header_len is None else header_len) + raw + blob[start:-32]
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _set(leaf, **fields):
+    """An edit of the entry of ``leaf`` (a key path such as "['w']")."""
+
+    def edit(header, index):
+        header["leaves"][index[leaf]].update(fields)
+        return header
+
+    return edit
+
+
+def _top(**fields):
+    """An edit of the header's top-level fields (None deletes one)."""
+
+    def edit(header, index):
+        header.update(fields)
+        return {k: v for k, v in header.items() if v is not None}
+
+    return edit
+
+
+HOSTILE_HEADERS = {  # each keeps the payload's size unless said otherwise, so only the validation can refuse it
+    "negative dims": _set("['w']", shape=[-3, -4]),
+    "negative dim read as the rest": _set("['w']", shape=[-1]),
+    "overflowing dims": _set("['nested'][0]", shape=[2**32, 2**32, 2]),  # int64 product wraps to 0 bytes
+    "huge dims of an empty leaf": _set("['nested'][0]", shape=[0, 2**70]),
+    "too many dims": _set("['step']", shape=[1] * 65),
+    "float dims": _set("['w']", shape=[3.0, 4]),
+    "bool dims": _set("['b']", shape=[True, 4]),
+    "string shape": _set("['w']", shape="3,4"),
+    "null shape": _set("['step']", shape=None),
+    "object dtype": _set("['b']", dtype="|O"),
+    "void dtype": _set("['b']", dtype="V8"),
+    "unicode dtype": _set("['b']", dtype="<U4", shape=[2]),
+    "bytes dtype": _set("['b']", dtype="|S8"),
+    "datetime dtype": _set("['b']", dtype="<M8[s]"),
+    "structured dtype": _set("['b']", dtype="<f4,<f4"),
+    "subarray dtype": _set("['b']", dtype="(2,)<f8", shape=[2]),
+    "numeric dtype as a number": _set("['b']", dtype=8),
+    "unknown key_impl": _set("['key']", key_impl="not-a-prng"),
+    "key_impl of a float leaf": _set("['b']", key_impl="threefry2x32"),
+    "key_impl of the wrong shape": _set("['flag']", key_impl="threefry2x32"),
+    "key_impl a number": _set("['key']", key_impl=2),
+    "missing dtype": lambda h, index: {**h, "leaves": [{"shape": e["shape"], "key_impl": None} for e in h["leaves"]]},
+    "leaf entry a list": lambda h, index: {**h, "leaves": [list(e.values()) for e in h["leaves"]]},
+    "leaves an object": lambda h, index: {**h, "leaves": {"0": h["leaves"][0]}},
+    "missing leaves": _top(leaves=None),
+    "missing treedef": _top(treedef=None),
+    "treedef a number": _top(treedef=3),
+    "metadata a list": _top(metadata=[]),
+    "missing metadata": _top(metadata=None),
+    "header a list": lambda h, index: [h],
+    "header null": lambda h, index: None,
+    "header deeply nested": lambda h, index: b"[" * 100_000 + b"]" * 100_000,
+    "header not UTF-8": lambda h, index: b"\xff\xfe",
+    "header with a 5000-digit int": lambda h, index: json.dumps(h).replace("[3, 4]", f"[{'9' * 5000}, 4]").encode(),
+    "sizes short of the payload": _set("['w']", shape=[3, 3]),
+    "sizes past the payload": _set("['w']", shape=[3, 5]),
+}
+
+
+@pytest.mark.parametrize("edit", HOSTILE_HEADERS.values(), ids=HOSTILE_HEADERS.keys())
+def test_hostile_headers_are_refused_naming_the_file(tmp_path, tree, edit):
+    path = tmp_path / "run.ckpt"
+    checkpoint.save(path, tree)
+    index = {jax.tree_util.keystr(p): i for i, (p, _) in enumerate(jax.tree_util.tree_leaves_with_path(tree))}
+    _rewrite_header(path, lambda header: edit(header, index))
+    with pytest.raises(checkpoint.CheckpointError) as caught:
+        checkpoint.read(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("header_len", [10**6, 2**64 - 1])
+def test_header_length_past_the_end_is_refused(tmp_path, tree, header_len):
+    path = tmp_path / "run.ckpt"
+    checkpoint.save(path, tree)
+    _rewrite_header(path, lambda header: header, header_len=header_len)
+    with pytest.raises(checkpoint.CheckpointError, match="past the end") as caught:
+        checkpoint.read(path)
+    assert str(path) in str(caught.value)
+
+
+# ---------------------------------------------------------------------------- destination
+
+
+def _unwritable(target, monkeypatch):
+    """Make ``target`` read-only; root writes anyway, so for root also deny it in ``os.access``."""
+    target.chmod(0o500 if target.is_dir() else 0o400)
+    if os.geteuid() != 0:
+        return
+    real_access = os.access
+
+    def access(path, mode, **kwargs):
+        return not (mode & os.W_OK and os.fspath(path) == str(target)) and real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def _read_only_folder(folder, monkeypatch):
+    (folder / "ro").mkdir()
+    _unwritable(folder / "ro", monkeypatch)
+    return folder / "ro" / "run.ckpt"
+
+
+def _read_only_file(folder, monkeypatch):
+    (folder / "run.ckpt").write_bytes(b"")
+    _unwritable(folder / "run.ckpt", monkeypatch)
+    return folder / "run.ckpt"
+
+
+BAD_DESTINATIONS = {  # name: (arrange(folder, monkeypatch) -> the path to check, what the message says)
+    "folder missing": (lambda folder, _: folder / "missing" / "run.ckpt", "folder .*missing does not exist"),
+    "path a folder": (lambda folder, _: folder, "is a folder"),
+    "path a fifo": (lambda folder, _: os.mkfifo(folder / "fifo") or folder / "fifo", "not a regular file"),
+    "folder read-only": (_read_only_folder, "folder .*ro is not writable"),
+    "file read-only": (_read_only_file, "existing file is not writable"),
+    "not a path": (lambda folder, _: 42, "must be a file path"),
+    "empty": (lambda folder, _: "", "must be a file path"),
+}
+
+
+@pytest.mark.parametrize("arrange, match", BAD_DESTINATIONS.values(), ids=BAD_DESTINATIONS.keys())
+def test_check_destination_says_what_is_wrong_and_writes_nothing(tmp_path, monkeypatch, arrange, match):
+    path = arrange(tmp_path, monkeypatch)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="checkpoint") as caught:
+        checkpoint.check_destination(path)
+    assert caught.match(match)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_check_destination_accepts_a_new_or_writable_file(tmp_path, tree):
+    checkpoint.check_destination(tmp_path / "run.ckpt")
+    checkpoint.check_destination(str(tmp_path / "run.ckpt"))
+    assert list(tmp_path.iterdir()) == []
+    checkpoint.save(tmp_path / "run.ckpt", tree)
+    checkpoint.check_destination(tmp_path / "run.ckpt")
+
+
+def test_save_refuses_a_missing_folder_before_writing(tmp_path, tree):
+    with pytest.raises(ValueError, match="path=.*does not exist"):
+        checkpoint.save(tmp_path / "missing" / "run.ckpt", tree)
+
+
+@pytest.mark.parametrize(
+    "tree, metadata, match",
+    [
+        ({"w": jnp.ones(3, jnp.bfloat16)}, None, "dtype"),
+        ({"w": np.array([None, 1])}, None, "dtype"),
+        ({"w": jnp.ones(3)}, ["not", "a", "dict"], "metadata"),
+    ],
+    ids=["bfloat16 leaf", "object leaf", "metadata a list"],
+)
+def test_save_refuses_what_read_would_refuse_and_writes_nothing(tmp_path, tree, metadata, match):
+    with pytest.raises(ValueError, match=match):
+        checkpoint.save(tmp_path / "run.ckpt", tree, metadata=metadata)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- temporary files
+
+
+def _temporary_name(target, tree, monkeypatch):
+    """The name a save of ``target`` gives its temporary file (seen by failing the rename)."""
+    names = []
+
+    def fail(src, dst):
+        names.append(os.path.basename(src))
+        raise OSError("rename refused (simulated)")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="simulated"):
+            checkpoint.save(target, tree)
+    return names[0]
+
+
+def test_temporaries_are_named_after_their_target_and_removed_on_failure(tmp_path, tree, monkeypatch):
+    name = _temporary_name(tmp_path / "run.ckpt", tree, monkeypatch)
+    assert name.startswith(".run.ckpt.ckpt-")
+    assert list(tmp_path.iterdir()) == []  # the failed save removed it
+
+
+def test_stale_temporaries_of_the_same_checkpoint_are_removed_by_the_next_save(tmp_path, tree, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    stale = [_temporary_name(path, tree, monkeypatch) for _ in range(2)]  # what two killed saves would leave
+    others = [
+        _temporary_name(tmp_path / "other.ckpt", tree, monkeypatch),  # another checkpoint's
+        _temporary_name(tmp_path / "run.ckpt.ckpt-x", tree, monkeypatch),  # a checkpoint whose name extends ours
+        stale[0] + "0", stale[0] + ".bak", stale[0][1:], "notes.txt",
+    ]
+    for name in stale + others:
+        (tmp_path / name).write_bytes(b"partial")
+    checkpoint.save(path, tree)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + ["run.ckpt"])
+    checkpoint.restore(path, like=tree)
+
+
 # ---------------------------------------------------------------------------- resume
 
 
@@ -124,21 +352,12 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, setup, monkeypatch):
     header, _ = checkpoint.read(path)
     resumed = fnn.fit(trainer, x, y, **kwargs, checkpoint=path, checkpoint_every=2, resume=True)
 
-    for a, b, c in zip(*(jax.tree.leaves(r.state) for r in (uninterrupted, resumed, one_call))):
+    for a, b, c in zip(*(jax.tree.leaves(r.train_state) for r in (uninterrupted, resumed, one_call))):
         assert same(a, b)
         assert same(a, c)  # the chunked program is the same program: bit-identical to one call too
     for name in uninterrupted.history:
         np.testing.assert_array_equal(uninterrupted.history[name], resumed.history[name])
     assert int(resumed.stop_epoch) == 6
-
-
-def test_resume_refuses_a_checkpoint_of_another_run_shape(tmp_path, setup):
-    trainer, x, y, kwargs = setup
-    path = tmp_path / "run.ckpt"
-    fnn.fit(trainer, x, y, **kwargs, checkpoint=path, checkpoint_every=3)
-    other = fnn.Trainer(fnn.mlp([64, 8, 10], dropout=0.1), adam(1e-2), fnn.cross_entropy)
-    with pytest.raises(checkpoint.CheckpointError):
-        fnn.fit(other, x, y, **kwargs, checkpoint=path, checkpoint_every=3, resume=True)
 
 
 def test_checkpoint_options_need_a_path(setup):
