@@ -6,7 +6,8 @@ immutable pytrees, so that a whole run is one compiled program that can be ``vma
 over seeds and hyperparameters.
 """
 
-from fnn import activations, checkpoint, datasets, distributed, init, schedules
+from fnn import activations, checkpoint, clipping, datasets, distributed, init, layers, losses, optimizers, schedules
+from fnn.clipping import clip_by_global_norm, clip_by_value
 from fnn.data import one_hot, prepare_images, standardize, train_test_split
 from fnn.fit import DivergenceError, FitResult, fit
 from fnn.gradcheck import check_grads, numerical_grad
@@ -28,18 +29,10 @@ from fnn.losses import (
     binary_cross_entropy,
     cross_entropy,
     mse,
+    Loss,
     weighted_mean,
 )
-from fnn.optimizers import (
-    Optimizer,
-    adagrad,
-    adam,
-    adamw,
-    clip_by_global_norm,
-    clip_by_value,
-    rmsprop,
-    sgd,
-)
+from fnn.optimizers import Optimizer, adagrad, adam, adamw, rmsprop, sgd
 from fnn.regularizers import is_weight, l1, l1_l2, l2
 from fnn.sweep import SweepResult, sweep
 from fnn.train import Trainer, TrainState
@@ -59,6 +52,7 @@ __all__ = [
     "binary_cross_entropy",
     "check_grads",
     "checkpoint",
+    "clipping",
     "clip_by_global_norm",
     "clip_by_value",
     "cross_entropy",
@@ -77,11 +71,15 @@ __all__ = [
     "l2",
     "Layer",
     "LayerNorm",
+    "layers",
+    "Loss",
+    "losses",
     "mlp",
     "mse",
     "numerical_grad",
     "one_hot",
     "Optimizer",
+    "optimizers",
     "prepare_images",
     "rmsprop",
     "schedules",

@@ -18,7 +18,9 @@ chunk is padded by repeating members and the extra results dropped). With severa
 devices, each chunk's member axis is sharded over them (see ``fnn.distributed``).
 
 Each member's seed is its seed index ``s`` (``0 .. seeds-1``, or the given seed values),
-so member (grid point g, seed s) equals ``fit(config(**g), x, y, key=s, ...)`` run alone.
+so member (grid point g, seed s) matches ``fit(config(**g), x, y, key=s, ...)`` run alone
+to float32 rounding (the tests check ``rtol=1e-5``): under ``vmap`` XLA batches the
+matmuls and may add up sums in another order, so the numbers are not bit-identical.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.distributed import member_sharding
-from fnn.fit import fit
+from fnn import progress as progress_lib
+from fnn.fit import check_fit, fit
+from fnn.train import Trainer
 from fnn.checks import check_int
 
 
@@ -113,10 +117,7 @@ def grid_points(config: Callable, grid: dict, product: bool = True) -> dict:
     for name in grid:
         if name not in parameters:
             raise ValueError(f"grid key {name!r} is not a hyperparameter of the configuration; it takes {list(parameters)}")
-    values = {k: np.asarray(v, dtype=float).reshape(-1) for k, v in grid.items()}
-    for name, v in values.items():
-        if v.size == 0:
-            raise ValueError(f"grid[{name!r}] must list at least one value")
+    values = {k: _grid_values(k, v) for k, v in grid.items()}
     if not values:
         return {}
     if product:
@@ -126,6 +127,47 @@ def grid_points(config: Callable, grid: dict, product: bool = True) -> dict:
     if len(set(lengths.values())) > 1:
         raise ValueError(f"grid arrays must have equal lengths when product=False (zip); got {lengths}")
     return values
+
+
+def _grid_values(name: str, values) -> np.ndarray:
+    """One grid entry as a 1-D float array: numbers only, finite, at least one."""
+    try:
+        v = np.asarray(values, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid[{name!r}] must be a sequence of numbers; got {values!r}") from None
+    if v.size == 0:
+        raise ValueError(f"grid[{name!r}] must list at least one value")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"grid[{name!r}] must hold finite numbers; got {v.tolist()}")
+    return v
+
+
+def check_configurations(config: Callable, table: dict) -> Trainer:
+    """Build the configuration once at every grid point of ``table``, with concrete values.
+
+    Under the sweep's ``vmap`` the configuration is built from traced values, which skip
+    the constructors' range checks; building it here first makes those checks run.
+
+    Returns:
+      the Trainer of the first member (for the data checks).
+    Raises:
+      ValueError: naming the grid point (every key and value) that the configuration
+        refuses, and why; or a configuration that does not return an fnn.Trainer.
+    """
+    names = [k for k in table if k != "seed"]
+    points = dict.fromkeys(tuple(float(table[k][i]) for k in names) for i in range(len(table["seed"])))
+    trainers = [_build(config, dict(zip(names, point))) for point in points]
+    return trainers[0]
+
+
+def _build(config: Callable, hyperparameters: dict) -> Trainer:
+    try:
+        trainer = config(**hyperparameters)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"grid point {hyperparameters} is refused by the configuration: {error}") from None
+    if not isinstance(trainer, Trainer):
+        raise ValueError(f"config must return an fnn.Trainer; at grid point {hyperparameters} it returned {type(trainer).__name__}")
+    return trainer
 
 
 def members(config: Callable, grid: dict, seeds, product: bool = True) -> dict:
@@ -165,14 +207,23 @@ def sweep(
         devices), a count (the first that many) or a list; ``[jax.devices()[0]]`` or ``1``
         runs on one. See ``fnn.distributed.member_sharding``.
       **fit_kwargs: passed to ``fit`` (epochs, batch_size, validation, patience, ...).
-        ``key``, ``state`` and checkpoints are per-run options and are refused here.
+        ``key``, ``train_state`` and checkpoints are per-run options and are refused here.
+        Everything ``fit`` checks is checked first, eagerly (``fnn.fit.check_fit``),
+        and the configuration is built once at every grid point with concrete values
+        (``check_configurations``), so a sweep refuses what ``fit`` refuses.
     Returns:
       a ``SweepResult`` with one row per member.
+    Raises:
+      ValueError: for bad input, before anything is compiled; a refused grid point is
+        named with its keys and values.
     """
-    for name in ("key", "state", "checkpoint", "checkpoint_every", "resume"):
+    for name in ("key", "train_state", "checkpoint", "checkpoint_every", "resume"):
         if name in fit_kwargs:
             raise ValueError(f"{name}= is not a sweep option: members take their keys from seeds")
     table = members(config, grid or {}, seeds, product)
+    check_fit(check_configurations(config, table), x, y, key=int(table["seed"][0]), **fit_kwargs)
+    if fit_kwargs.get("progress"):
+        progress_lib.start()
     n = len(table["seed"])
     chunk = n if chunk_size is None else check_int("chunk_size", chunk_size)
     sharding = member_sharding(devices, min(chunk, n))

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 
 from fnn import losses as losses_lib
 from fnn.batching import eval_batches
-from fnn.layers import as_model
-from fnn.checks import as_key
+from fnn.layers import as_model, check_params
+from fnn.checks import as_key, check_int
 from fnn.pytree import pytree_dataclass, static_field
 
 
@@ -81,17 +81,23 @@ class Trainer:
         elif isinstance(self.metrics, dict):
             object.__setattr__(self, "metrics", tuple(self.metrics.items()))
 
-    def init(self, key, params=None, model_state=()) -> TrainState:
+    def init(self, key, params=None, model_state=None) -> TrainState:
         """A fresh TrainState: params from ``model.init`` (unless given), optimizer state,
         step 0, epoch 0, and the run key.
 
         Args:
           key: int seed or PRNG key; params are drawn from ``fold_in(key, 2)``.
-          params, model_state: start from these instead of ``model.init``.
+          params, model_state: start from these instead of ``model.init`` (a warm
+            start); ``model_state`` may be left out only for a model without state.
+            Both are checked against the model's structure.
+        Raises:
+          ValueError: a bad key, or params / model_state that do not fit the model.
         """
         key = as_key(key)
         if params is None:
             params, model_state = self.model.init(jax.random.fold_in(key, 2))
+        else:
+            model_state = check_params(self.model, params, model_state, names=("params", "model_state"))
         opt_state = self.optimizer.init(params)
         zero = jnp.zeros((), jnp.int32)
         return TrainState(params, model_state, opt_state, zero, zero, key)
@@ -146,6 +152,7 @@ class Trainer:
         Returns:
           dict ``{"loss": scalar, <metric>: scalar, ...}`` — example-weighted means.
         """
+        batch_size = check_int("batch_size", batch_size)
         x, y = jnp.asarray(x), jnp.asarray(y)
         n = x.shape[0]
         indices, weights = eval_batches(n, min(batch_size, n))

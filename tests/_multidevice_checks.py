@@ -49,7 +49,7 @@ def local(a):
 def compare(a, b) -> dict:
     """Assert two FitResults agree on params and histories (allclose); return the largest
     absolute and relative differences and whether they are bit-identical."""
-    leaves = [jax.tree.leaves((r.state.params, r.history)) for r in (a, b)]
+    leaves = [jax.tree.leaves((r.train_state.params, r.history)) for r in (a, b)]
     pairs = [(local(u), local(v)) for u, v in zip(*leaves)]
     for u, v in pairs:
         np.testing.assert_allclose(u, v, rtol=RTOL, atol=ATOL)
@@ -72,12 +72,12 @@ def sweep_parallel():
     x, y = digits()
     grid = {"lr": [1e-2, 3e-3]}
     sharded = sweep(config, x, y, seeds=4, grid=grid, **OPTIONS)
-    leaf = sharded.results.state.params[0]["w"]
+    leaf = sharded.results.train_state.params[0]["w"]
     assert leaf.sharding.spec == jax.sharding.PartitionSpec("members"), leaf.sharding
     shards = {shard.device: shard.data.shape[0] for shard in leaf.addressable_shards}
     assert sorted(shards.values()) == [2] * 4 and set(shards) == set(jax.devices()), shards
     single = sweep(config, x, y, seeds=4, grid=grid, devices=[jax.devices()[0]], **OPTIONS)
-    assert single.results.state.params[0]["w"].devices() == {jax.devices()[0]}
+    assert single.results.train_state.params[0]["w"].devices() == {jax.devices()[0]}
     return compare(sharded.results, single.results) | {"members_per_device": sorted(shards.values())}
 
 
@@ -90,16 +90,16 @@ def data_parallel_fit():
     assert sharding.mesh.shape == {"data": 4} and sharding.spec == jax.sharding.PartitionSpec("data")
     single = fnn.fit(config(), x, y, key=0, **OPTIONS)
     parallel = fnn.fit(config(), x, y, key=0, batch_sharding=sharding, **OPTIONS)
-    leaf = parallel.state.params[0]["w"]
+    leaf = parallel.train_state.params[0]["w"]
     assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated, leaf.sharding
-    lowered = jax.jit(lambda k: fnn.fit(config(), x, y, key=k, batch_sharding=sharding, **OPTIONS).state.params).lower(0)
+    lowered = jax.jit(lambda k: fnn.fit(config(), x, y, key=k, batch_sharding=sharding, **OPTIONS).train_state.params).lower(0)
     assert '{"data"}' in lowered.as_text(), "no sharding over the data axis in the lowered program"
     return compare(parallel, single) | {"reference": numbers(single)}
 
 
 def numbers(result) -> list:
     """A FitResult's final params and training-loss history, as JSON-ready lists."""
-    return [local(leaf).tolist() for leaf in jax.tree.leaves((result.state.params, result.history["loss"]))]
+    return [local(leaf).tolist() for leaf in jax.tree.leaves((result.train_state.params, result.history["loss"]))]
 
 
 def raises(call, *fragments):
@@ -162,7 +162,7 @@ def data_parallel_fit_over_processes(info):
     with the one-device run of the 4-device check (the same fit)."""
     x, y = digits()
     parallel = fnn.fit(config(), x, y, key=0, batch_sharding=data_parallel(), **OPTIONS)
-    assert len(parallel.state.params[0]["w"].sharding.device_set) == 2
+    assert len(parallel.train_state.params[0]["w"].sharding.device_set) == 2
     return {"numbers": numbers(parallel)}
 
 

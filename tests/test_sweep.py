@@ -6,6 +6,7 @@ of a 6-member chunk is built once and shared by the tests (only the chunked swee
 """
 
 import contextlib
+import sys
 
 import jax
 import numpy as np
@@ -51,8 +52,8 @@ def swept(run):
 
 def assert_members_close(batched, i, single, rtol=1e-5, atol=1e-6):
     """Member ``i`` of a stacked FitResult equals a single FitResult."""
-    pick = jax.tree.map(lambda a: a[i], (batched.state.params, batched.best_params, batched.history))
-    for a, b in zip(jax.tree.leaves(pick), jax.tree.leaves((single.state.params, single.best_params, single.history))):
+    pick = jax.tree.map(lambda a: a[i], (batched.train_state.params, batched.best_params, batched.history))
+    for a, b in zip(jax.tree.leaves(pick), jax.tree.leaves((single.train_state.params, single.best_params, single.history))):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
     for name in ("stop_epoch", "best_epoch", "stopped_early", "diverged"):
         assert getattr(batched, name)[i] == getattr(single, name), name
@@ -85,7 +86,7 @@ def test_sweep_equals_members_run_one_at_a_time(data, options, swept):
     for i, (lr, seed) in enumerate(zip(table["lr"], table["seed"])):
         single = fnn.fit(config(float(lr)), x, y, key=int(seed), **options)
         assert_members_close(swept.results, i, single)
-    assert int(swept.results.state.step[0]) == EPOCHS * STEPS
+    assert int(swept.results.train_state.step[0]) == EPOCHS * STEPS
 
 
 def test_chunks_smaller_than_the_sweep_give_the_same_numbers(run, swept):
@@ -105,7 +106,7 @@ def test_early_stopping_per_member_and_no_recompilation(run, swept):
     assert compiles == []
     stopped, going = slice(3, 6), slice(0, 3)
     assert list(result.stop_epoch[stopped]) == [3] * 3 and all(result.stopped_early[stopped])
-    assert list(result.state.step[stopped]) == [3 * STEPS] * 3
+    assert list(result.train_state.step[stopped]) == [3 * STEPS] * 3
     assert np.all(np.isnan(result.history["loss"][stopped, 3:])) and list(result.best_epoch[stopped]) == [0] * 3
     assert list(result.stop_epoch[going]) == [EPOCHS] * 3 and not any(result.stopped_early[going])
     for i in range(3):
@@ -169,11 +170,14 @@ def test_product_and_zip_of_the_grid():
         (dict(seeds=[]), "seeds"),
         (dict(seeds=[0.5, 1.5]), "seeds"),
         (dict(key=0), "key= is not a sweep option"),
-        (dict(state=None), "state= is not a sweep option"),
+        (dict(train_state=None), "train_state= is not a sweep option"),
         (dict(devices=len(jax.devices()) + 1), "devices"),
     ],
 )
-def test_bad_input_raises_before_compiling(run, change, match):
-    with count_compiles() as compiles, pytest.raises(ValueError, match=match):
+def test_bad_input_raises_before_compiling(run, change, match, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the sweep program ran although the input is bad")
+
+    monkeypatch.setattr(sys.modules["fnn.sweep"], "_run_members", never)  # fnn.sweep is the function
+    with pytest.raises(ValueError, match=match):
         run(**({"seeds": 2, "grid": {"lr": LRS}} | change))
-    assert compiles == []

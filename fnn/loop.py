@@ -1,0 +1,267 @@
+"""The epoch loop: one run's epochs of mini-batches as one compiled program.
+
+``run_epochs`` is a ``lax.while_loop`` over epochs; each epoch draws its permutation
+in-graph and ``lax.scan``s the training step over its mini-batches
+(:func:`train_epoch`), then evaluates the validation set, writes one entry of every
+history array and decides on early stopping (:func:`end_epoch`). The carry of the loop,
+:class:`Loop`, is a :class:`FitResult` plus the two numbers early stopping needs; a
+checkpoint saves it whole.
+
+Divergence: an update whose mini-batch loss is not finite or exceeds
+``divergence_threshold``, or whose new parameters are not finite, is not applied; the
+run stops and keeps the last good state. Under ``vmap`` a member that stopped (early or
+by divergence) keeps its state unchanged while the others go on (JAX batches the while
+loop by masking); run alone, a stopped run skips the remaining epochs (steps after a
+divergence, within its epoch, are computed and discarded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fnn import progress as progress_lib
+from fnn.batching import epoch_batches
+from fnn.train import Trainer, TrainState
+
+
+class FitResult(NamedTuple):
+    """What ``fit`` returns (under ``vmap`` every field gains a leading member axis).
+
+    Attributes:
+      train_state: the final TrainState (the last good one if the run diverged).
+      best_params, best_model_state: the params and model state at the best epoch of the
+        monitored value (the final ones if nothing was monitored).
+      best_epoch: index of that epoch (-1 before any epoch completed).
+      history: ``{name: [epochs] array}`` — "loss" (mean training loss of the epoch),
+        the trainer's metrics (e.g. "accuracy"), "lr" (learning rate of the epoch's last
+        update) and, with validation data, "val_loss" and "val_<metric>". Epochs that did
+        not run hold NaN.
+      stopped_early: True when patience ran out.
+      diverged: True when a non-finite loss or parameter, or a loss above
+        ``divergence_threshold``, stopped the run.
+      diverged_epoch, diverged_step: where (epoch index; global update index), -1 if not.
+      last_finite_loss: the last mini-batch loss of an applied update.
+    """
+
+    train_state: TrainState
+    best_params: Any
+    best_model_state: Any
+    best_epoch: jax.Array
+    history: dict
+    stopped_early: jax.Array
+    diverged: jax.Array
+    diverged_epoch: jax.Array
+    diverged_step: jax.Array
+    last_finite_loss: jax.Array
+
+    @property
+    def stop_epoch(self) -> jax.Array:
+        """Number of epochs run (``train_state.epoch``)."""
+        return self.train_state.epoch
+
+
+class Loop(NamedTuple):
+    """The carry of the epoch loop (what a checkpoint saves): the result so far, the best
+    monitored value and the epochs waited since it improved."""
+
+    result: FitResult
+    best_value: jax.Array
+    wait: jax.Array
+
+
+class RunData(NamedTuple):
+    """The arrays a run reads: training data, optional validation pair and the traced
+    convergence thresholds (new values reuse the compiled program)."""
+
+    x: jax.Array
+    y: jax.Array
+    validation: tuple | None
+    tol: jax.Array
+    divergence_threshold: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The static (structural) settings of a run; the jit cache keys on them."""
+
+    batch_size: int
+    drop_last: bool
+    eval_batch_size: int
+    patience: int | None
+    monitor: str
+    maximize: bool
+    progress: bool
+    batch_sharding: Any = None
+
+
+class _StepCarry(NamedTuple):
+    """The carry of one epoch's scan over mini-batches."""
+
+    state: TrainState
+    diverged: jax.Array
+    diverged_step: jax.Array
+    last_loss: jax.Array
+    sums: dict  # weighted sums of the loss and metrics, and of the weights
+    lr: jax.Array
+
+
+def float_array(value=jnp.nan):
+    """``value`` as an array of JAX's default float dtype."""
+    return jnp.asarray(value, jnp.result_type(float))
+
+
+def _tree_where(condition, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
+
+
+def _all_finite(tree):
+    """True when every element is finite (one fused reduction: a sum is finite iff its terms are)."""
+    return jnp.isfinite(sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)))
+
+
+def _shard(batch, sharding):
+    """Split a mini-batch's example axis over devices (data parallelism); the compiler
+    then averages the gradients across them. No-op without a sharding."""
+    if sharding is None:
+        return batch
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
+
+
+def history_names(trainer: Trainer, has_validation: bool) -> list[str]:
+    """The history entries of a run: loss, the trainer's metrics, lr, and their val_ twins."""
+    names = ["loss", *(name for name, _ in trainer.metrics), "lr"]
+    if has_validation:
+        names += ["val_loss", *(f"val_{name}" for name, _ in trainer.metrics)]
+    return names
+
+
+def initial_loop(trainer: Trainer, state: TrainState, epochs: int, has_validation: bool, maximize: bool) -> Loop:
+    """The carry before the first epoch: histories of NaN, no best epoch, nothing stopped."""
+    history = {name: jnp.full((epochs,), jnp.nan, jnp.result_type(float)) for name in history_names(trainer, has_validation)}
+    minus_one = jnp.asarray(-1, jnp.int32)
+    result = FitResult(
+        train_state=state,
+        best_params=state.params,
+        best_model_state=state.model_state,
+        best_epoch=minus_one,
+        history=history,
+        stopped_early=jnp.asarray(False),
+        diverged=jnp.asarray(False),
+        diverged_epoch=minus_one,
+        diverged_step=minus_one,
+        last_finite_loss=float_array(),
+    )
+    return Loop(result=result, best_value=float_array(-jnp.inf if maximize else jnp.inf), wait=jnp.asarray(0, jnp.int32))
+
+
+def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Settings):
+    """Scan the training step over one epoch's mini-batches.
+
+    Returns:
+      ``(result, means)``: the result with the new train state and divergence record,
+      and the epoch's example-weighted means of the loss and metrics (plus "lr").
+    """
+    state = result.train_state
+    order_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.epoch)
+    indices, weights = epoch_batches(order_key, data.x.shape[0], settings.batch_size, settings.drop_last)
+    names = ["loss", *(name for name, _ in trainer.metrics)]
+
+    def step(carry: _StepCarry, batch):
+        idx, w = batch
+        batch = _shard((data.x[idx], data.y[idx], w), settings.batch_sharding)
+        new_state, metrics = trainer.train_step(carry.state, batch)
+        # an update counts only while the run is healthy and it keeps everything finite;
+        # a masked select rather than lax.cond: under vmap a cond would become a select
+        # of the whole carry anyway, and unbatched the epoch loop stops after this epoch.
+        loss = metrics["loss"]
+        ok = jnp.isfinite(loss) & (loss <= data.divergence_threshold) & _all_finite(new_state.params) & ~carry.diverged
+        total = jnp.sum(w)
+        counted = {k: metrics[k] * total for k in names} | {"weight": total}
+        return _StepCarry(
+            state=_tree_where(ok, new_state, carry.state),
+            diverged=carry.diverged | ~ok,
+            diverged_step=jnp.where(ok | carry.diverged, carry.diverged_step, carry.state.step),
+            last_loss=jnp.where(ok, loss, carry.last_loss),
+            sums={k: carry.sums[k] + jnp.where(ok, counted[k], 0) for k in carry.sums},
+            lr=jnp.where(ok, metrics["lr"], carry.lr).astype(carry.lr.dtype),
+        ), None
+
+    sums = {k: float_array(0.0) for k in [*names, "weight"]}
+    start = _StepCarry(state, result.diverged, result.diverged_step, result.last_finite_loss, sums, float_array())
+    end, _ = jax.lax.scan(step, start, (indices, weights))
+    means = {k: end.sums[k] / end.sums["weight"] for k in names} | {"lr": end.lr}
+    result = result._replace(
+        train_state=end.state,
+        diverged=end.diverged,
+        diverged_step=end.diverged_step,
+        diverged_epoch=jnp.where(end.diverged, end.state.epoch, -1).astype(jnp.int32),
+        last_finite_loss=end.last_loss,
+    )
+    return result, means
+
+
+def end_epoch(trainer: Trainer, loop: Loop, means: dict, data: RunData, settings: Settings) -> Loop:
+    """Evaluate, record history, track the best epoch and decide on early stopping."""
+    result = loop.result
+    state = result.train_state
+    if data.validation is not None:
+        scores = trainer.evaluate(state.params, state.model_state, *data.validation, batch_size=settings.eval_batch_size)
+        means = means | {f"val_{k}": v for k, v in scores.items()}
+    epoch = state.epoch
+    history = {k: h.at[epoch].set(means[k].astype(h.dtype)) for k, h in result.history.items()}
+    value = means[settings.monitor]
+    if settings.maximize:
+        improved = value > loop.best_value + data.tol
+    else:
+        improved = value < loop.best_value - data.tol
+    improved = improved & ~result.diverged
+    wait = jnp.where(improved, 0, loop.wait + 1).astype(jnp.int32)
+    stopped = jnp.asarray(False) if settings.patience is None else wait >= settings.patience
+    result = result._replace(
+        train_state=state._replace(epoch=jnp.where(result.diverged, epoch, epoch + 1).astype(jnp.int32)),
+        best_params=_tree_where(improved, state.params, result.best_params),
+        best_model_state=_tree_where(improved, state.model_state, result.best_model_state),
+        best_epoch=jnp.where(improved, epoch, result.best_epoch).astype(jnp.int32),
+        history=history,
+        stopped_early=stopped & ~result.diverged,
+    )
+    best_value = jnp.where(improved, value, loop.best_value).astype(loop.best_value.dtype)
+    return Loop(result=result, best_value=best_value, wait=wait)
+
+
+def running(loop: Loop, end_epoch_index) -> jax.Array:
+    """Whether the run goes on: before ``end_epoch_index``, not stopped, not diverged."""
+    r = loop.result
+    return (r.train_state.epoch < end_epoch_index) & ~r.stopped_early & ~r.diverged
+
+
+def _report(before: Loop, after: Loop, end_epoch_index) -> Loop:
+    """Plant the progress report of the epoch just run (see ``fnn.progress``).
+
+    The report's acknowledgement (always 0) is added to the epoch counter, which the
+    loop's condition reads: a callback whose result could be pruned would be dropped
+    by the compiler (an outer ``jit`` keeps only the carry it returns).
+    """
+    epoch = before.result.train_state.epoch
+    values = {k: h[epoch] for k, h in after.result.history.items()}
+    epochs = len(after.result.history["loss"])
+    ack = progress_lib.report(epoch, epochs, values, running(before, end_epoch_index))
+    state = after.result.train_state
+    return after._replace(result=after.result._replace(train_state=state._replace(epoch=state.epoch + ack)))
+
+
+@functools.partial(jax.jit, static_argnames=("settings",))
+def run_epochs(trainer: Trainer, loop: Loop, data: RunData, end_epoch_index, settings: Settings) -> Loop:
+    """Run epochs until ``end_epoch_index``, early stop or divergence: the compiled program."""
+
+    def epoch(loop: Loop) -> Loop:
+        result, means = train_epoch(trainer, loop.result, data, settings)
+        after = end_epoch(trainer, loop._replace(result=result), means, data, settings)
+        return _report(loop, after, end_epoch_index) if settings.progress else after
+
+    return jax.lax.while_loop(lambda loop: running(loop, end_epoch_index), epoch, loop)

@@ -1,0 +1,109 @@
+"""Resuming a run from its checkpoint: what must match, said in the user's words.
+
+A run's checkpoint (written by ``fit(checkpoint=...)``, see :mod:`fnn.checkpoint`)
+holds the whole epoch-loop carry and, in its metadata, a *description* of the run: the
+settings that decide its numbers (``batch_size``, ``drop_last``, the number of training
+and validation examples, ``monitor``, ``patience``, the history entries, ``epochs``) and
+the shape of every array it carries (params, model state, optimizer state, ...).
+
+Resuming compares the call's description with the file's before reading any array, so
+a mismatch is reported as what the user changed — "the checkpoint was written for
+batch_size=64; this call has batch_size=32", "the model's parameters differ:
+params[0]['w'] is float32[64, 16] in the checkpoint, float32[64, 8] in this call" —
+rather than as a leaf number.
+
+One difference is allowed: a larger ``epochs``. The run then continues where it
+stopped, its histories padded with NaN to the new length, bit-identical to a run that had
+the larger ``epochs`` from the start (nothing else in a run depends on ``epochs``). A
+run that stopped early or diverged stays stopped.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn import checkpoint as checkpoint_lib
+from fnn.loop import Loop, RunData, Settings
+
+# where a carried array lives -> how to name a difference there
+_PARTS = (
+    (".result.train_state.params", "the model's parameters differ (another model or layer sizes?)"),
+    (".result.train_state.model_state", "the model's state (batch-norm statistics) differs (another model?)"),
+    (".result.train_state.opt_state", "the optimizer's state differs (another optimizer?)"),
+)
+
+
+def describe(loop: Loop, settings: Settings, data: RunData, epochs: int) -> dict:
+    """The run's description, stored as the checkpoint's metadata (JSON).
+
+    Returns:
+      ``{"settings": {name: value}, "arrays": {path: "dtype[shape]"}}`` — the arrays of
+      the carry outside the histories, by key path.
+    """
+    settings_used = {
+        "epochs": epochs,
+        "batch_size": settings.batch_size,
+        "drop_last": settings.drop_last,
+        "examples": int(data.x.shape[0]),
+        "validation examples": 0 if data.validation is None else int(data.validation[0].shape[0]),
+        "monitor": settings.monitor,
+        "patience": settings.patience,
+        "history": sorted(loop.result.history),
+    }
+    without_history = loop._replace(result=loop.result._replace(history={}))
+    arrays = {jax.tree_util.keystr(path): _spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)}
+    return {"settings": settings_used, "arrays": arrays}
+
+
+def _spec(leaf) -> str:
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return f"key<{jax.random.key_impl(leaf)}>{list(leaf.shape)}"
+    return f"{leaf.dtype}{list(leaf.shape)}"
+
+
+def restore(path, like: Loop, description: dict) -> Loop:
+    """Restore the loop saved at ``path`` for a call described by ``description``.
+
+    Args:
+      path: the checkpoint file.
+      like: the call's initial loop (structure, shapes, dtypes).
+      description: ``describe(...)`` of the call.
+    Returns:
+      the restored loop, its histories extended to the call's ``epochs``.
+    Raises:
+      ValueError: naming the setting or array that differs between the file and the call.
+      fnn.checkpoint.CheckpointError: a damaged file.
+    """
+    header, _ = checkpoint_lib.read(path)
+    saved = header.get("metadata") or {}
+    if set(saved) != {"settings", "arrays"}:
+        raise ValueError(f"checkpoint {path} was not written by fnn.fit (no run description); cannot resume from it")
+    _compare(path, saved, description)
+    saved_epochs = saved["settings"]["epochs"]
+    old = like._replace(result=like.result._replace(history=_resized(like.result.history, saved_epochs)))
+    loop = checkpoint_lib.restore(path, like=old)
+    return loop._replace(result=loop.result._replace(history=_resized(loop.result.history, description["settings"]["epochs"])))
+
+
+def _compare(path, saved: dict, call: dict):
+    """Raise ValueError for the first difference between the saved run and this call."""
+    for name, value in call["settings"].items():
+        was = saved["settings"].get(name)
+        if name == "epochs" and isinstance(was, int) and was <= value:
+            continue  # extending a run is allowed
+        if was != value:
+            hint = f": pass epochs >= {was} to resume it" if name == "epochs" else ""
+            raise ValueError(f"cannot resume from {path}: the checkpoint was written for {name}={was!r}; this call has {name}={value!r}{hint}")
+    for key in [*call["arrays"], *(k for k in saved["arrays"] if k not in call["arrays"])]:  # tree order
+        was, now = saved["arrays"].get(key, "nothing"), call["arrays"].get(key, "nothing")
+        if was != now:
+            reason = next((text for prefix, text in _PARTS if key.startswith(prefix)), "the run's state differs")
+            where = key.replace(".result.train_state.", "")
+            raise ValueError(f"cannot resume from {path}: {reason}: {where} is {was} in the checkpoint, {now} in this call")
+
+
+def _resized(history: dict, epochs: int) -> dict:
+    """Histories cut or padded with NaN to ``epochs`` entries."""
+    return {k: jnp.concatenate([h[:epochs], jnp.full((max(epochs - h.shape[0], 0),), np.nan, h.dtype)]) for k, h in history.items()}

@@ -1,0 +1,199 @@
+"""Bad input gets a clear error at every door: one table of calls, each row the call, the
+exception type and a phrase its message must contain.
+
+The doors: ``fit``, ``sweep`` (which traces ``fit`` inside, so it must check first),
+``Trainer.evaluate``, the optimizer / layer / schedule / regularizer constructors and
+``checkpoint.restore``. Sweep rows also assert that nothing was compiled: the sweep's
+program is never called.
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+from fnn import checkpoint, schedules
+from fnn.datasets import load_digits
+
+N, BATCH = 300, 50
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = load_digits()
+    return (x[:N] / 16.0).astype(np.float32), y[:N].astype(np.int32)
+
+
+def trainer(model=None, loss=fnn.cross_entropy):
+    return fnn.Trainer(model or fnn.mlp([64, 16, 10]), fnn.adam(1e-2), loss)
+
+
+def config(lr=1e-2, dropout=0.0):
+    return fnn.Trainer(fnn.mlp([64, 16, 10], dropout=dropout), fnn.adam(lr), fnn.cross_entropy)
+
+
+def fit(x, y, tr=None, **change):
+    return fnn.fit(tr or trainer(), x, y, **(dict(key=0, epochs=1, batch_size=BATCH) | change))
+
+
+def sweep(x, y, **change):
+    return fnn.sweep(config, x, y, **(dict(seeds=2, grid={"lr": [1e-2, 1e-3]}, epochs=1, batch_size=BATCH) | change))
+
+
+BN = fnn.mlp([64, 16, 10], batchnorm=True)
+PARAMS, STATE = fnn.mlp([64, 16, 10]).init(jax.random.key(0))
+BN_PARAMS, BN_STATE = BN.init(jax.random.key(0))
+
+FIT = [
+    ("y count", lambda x, y: fit(x, y[:10]), "same number of examples"),
+    ("batch_size 0", lambda x, y: fit(x, y, batch_size=0), "batch_size must be >= 1"),
+    ("batch_size > n", lambda x, y: fit(x, y, batch_size=5000), "batch_size must be <= the number of examples"),
+    ("batch_size float", lambda x, y: fit(x, y, batch_size=32.0), "batch_size must be a Python int"),
+    ("empty x", lambda x, y: fit(x[:0], y[:0]), "non-empty"),
+    ("x not numeric", lambda x, y: fit(np.array([["a"] * 64] * N), y), "x must be"),
+    ("x integer", lambda x, y: fit((x * 16).astype(np.int32), y), "x must be floating point"),
+    ("NaN in x", lambda x, y: fit(np.where(np.arange(64) == 3, np.nan, x).astype(np.float32), y), "x holds"),
+    ("x rank", lambda x, y: fit(x[:, :, None], y), "x of shape (300, 64, 1) does not fit the model"),
+    ("x features", lambda x, y: fit(x[:, :63], y), "does not fit the model"),
+    ("float labels", lambda x, y: fit(x, y.astype(np.float32)), "integer class labels"),
+    ("labels out of range", lambda x, y: fit(x, np.full(N, 10, np.int32)), r"y must lie in [0, 10)"),
+    ("one-hot NaN", lambda x, y: fit(x, np.where(np.eye(10)[y] > 0, np.nan, 0.0).astype(np.float32)), "non-finite"),
+    ("mse targets shape", lambda x, y: fit(x, y, trainer(loss=fnn.mse)), "y must have shape [n, 10] to match the model's output"),
+    ("undeclared loss, labels", lambda x, y: fit(x, y, trainer(loss=lambda p, t, w=None: fnn.cross_entropy(p, t, w))), "if your loss takes integer class labels"),
+    ("epochs 0", lambda x, y: fit(x, y, epochs=0), "epochs must be >= 1"),
+    ("key missing", lambda x, y: fit(x, y, key=None), "key is required"),
+    ("key string", lambda x, y: fit(x, y, key="seed"), "key must be an int seed or a jax.random key"),
+    ("key float", lambda x, y: fit(x, y, key=1.5), "key must be an int seed or a jax.random key"),
+    ("tol vector", lambda x, y: fit(x, y, tol=[0.1, 0.2]), "tol must be a real scalar"),
+    ("tol negative", lambda x, y: fit(x, y, tol=-1.0), "tol must lie in"),
+    ("tol string", lambda x, y: fit(x, y, tol="0.1"), "tol must be a real scalar"),
+    ("threshold 0", lambda x, y: fit(x, y, divergence_threshold=0.0), "divergence_threshold must lie in"),
+    ("monitor", lambda x, y: fit(x, y, monitor="val_loss"), "monitor must be one of"),
+    ("patience 0", lambda x, y: fit(x, y, patience=0), "patience must be >= 1"),
+    ("validation not a pair", lambda x, y: fit(x, y, validation=x), "validation must be a pair"),
+    ("validation triple", lambda x, y: fit(x, y, validation=(x, y, y)), "validation must be a pair"),
+    ("validation empty", lambda x, y: fit(x, y, validation=(x[:0], y[:0])), "validation must hold non-empty arrays"),
+    ("validation features", lambda x, y: fit(x, y, validation=(x[:5, :63], y[:5])), "validation must be (x_val, y_val)"),
+    ("validation labels", lambda x, y: fit(x, y, validation=(x[:5], np.full(5, -1, np.int32))), "validation y must lie"),
+    ("validation NaN", lambda x, y: fit(x, y, validation=(np.full((5, 64), np.nan, np.float32), y[:5])), "validation x holds"),
+    ("eval_batch_size 0", lambda x, y: fit(x, y, validation=(x, y), eval_batch_size=0), "eval_batch_size must be >= 1"),
+    ("params count", lambda x, y: fit(x, y, params=PARAMS[:2]), "params has 2 entries"),
+    ("params leaf", lambda x, y: fit(x, y, params=({"w": PARAMS[0]["w"][:, :8], "b": PARAMS[0]["b"]}, *PARAMS[1:])), r"params[0]['w'] has shape (64, 8)"),
+    ("empty state with BN", lambda x, y: fit(x, y, trainer(BN), params=BN_PARAMS, model_state=()), "model_state has 0 entries"),
+    ("no state with BN", lambda x, y: fit(x, y, trainer(BN), params=BN_PARAMS), "model_state"),
+    ("state without params", lambda x, y: fit(x, y, model_state=STATE), "model_state= goes with params="),
+    ("train_state type", lambda x, y: fit(x, y, train_state=PARAMS), "train_state must be an fnn.TrainState"),
+    ("trainer type", lambda x, y: fnn.fit(fnn.mlp([64, 10]), x, y, key=0, epochs=1, batch_size=BATCH), "trainer must be an fnn.Trainer"),
+    ("checkpoint folder", lambda x, y: fit(x, y, checkpoint="/nonexistent-folder/run.ckpt"), "checkpoint="),
+    ("checkpoint is a folder", lambda x, y: fit(x, y, checkpoint="/tmp"), "checkpoint="),
+    ("resume without path", lambda x, y: fit(x, y, resume=True), "need checkpoint="),
+    ("checkpoint_every 0", lambda x, y: fit(x, y, checkpoint="/tmp/fnn-bad-input.ckpt", checkpoint_every=0), "checkpoint_every must be >= 1"),
+]
+
+SWEEP = [
+    ("negative lr", lambda x, y: sweep(x, y, grid={"lr": [1e-2, -1.0]}), "grid point {'lr': -1.0} is refused by the configuration: lr"),
+    ("NaN lr", lambda x, y: sweep(x, y, grid={"lr": [np.nan]}), "grid['lr'] must hold finite numbers"),
+    ("dropout 1.5", lambda x, y: sweep(x, y, grid={"lr": [1e-2], "dropout": [0.1, 1.5]}), "'dropout': 1.5} is refused by the configuration: rate"),
+    ("grid strings", lambda x, y: sweep(x, y, grid={"lr": ["fast"]}), "grid['lr'] must be a sequence of numbers"),
+    ("unknown grid key", lambda x, y: sweep(x, y, grid={"momentum": [0.9]}), "'momentum' is not a hyperparameter"),
+    ("labels out of range", lambda x, y: sweep(x, np.full(N, 10, np.int32)), r"y must lie in [0, 10)"),
+    ("NaN in x", lambda x, y: sweep(np.full_like(x, np.nan), y), "x holds"),
+    ("validation labels", lambda x, y: sweep(x, y, validation=(x[:5], np.full(5, 12, np.int32))), "validation y must lie"),
+    ("batch_size > n", lambda x, y: sweep(x, y, batch_size=5000), "batch_size must be <= the number of examples"),
+    ("unknown option", lambda x, y: sweep(x, y, epoch=3), "unknown fit option(s) ['epoch']"),
+    ("missing epochs", lambda x, y: fnn.sweep(config, x, y, seeds=2, batch_size=BATCH), "epochs"),
+    ("tol negative", lambda x, y: sweep(x, y, tol=-1.0), "tol must lie in"),
+    ("key", lambda x, y: sweep(x, y, key=0), "key= is not a sweep option"),
+    ("config returns no trainer", lambda x, y: fnn.sweep(lambda lr=0.1: fnn.adam(lr), x, y, epochs=1, batch_size=BATCH), "config must return an fnn.Trainer"),
+]
+
+EVALUATE = [
+    ("batch_size 0", lambda x, y: trainer().evaluate(PARAMS, STATE, x, y, batch_size=0), "batch_size must be >= 1"),
+    ("params", lambda x, y: trainer().evaluate(PARAMS[:1], STATE, x, y), "params has 1 entries"),
+    ("state with BN", lambda x, y: trainer(BN).evaluate(BN_PARAMS, (), x, y), "state has 0 entries"),
+]
+
+CONSTRUCTORS = [
+    ("sgd lr string", lambda: fnn.sgd("0.1"), "lr must be"),
+    ("adam lr None", lambda: fnn.adam(None), "lr must be"),
+    ("adam lr negative", lambda: fnn.adam(-1e-3), "lr must lie in"),
+    ("adam b1 = 1", lambda: fnn.adam(1e-3, b1=1.0), "b1 must lie in"),
+    ("SGD class", lambda: fnn.optimizers.SGD(-0.1), "lr must lie in"),
+    ("rmsprop eps 0", lambda: fnn.rmsprop(1e-3, eps=0.0), "eps must lie in"),
+    ("nesterov without momentum", lambda: fnn.sgd(0.1, nesterov=True), "nesterov=True needs momentum > 0"),
+    ("clip inner", lambda: fnn.clip_by_global_norm("adam", 1.0), "optimizer must be"),
+    ("clip max_norm", lambda: fnn.clip_by_global_norm(fnn.adam(1e-3), 0.0), "max_norm must lie in"),
+    ("Dropout None", lambda: fnn.Dropout(None), "rate must be"),
+    ("Dropout string", lambda: fnn.Dropout("0.5"), "rate must be"),
+    ("Dropout 1.5", lambda: fnn.Dropout(1.5), "rate must lie in"),
+    ("BatchNorm momentum", lambda: fnn.BatchNorm(4, momentum="0.9"), "momentum must be"),
+    ("Dense size", lambda: fnn.Dense(0, 3), "in_features must be >= 1"),
+    ("Dense init", lambda: fnn.Dense(3, 3, w_init="glorot"), "must be a callable or one of"),
+    ("mlp sizes", lambda: fnn.mlp([64]), "sizes must list at least"),
+    ("activation name", lambda: fnn.Activation("relu6"), "activation must be a callable or one of"),
+    ("Serial layer", lambda: fnn.Serial((fnn.Dense(3, 3), "relu")), "layers[1] must be an fnn Layer"),
+    ("cosine string", lambda: schedules.cosine_decay("1", 10), "init_value must be"),
+    ("cosine steps 0", lambda: schedules.cosine_decay(1.0, 0), "decay_steps must lie in"),
+    ("piecewise order", lambda: schedules.piecewise_constant([10, 5], [1.0, 0.5, 0.1]), "strictly increasing"),
+    ("l2 string", lambda: fnn.l2("1e-4"), "strength must be"),
+    ("l1 negative", lambda: fnn.l1(-1.0), "strength must lie in"),
+    ("Trainer optimizer", lambda: fnn.Trainer(fnn.mlp([4, 2]), "adam", fnn.mse), "optimizer must be an fnn optimizer"),
+    ("Trainer loss", lambda: fnn.Trainer(fnn.mlp([4, 2]), fnn.adam(1e-3), "mse"), "loss must be a function"),
+    ("Loss targets", lambda: fnn.losses.Loss(fnn.mse, targets="classes"), "targets must be one of"),
+]
+
+
+def _crafted(path):
+    path.write_bytes(b"FNNCKPT\n" + b"\x00" * 40)
+    return path
+
+
+RESTORE = [
+    ("not a checkpoint", lambda p: checkpoint.restore(p.write_bytes(b"hello world" * 8) and p, like={}), checkpoint.CheckpointError),
+    ("truncated", lambda p: checkpoint.restore(_crafted(p), like={}), checkpoint.CheckpointError),
+    ("other structure", lambda p: checkpoint.save(p, {"w": np.zeros(3, np.float32)}) or checkpoint.restore(p, like={"v": jnp.zeros(3)}), checkpoint.CheckpointError),
+    ("other shape", lambda p: checkpoint.save(p, {"w": np.zeros(3, np.float32)}) or checkpoint.restore(p, like={"w": jnp.zeros(4, jnp.float32)}), checkpoint.CheckpointError),
+]
+
+
+@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in FIT])
+def test_fit_refuses(data, call, match):
+    with pytest.raises(ValueError) as info:
+        call(*data)
+    assert match in str(info.value)
+
+
+@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in SWEEP])
+def test_sweep_refuses_before_compiling(data, call, match, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the sweep program ran although the input is bad")
+
+    monkeypatch.setattr(sys.modules["fnn.sweep"], "_run_members", never)  # fnn.sweep is the function
+    with pytest.raises(ValueError) as info:
+        call(*data)
+    assert match in str(info.value)
+
+
+@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in EVALUATE])
+def test_evaluate_refuses(data, call, match):
+    with pytest.raises(ValueError) as info:
+        call(*data)
+    assert match in str(info.value)
+
+
+@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in CONSTRUCTORS])
+def test_constructors_refuse(call, match):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert match in str(info.value)
+
+
+@pytest.mark.parametrize("call, error", [pytest.param(c, e, id=i) for i, c, e in RESTORE])
+def test_restore_refuses_naming_the_file(tmp_path, call, error):
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(error) as info:
+        call(path)
+    assert str(path) in str(info.value)
