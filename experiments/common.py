@@ -1,10 +1,20 @@
 """Plumbing shared by the experiment scripts: options, timing, results files, plots.
 
-Every experiment script builds its parser with :func:`parser` (which adds ``--out`` and,
-for the scripts that read MNIST-family files, ``--data-dir``), times its phases with
-:class:`Timer`, and writes ``<out>/<name>.json`` with :func:`write_results` (config,
-metrics, timings, the JAX version and device) and ``<out>/<name>.png`` with
-:func:`save_figure`. Nothing here touches fnn's internals.
+An experiment script is its options, its experiment and its plot; the rest is here:
+
+* :func:`parser` builds its ``ArgumentParser`` from the script's docstring: ``--out``,
+  ``--no-progress``, ``--data-dir`` for the scripts that read MNIST-family files, and the
+  options several experiments share (:data:`SHARED_OPTIONS`: ``--epochs``, ``--hidden``,
+  ``--lr``, ...) with the script's defaults; the script adds its own options to it.
+* :func:`start` parses the command line into a :class:`Run`, which times the phases of the
+  run (``with run("train"): ...``, a :class:`Timer`) and, with :meth:`Run.finish`, writes
+  ``<out>/<name>.json`` (:func:`write_results`: config, metrics, timings, the JAX version
+  and device) and ``<out>/<name>.png`` (:func:`save_figure`) and returns what the script's
+  ``main`` returns; the script's plot function starts its figure with :func:`figure`.
+* :func:`fashion_data` loads the Fashion-MNIST subset that ``--data-dir``, ``--n-train``
+  and ``--n-test`` ask for.
+
+Nothing here touches fnn's internals.
 """
 
 from __future__ import annotations
@@ -39,9 +49,30 @@ def default_data_dir() -> Path:
     return Path(env) if env else EXPERIMENTS.parent.parent / "shared" / "data"
 
 
-def parser(description: str, *, data: bool = False) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with ``--out``, ``--no-progress`` (and ``--data-dir`` when ``data``)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# The options that several experiments share, by destination (``n_train`` is ``--n-train``):
+# how each is parsed and what its help says, written once. A script takes those it names,
+# with its defaults, in ``parser(__doc__, epochs=20, hidden=[256, 256], ...)``.
+SHARED_OPTIONS: dict[str, dict] = {
+    "seeds": {"type": int, "help": "number of seeds, trained together in one vmapped program"},
+    "epochs": {"type": int, "help": "training epochs"},
+    "batch_size": {"type": int, "help": "mini-batch size"},
+    "hidden": {"type": int, "nargs": "+", "help": "hidden layer widths"},
+    "activation": {"help": "activation function of the hidden layers"},
+    "lr": {"type": float, "help": "Adam's initial learning rate (cosine decay to 0)"},
+    "dropout": {"type": float, "help": "dropout rate after each hidden layer (0: none)"},
+    "l2": {"type": float, "help": "L2 penalty on the weights (l2/2 * sum w^2)"},
+    "n_train": {"type": int, "help": "random subset of the 60,000 training images"},
+    "n_test": {"type": int, "help": "use only the first N test examples"},
+}
+
+
+def parser(doc: str, *, data: bool = False, helps: dict[str, str] | None = None, **defaults) -> argparse.ArgumentParser:
+    """The ``ArgumentParser`` of an experiment script, described by the first paragraph of
+    ``doc`` (the script's docstring): ``--out``, ``--no-progress``, ``--data-dir`` when
+    ``data``, then the shared options named in ``defaults`` (keys of :data:`SHARED_OPTIONS`),
+    in that order, each with its default there; ``helps`` rewords the help of some of them
+    for this script. The script adds its own options to the parser it gets."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results JSON and the PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no per-epoch progress lines")
     if data:
@@ -51,7 +82,23 @@ def parser(description: str, *, data: bool = False) -> argparse.ArgumentParser:
             default=default_data_dir(),
             help="folder holding mnist/ and fashion-mnist/ (IDX files); default $FNN_DATA or ../shared/data",
         )
+    helps = helps or {}
+    unknown = (set(defaults) | set(helps)) - set(SHARED_OPTIONS)
+    if unknown:
+        raise TypeError(f"no shared option {sorted(unknown)}; the shared ones are {list(SHARED_OPTIONS)}")
+    for dest, default in defaults.items():
+        spec = SHARED_OPTIONS[dest] | {"default": default}
+        if dest in helps:
+            spec["help"] = helps[dest]
+        p.add_argument("--" + dest.replace("_", "-"), **spec)
     return p
+
+
+def start(name: str, options: argparse.ArgumentParser, argv=None) -> tuple[Run, argparse.Namespace]:
+    """Parse ``argv`` with ``options`` (``argv=None``: the command line's arguments) and
+    start the clock of the run of experiment ``name``: ``run, args = start(NAME, parser(), argv)``."""
+    run = Run(name, options.parse_args(argv), argv)
+    return run, run.args
 
 
 def load_fashion(data_dir: Path):
@@ -65,17 +112,26 @@ def _load_fashion(data_dir: Path):
     return fnn.datasets.load_fashion_mnist(data_dir / "fashion-mnist")
 
 
-def fashion_subset(data, n_train: int, n_test: int | None = None, *, seed: int = 0):
+def fashion_subset(data, n_train: int | None, n_test: int | None = None, *, seed: int = 0):
     """``(x_train, y_train, x_test, y_test)``: pixels scaled to [0, 1] and flattened
     (``fnn.prepare_images``); ``n_train`` training examples drawn at random (fixed
-    ``seed``), and the first ``n_test`` test examples (all when ``None``)."""
+    ``seed``; all, in their order, when ``None``), and the first ``n_test`` test examples
+    (all when ``None``)."""
     rng = np.random.default_rng(seed)
-    n_train = min(n_train, len(data.y_train))
+    n_train = len(data.y_train) if n_train is None else min(n_train, len(data.y_train))
     idx = np.sort(rng.permutation(len(data.y_train))[:n_train])
     n_test = len(data.y_test) if n_test is None else min(n_test, len(data.y_test))
     x_train = fnn.prepare_images(data.x_train[idx])
     x_test = fnn.prepare_images(data.x_test[:n_test])
     return x_train, np.asarray(data.y_train[idx], np.int32), x_test, np.asarray(data.y_test[:n_test], np.int32)
+
+
+def fashion_data(run: Run):
+    """:func:`fashion_subset` of the Fashion-MNIST in the run's ``--data-dir``, with its
+    ``--n-train`` and ``--n-test``, timed as the run's phase ``"data"``."""
+    with run("data"):
+        data = load_fashion(run.args.data_dir)
+        return fashion_subset(data, run.args.n_train, run.args.n_test)
 
 
 class Timer:
@@ -95,6 +151,29 @@ class Timer:
 
     def total(self) -> float:
         return round(time.perf_counter() - self.start, 3)
+
+
+class Run(Timer):
+    """One run of an experiment script (made by :func:`start`): its name, its parsed
+    options ``args`` and the command's arguments ``argv``, and the times of its phases
+    (``with run("train"): ...``; ``run.times``, as a :class:`Timer`)."""
+
+    def __init__(self, name: str, args: argparse.Namespace, argv=None):
+        super().__init__()
+        self.name, self.args, self.argv = name, args, argv
+
+    def finish(self, *, config: dict, metrics: dict, plot, **extra) -> dict:
+        """The end of the run: ``<out>/<name>.json`` (:func:`write_results`: the options
+        updated with ``config``, ``metrics``, the phase times and the total, the
+        environment, and ``extra`` as further top-level entries), then ``plot()``'s
+        figure as ``<out>/<name>.png``; prints the times and the two paths. Returns what an
+        experiment's ``main`` returns: ``{"metrics", "timings", "json", "png"}``."""
+        timings = self.times | {"total": self.total()}
+        config = vars(self.args) | config
+        path = write_results(self.args.out, self.name, argv=self.argv, config=config, metrics=metrics, timings=timings, **extra)
+        png = save_figure(plot(), self.args.out, self.name)
+        say(f"time: {timings}\nwrote {path} and {png}")
+        return {"metrics": metrics, "timings": timings, "json": path, "png": png}
 
 
 def say(*args):
@@ -168,6 +247,16 @@ def write_results(out: Path, name: str, *, argv, config: dict, metrics: dict, ti
     path = out / f"{name}.json"
     path.write_text(json.dumps(_plain(payload), indent=2) + "\n")
     return path
+
+
+def figure(title: str, panels: int, **subplots):
+    """``fig, axes``: a matplotlib figure titled ``title`` with ``panels`` axes side by side
+    (``subplots``: further ``plt.subplots`` arguments: ``figsize``, ``layout``, ...)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, panels, **subplots)
+    fig.suptitle(title)
+    return fig, axes
 
 
 def save_figure(fig, out: Path, name: str) -> Path:

@@ -36,27 +36,19 @@ NAME = "fashion_mlp"
 BENCHMARK = 0.8833  # Fashion-MNIST benchmark table: MLPClassifier, hidden (256, 128, 100)
 
 
-def parse(argv=None):
-    p = common.parser(__doc__.split("\n\n")[0], data=True)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden layer widths")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's initial learning rate (cosine decay to 0)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate after each hidden layer (0: none)")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights")
+def parser():
+    p = common.parser(__doc__, data=True, hidden=[256, 256], epochs=20, batch_size=128, lr=1e-3, dropout=0.2, l2=0.0,
+                      n_train=None, n_test=None,
+                      helps={"n_train": "use only N of the 60,000 training images (before the hold-out)"})
     p.add_argument("--seed", type=int, default=0, help="seed of the run (init, data order, dropout)")
-    p.add_argument("--n-train", type=int, default=None, help="use only N of the 60,000 training images (before the hold-out)")
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for model selection")
-    p.add_argument("--n-test", type=int, default=None, help="score on the first N test images only")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
-    timer = common.Timer()
-    with timer("data"):
-        data = common.load_fashion(args.data_dir)
-        x_all, y_all, x_test, y_test = common.fashion_subset(data, args.n_train or len(data.y_train), args.n_test)
+    run, args = common.start(NAME, parser(), argv)
+    x_all, y_all, x_test, y_test = common.fashion_data(run)
+    with run("data"):  # the hold-out split
         split = fnn.train_test_split(jax.random.key(1234), np.asarray(x_all), y_all, args.holdout / len(y_all))
         x_train, y_train, x_val, y_val = (jnp.asarray(a) for a in split)
         x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
@@ -68,7 +60,7 @@ def main(argv=None) -> dict:
         regularizer=fnn.l2(args.l2) if args.l2 > 0 else None,
     )
 
-    def run(x, y, xv, yv):
+    def train(x, y, xv, yv):
         return fnn.fit(trainer, x, y, key=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                        validation=(xv, yv), monitor="val_accuracy", progress=not args.no_progress)
 
@@ -76,25 +68,25 @@ def main(argv=None) -> dict:
         f"Fashion-MNIST: {len(y_train)} train / {len(y_val)} held out / {len(y_test)} test; MLP {'-'.join(map(str, sizes))} "
         f"ReLU, dropout {args.dropout}, Adam lr {args.lr:g} cosine, batch {args.batch_size}, {args.epochs} epochs"
     )
-    with timer("compile"):
-        compiled = jax.jit(run).lower(x_train, y_train, x_val, y_val).compile()
-    common.say(f"compiled in {timer.times['compile']:.1f} s; training (per-epoch lines: held-out = 'val_')")
+    with run("compile"):
+        compiled = jax.jit(train).lower(x_train, y_train, x_val, y_val).compile()
+    common.say(f"compiled in {run.times['compile']:.1f} s; training (per-epoch lines: held-out = 'val_')")
     t0 = time.perf_counter()
-    with timer("train"):
+    with run("train"):
         result = compiled(x_train, y_train, x_val, y_val)
         jax.block_until_ready(result.history)
     if bool(result.diverged):
         raise fnn.DivergenceError(result)
-    with timer("evaluate"):
+    with run("evaluate"):
         score = jax.jit(trainer.evaluate)
         test = score(result.best_params, result.best_model_state, x_test, y_test)
-        test_final = score(result.state.params, result.state.model_state, x_test, y_test)
+        test_final = score(result.train_state.params, result.train_state.model_state, x_test, y_test)
         train = score(result.best_params, result.best_model_state, x_train, y_train)
     train_time = time.perf_counter() - t0
 
     history = {k: np.asarray(v) for k, v in result.history.items()}
     best = int(result.best_epoch)
-    per_epoch = timer.times["train"] / args.epochs
+    per_epoch = run.times["train"] / args.epochs
     reached = np.flatnonzero(history["val_accuracy"] >= BENCHMARK)
     metrics = {
         "test_accuracy": float(test["accuracy"]),
@@ -106,33 +98,28 @@ def main(argv=None) -> dict:
         "benchmark_mlp_accuracy": BENCHMARK,
         "beats_benchmark": float(test["accuracy"]) > BENCHMARK,
         "seconds_per_epoch": per_epoch,
-        "time_to_result_s": timer.times["compile"] + per_epoch * (best + 1),
+        "time_to_result_s": run.times["compile"] + per_epoch * (best + 1),
         "heldout_first_epoch_at_benchmark": int(reached[0]) + 1 if reached.size else None,
-        "time_to_heldout_benchmark_s": timer.times["compile"] + per_epoch * (reached[0] + 1) if reached.size else None,
+        "time_to_heldout_benchmark_s": run.times["compile"] + per_epoch * (reached[0] + 1) if reached.size else None,
     }
-    timings = timer.times | {"train_and_evaluate": round(train_time, 3), "total": timer.total()}
+    run.times["train_and_evaluate"] = round(train_time, 3)
     common.say(
         f"\ntest accuracy {metrics['test_accuracy']:.4f} (params of epoch {best + 1}, best held-out accuracy "
         f"{metrics['heldout_accuracy_best']:.4f}); last epoch's params: {metrics['test_accuracy_final_epoch']:.4f}; "
         f"benchmark MLP 256-128-100: {BENCHMARK}"
     )
     common.say(
-        f"time: compile {timer.times['compile']:.1f} s + {per_epoch:.2f} s/epoch; the selected model after "
-        f"{metrics['time_to_result_s']:.1f} s; whole script {timings['total']:.1f} s"
+        f"time: compile {run.times['compile']:.1f} s + {per_epoch:.2f} s/epoch; the selected model after "
+        f"{metrics['time_to_result_s']:.1f} s; whole script {run.total():.1f} s"
     )
-    config_record = vars(args) | {"sizes": sizes, "activation": "relu", "optimizer": "adam + cosine decay",
-                                  "n_train": len(y_train), "n_heldout": len(y_val), "n_test": len(y_test), "steps": steps}
-    path = common.write_results(args.out, NAME, argv=argv, config=config_record, metrics=metrics, timings=timings, history=history)
-    plot(history, metrics, sizes, args.out)
-    common.say(f"wrote {path} and {path.with_suffix('.png')}")
-    return {"metrics": metrics, "timings": timings, "json": path, "png": path.with_suffix(".png")}
+    return run.finish(config={"sizes": sizes, "activation": "relu", "optimizer": "adam + cosine decay", "n_train": len(y_train),
+                              "n_heldout": len(y_val), "n_test": len(y_test), "steps": steps},
+                      metrics=metrics, plot=lambda: plot(history, metrics, sizes), history=history)
 
 
-def plot(history, metrics, sizes, out):
-    import matplotlib.pyplot as plt
-
+def plot(history, metrics, sizes):
     epochs = np.arange(1, len(history["loss"]) + 1)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax0, ax1) = common.figure(f"Fashion-MNIST, MLP {'-'.join(map(str, sizes))}", 2, figsize=(11, 4))
     ax0.plot(epochs, history["loss"], label="train (running, dropout on)")
     ax0.plot(epochs, history["val_loss"], label="held-out 5k")
     ax0.set_ylabel("cross-entropy loss")
@@ -145,8 +132,7 @@ def plot(history, metrics, sizes, out):
     for ax in (ax0, ax1):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
-    fig.suptitle(f"Fashion-MNIST, MLP {'-'.join(map(str, sizes))}")
-    common.save_figure(fig, out, NAME)
+    return fig
 
 
 if __name__ == "__main__":

@@ -32,26 +32,16 @@ NAME = "mnist1d_seeds"
 PUBLISHED_MLP = 0.68  # MNIST-1D README table (Greydanus & Kobak): MLP test accuracy 68%
 
 
-def parse(argv=None):
-    p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=32, help="number of seeds, trained together in one vmapped program")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="hidden layer widths")
-    p.add_argument("--activation", default="gelu")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam's initial learning rate (cosine decay to 0)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate after each hidden layer (0: none)")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights")
-    p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--n-test", type=int, default=None, help="use only the first N test examples")
+def parser():
+    p = common.parser(__doc__, seeds=32, epochs=60, batch_size=100, hidden=[100, 100], activation="gelu", lr=1e-2, dropout=0.2,
+                      l2=0.0, n_train=None, n_test=None, helps={"n_train": "use only the first N training examples"})
     p.add_argument("--cache-dir", type=Path, default=None, help="where the generated MNIST-1D .npz is cached")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
-    timer = common.Timer()
-    with timer("data"):
+    run, args = common.start(NAME, parser(), argv)
+    with run("data"):
         data = fnn.datasets.load_mnist1d(args.cache_dir)
         x_train, y_train = data.x_train[: args.n_train], data.y_train[: args.n_train]
         x_test, y_test = data.x_test[: args.n_test], data.y_test[: args.n_test]
@@ -69,13 +59,13 @@ def main(argv=None) -> dict:
         f"dropout {args.dropout}, Adam lr {args.lr:g} cosine, batch {args.batch_size}, {args.epochs} epochs, "
         f"{args.seeds} seeds in one vmapped program (compiling first; the per-epoch lines show one member)"
     )
-    with timer("train (compile + run)"):
+    with run("train (compile + run)"):
         table = sweep(config, x_train, y_train, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
                       validation=(x_test, y_test), progress=not args.no_progress)
         jax.block_until_ready(table.results.history)
-    with timer("evaluate"):
+    with run("evaluate"):
         trainer = config()
-        final = table.results.state
+        final = table.results.train_state
         xs, ys = jnp.asarray(x_train), jnp.asarray(y_train)  # evaluate indexes with traced batches: JAX arrays
         train_scores = jax.jit(jax.vmap(lambda p, s: trainer.evaluate(p, s, xs, ys)))(final.params, final.model_state)
         train_acc = np.asarray(train_scores["accuracy"])
@@ -99,24 +89,16 @@ def main(argv=None) -> dict:
         "test_accuracy_per_seed": test_acc,
         "best_epoch_test_accuracy_mean": float(np.nanmax(np.nanmean(history["val_accuracy"], axis=0))),
     }
-    timings = timer.times | {"total": timer.total()}
-    common.say(f"time: {timings}")
-    config_record = vars(args) | {"sizes": sizes, "optimizer": "adam + cosine decay", "n_train": len(y_train),
-                                  "n_test": len(y_test), "steps": steps}
-    path = common.write_results(
-        args.out, NAME, argv=argv, config=config_record, metrics=metrics, timings=timings, summary=summary,
-        curves={k: common.band(v) for k, v in history.items() if k != "lr"},
-    )
-    plot(history, test_acc, args, common.save_figure, path.parent)
-    common.say(f"wrote {path} and {path.with_suffix('.png')}")
-    return {"metrics": metrics, "timings": timings, "json": path, "png": path.with_suffix(".png")}
+    return run.finish(config={"sizes": sizes, "optimizer": "adam + cosine decay", "n_train": len(y_train), "n_test": len(y_test),
+                              "steps": steps},
+                      metrics=metrics, plot=lambda: plot(history, test_acc, args), summary=summary,
+                      curves={k: common.band(v) for k, v in history.items() if k != "lr"})
 
 
-def plot(history, test_acc, args, save, out):
-    import matplotlib.pyplot as plt
-
+def plot(history, test_acc, args):
     epochs = np.arange(1, history["loss"].shape[1] + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    title = f"MNIST-1D, MLP {'-'.join(map(str, [40, *args.hidden, 10]))}, {len(test_acc)} seeds in one vmapped run"
+    fig, axes = common.figure(title, 3, figsize=(15, 4.2))
     panels = [("loss", "val_loss", "cross-entropy loss"), ("accuracy", "val_accuracy", "accuracy")]
     for ax, (train_key, test_key, label) in zip(axes, panels):
         for key, color, name in ((train_key, "C0", "train (running, dropout on)"), (test_key, "C1", "test")):
@@ -134,8 +116,7 @@ def plot(history, test_acc, args, save, out):
     axes[2].set_xlabel("final test accuracy")
     axes[2].set_ylabel("seeds")
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"MNIST-1D, MLP {'-'.join(map(str, [40, *args.hidden, 10]))}, {len(test_acc)} seeds in one vmapped run")
-    save(fig, out, NAME)
+    return fig
 
 
 if __name__ == "__main__":

@@ -40,31 +40,24 @@ OPTIMIZERS = {
 }
 
 
-def parse(argv=None):
-    p = common.parser(__doc__.split("\n\n")[0], data=True)
-    p.add_argument("--n-train", type=int, default=10000, help="random subset of the 60,000 training images")
-    p.add_argument("--n-test", type=int, default=10000, help="first N test images (accuracy column only)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    p.add_argument("--seeds", type=int, default=2, help="seeds per learning rate")
+def parser():
+    p = common.parser(__doc__, data=True, n_train=10000, n_test=10000, epochs=10, batch_size=128, hidden=[256, 256], seeds=2,
+                      helps={"n_test": "first N test images (accuracy column only)", "seeds": "seeds per learning rate"})
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--lrs", type=int, default=None, help="use only the first N learning rates of each grid")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
-    timer = common.Timer()
-    with timer("data"):
-        x_train, y_train, x_test, y_test = common.fashion_subset(common.load_fashion(args.data_dir), args.n_train, args.n_test)
+    run, args = common.start(NAME, parser(), argv)
+    x_train, y_train, x_test, y_test = common.fashion_data(run)
     sizes = [x_train.shape[1], *args.hidden, 10]
     steps_per_epoch = -(-len(y_train) // args.batch_size)
     common.say(
         f"Fashion-MNIST subset: {len(y_train)} train / {len(y_test)} test; MLP {'-'.join(map(str, sizes))} ReLU; "
         f"batch {args.batch_size}, {args.epochs} epochs ({steps_per_epoch} iterations each), {args.seeds} seed(s) per rate"
     )
-    runs, best = {}, {}
+    results, best = {}, {}
     for name in args.optimizers:
         make, lrs = OPTIMIZERS[name]
         lrs = lrs[: args.lrs] if args.lrs else lrs
@@ -73,35 +66,31 @@ def main(argv=None) -> dict:
             return fnn.Trainer(fnn.mlp(sizes), make(lr), fnn.cross_entropy)
 
         common.say(f"\n== {name}: learning rates {lrs} x {args.seeds} seed(s) = {len(lrs) * args.seeds} runs in one vmapped program")
-        with timer(name):
+        with run(name):
             table = sweep(config, x_train, y_train, seeds=args.seeds, grid={"lr": lrs}, epochs=args.epochs,
                           batch_size=args.batch_size, validation=(x_test, y_test), progress=not args.no_progress)
             jax.block_until_ready(table.results.history)
-        runs[name] = summarize(table, lrs, args.seeds)
-        best[name] = min(runs[name], key=lambda r: r["final_loss"])
+        results[name] = summarize(table, lrs, args.seeds)
+        best[name] = min(results[name], key=lambda r: r["final_loss"])
         common.say(table.summary("final_loss"))
         common.say(f"   best lr {best[name]['lr']:g}: final training loss {best[name]['final_loss']:.4f}, "
-                   f"test accuracy {best[name]['test_accuracy']:.4f}  [{timer.times[name]:.1f} s incl. compile]")
+                   f"test accuracy {best[name]['test_accuracy']:.4f}  [{run.times[name]:.1f} s incl. compile]")
 
     header = ["optimizer", "best lr", "final train loss", "train loss after 1 epoch", "test accuracy", "diverged (of grid)", "time (s)"]
     rows = [[n, f"{b['lr']:g}", b["final_loss"], b["loss_curve"][0], b["test_accuracy"],
-             sum(r["diverged"] for r in runs[n]), f"{timer.times[n]:.1f}"] for n, b in best.items()]
+             sum(r["diverged"] for r in results[n]), f"{run.times[n]:.1f}"] for n, b in best.items()]
     table_md = common.markdown_table(header, rows)
     common.say("\nBest learning rate of each optimizer (lowest final training loss):\n" + table_md)
     metrics = {
         "best": {n: {k: v for k, v in b.items() if k != "loss_curve"} for n, b in best.items()},
-        "grid": {n: [{k: v for k, v in r.items() if k != "loss_curve"} for r in rs] for n, rs in runs.items()},
+        "grid": {n: [{k: v for k, v in r.items() if k != "loss_curve"} for r in rs] for n, rs in results.items()},
     }
-    timings = timer.times | {"total": timer.total()}
-    config_record = vars(args) | {"sizes": sizes, "steps_per_epoch": steps_per_epoch,
-                                  "grids": {n: OPTIMIZERS[n][1][: args.lrs] if args.lrs else OPTIMIZERS[n][1] for n in args.optimizers},
-                                  "settings": {"SGD+Nesterov": "momentum 0.9, Nesterov", "AdaGrad": "initial accumulator 0, eps 1e-10",
-                                               "RMSprop": "decay 0.9, eps 1e-8 outside the sqrt", "Adam": "b1 0.9, b2 0.999, eps 1e-8"}}
-    path = common.write_results(args.out, NAME, argv=argv, config=config_record, metrics=metrics, timings=timings, table=table_md,
-                                curves={n: {str(r["lr"]): r["loss_curve"] for r in rs} for n, rs in runs.items()})
-    plot(runs, best, steps_per_epoch, args)
-    common.say(f"time: {timings}\nwrote {path} and {path.with_suffix('.png')}")
-    return {"metrics": metrics, "timings": timings, "json": path, "png": path.with_suffix(".png")}
+    grids = {n: OPTIMIZERS[n][1][: args.lrs] if args.lrs else OPTIMIZERS[n][1] for n in args.optimizers}
+    settings = {"SGD+Nesterov": "momentum 0.9, Nesterov", "AdaGrad": "initial accumulator 0, eps 1e-10",
+                "RMSprop": "decay 0.9, eps 1e-8 outside the sqrt", "Adam": "b1 0.9, b2 0.999, eps 1e-8"}
+    return run.finish(config={"sizes": sizes, "steps_per_epoch": steps_per_epoch, "grids": grids, "settings": settings},
+                      metrics=metrics, plot=lambda: plot(results, best, steps_per_epoch, args), table=table_md,
+                      curves={n: {str(r["lr"]): r["loss_curve"] for r in rs} for n, rs in results.items()})
 
 
 def summarize(table, lrs, seeds) -> list[dict]:
@@ -124,15 +113,14 @@ def summarize(table, lrs, seeds) -> list[dict]:
     return out
 
 
-def plot(runs, best, steps_per_epoch, args):
-    import matplotlib.pyplot as plt
-
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
+def plot(results, best, steps_per_epoch, args):
+    title = f"Fashion-MNIST ({args.n_train} training images), MLP {'-'.join(map(str, [784, *args.hidden, 10]))}"
+    fig, (ax0, ax1) = common.figure(title, 2, figsize=(12, 4.3), layout="constrained")
     for i, (name, b) in enumerate(best.items()):
         iterations = steps_per_epoch * np.arange(1, len(b["loss_curve"]) + 1)
         ax0.plot(iterations, b["loss_curve"], "o-", ms=3, color=f"C{i}", label=f"{name} (lr {b['lr']:g})")
-        lrs = [r["lr"] for r in runs[name]]
-        finals = [r["final_loss"] if np.isfinite(r["final_loss"]) else np.nan for r in runs[name]]
+        lrs = [r["lr"] for r in results[name]]
+        finals = [r["final_loss"] if np.isfinite(r["final_loss"]) else np.nan for r in results[name]]
         ax1.plot(lrs, finals, "o-", color=f"C{i}", label=name)
     ax0.set_yscale("log")
     ax0.set_xlabel("iterations (mini-batches of %d)" % args.batch_size)
@@ -145,8 +133,7 @@ def plot(runs, best, steps_per_epoch, args):
     ax1.set_title("the learning-rate sweeps")
     for ax in (ax0, ax1):
         ax.legend(fontsize=8)
-    fig.suptitle(f"Fashion-MNIST ({args.n_train} training images), MLP {'-'.join(map(str, [784, *args.hidden, 10]))}")
-    common.save_figure(fig, args.out, NAME)
+    return fig
 
 
 if __name__ == "__main__":

@@ -38,18 +38,12 @@ from fnn.sweep import sweep  # noqa: E402
 NAME = "regression"
 
 
-def parse(argv=None):
-    p = common.parser(__doc__.split("\n\n")[0])
+def parser():
+    p = common.parser(__doc__, seeds=8, hidden=[32, 32], activation="tanh", epochs=200, batch_size=32, lr=1e-3, l2=0.1,
+                      helps={"seeds": "MLP seeds per split (one vmapped program)", "lr": "Adam's learning rate (constant)"})
     p.add_argument("--splits", type=int, default=5, help="random train/test splits (keys 0..splits-1)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--seeds", type=int, default=8, help="MLP seeds per split (one vmapped program)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[32, 32])
-    p.add_argument("--activation", default="tanh")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--l2", type=float, default=0.1, help="L2 weight penalty (l2/2 * sum w^2)")
-    return p.parse_args(argv)
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of the examples in the test part of each split")
+    return p
 
 
 def scores(y_true, y_pred) -> dict:
@@ -66,9 +60,8 @@ def mean_of(value) -> float:
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
-    timer = common.Timer()
-    with timer("data"):
+    run, args = common.start(NAME, parser(), argv)
+    with run("data"):
         x, y = fnn.datasets.load_diabetes()
     sizes = [x.shape[1], *args.hidden, 1]
 
@@ -99,10 +92,10 @@ def main(argv=None) -> dict:
         row["OLS (lstsq)"] = scores(y_te, np.hstack([np.ones((len(y_te), 1)), np.asarray(x_te, float)]) @ coef)
 
         common.say(f"\n== split {split + 1}/{args.splits}: {len(y_tr)} train / {len(y_te)} test; {args.seeds} MLP seeds")
-        with timer("MLP sweeps (compile + run)"):
+        with run("MLP sweeps (compile + run)"):
             table = sweep(config, xs_tr, ys_tr, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
                           validation=(xs_te, ys_te), progress=not args.no_progress)
-            params = table.results.state.params
+            params = table.results.train_state.params
             predictions = np.asarray(jax.jit(jax.vmap(lambda p: trainer.model.apply(p, jnp.asarray(xs_te))))(params))
         seed_scores = [scores(y_te, original(p)) for p in predictions]
         row["MLP"] = {m: common.mean_std([s[m] for s in seed_scores]) for m in ("mse", "r2")}
@@ -125,19 +118,14 @@ def main(argv=None) -> dict:
              f"{summary[m]['r2']['mean']:.3f} ± {summary[m]['r2']['std']:.3f}"] for m in methods]
     table_md = common.markdown_table(header, rows)
     common.say(f"\nmean ± std over {args.splits} split(s) (MLP: per split the mean over {args.seeds} seeds):\n{table_md}")
-    timings = timer.times | {"total": timer.total()}
-    config_record = vars(args) | {"sizes": sizes, "n": len(y), "loss": "mse on the standardized target"}
-    path = common.write_results(args.out, NAME, argv=argv, config=config_record, metrics={"summary": summary, "per_split": per_split},
-                                timings=timings, table=table_md, curves_split_1=curves[0])
-    plot(summary, per_split, curves, args)
-    common.say(f"time: {timings}\nwrote {path} and {path.with_suffix('.png')}")
-    return {"metrics": {"summary": summary, "per_split": per_split}, "timings": timings, "json": path, "png": path.with_suffix(".png")}
+    return run.finish(config={"sizes": sizes, "n": len(y), "loss": "mse on the standardized target"},
+                      metrics={"summary": summary, "per_split": per_split}, plot=lambda: plot(summary, per_split, curves, args),
+                      table=table_md, curves_split_1=curves[0])
 
 
 def plot(summary, per_split, curves, args):
-    import matplotlib.pyplot as plt
-
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2))
+    title = f"Diabetes regression: MLP {'-'.join(map(str, [10, *args.hidden, 1]))} vs OLS vs mean predictor"
+    fig, (ax0, ax1) = common.figure(title, 2, figsize=(12, 4.2))
     methods = list(summary)
     for i, m in enumerate(methods):
         r2 = [mean_of(r[m]["r2"]) for r in per_split]
@@ -151,12 +139,9 @@ def plot(summary, per_split, curves, args):
     for key, color, label in (("train_mse_std_units", "C0", "train"), ("test_mse_std_units", "C1", "test")):
         ax1.plot(epochs, c[key]["mean"], color=color, label=f"{label} (mean over seeds)")
         ax1.fill_between(epochs, c[key]["min"], c[key]["max"], color=color, alpha=0.2, label=f"{label} min–max")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("MSE, standardized target (split 1)")
+    ax1.set(yscale="log", xlabel="epoch", ylabel="MSE, standardized target (split 1)")
     ax1.legend(fontsize=8)
-    fig.suptitle(f"Diabetes regression: MLP {'-'.join(map(str, [10, *args.hidden, 1]))} vs OLS vs mean predictor")
-    common.save_figure(fig, args.out, NAME)
+    return fig
 
 
 if __name__ == "__main__":

@@ -39,27 +39,17 @@ NAME = "regularization"
 SETTINGS = ["none", "l2", "l1", "dropout", "batchnorm", "dropout+l2"]
 
 
-def parse(argv=None):
-    p = common.parser(__doc__.split("\n\n")[0], data=True)
-    p.add_argument("--n-train", type=int, default=5000, help="random subset of the 60,000 training images")
-    p.add_argument("--n-test", type=int, default=10000, help="first N test images")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's initial learning rate (cosine decay to 0)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--l2", type=float, default=5e-4, help="L2 strength (penalty l2/2 * sum w^2)")
+def parser():
+    p = common.parser(__doc__, data=True, n_train=5000, n_test=10000, epochs=40, batch_size=128, hidden=[256, 256], lr=1e-3,
+                      seeds=3, l2=5e-4, dropout=0.3)
     p.add_argument("--l1", type=float, default=2e-5, help="L1 strength (penalty l1 * sum |w|)")
-    p.add_argument("--dropout", type=float, default=0.3, help="dropout rate")
     p.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="which settings to run")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
-    timer = common.Timer()
-    with timer("data"):
-        x_train, y_train, x_test, y_test = common.fashion_subset(common.load_fashion(args.data_dir), args.n_train, args.n_test)
+    run, args = common.start(NAME, parser(), argv)
+    x_train, y_train, x_test, y_test = common.fashion_data(run)
     sizes = [x_train.shape[1], *args.hidden, 10]
     every = {  # key: (label, l1, l2, dropout)
         "none": ("none", 0.0, 0.0, 0.0),
@@ -93,19 +83,19 @@ def main(argv=None) -> dict:
     if settings:
         grid = {k: [v[i] for v in settings.values()] for i, k in enumerate(("l1", "l2", "dropout"))}
         common.say(f"\n== phase 1/{phases}: {', '.join(settings)}: {len(settings) * n} runs in one vmapped program")
-        with timer("sweep: penalties and dropout"):
+        with run("sweep: penalties and dropout"):
             table = sweep(config, x_train, y_train, seeds=n, grid=grid, product=False, **fit_options)
             jax.block_until_ready(table.results.history)
-        with timer("evaluate"):
+        with run("evaluate"):
             train_acc = train_accuracy(config(), table, xs, ys)
         for i, name in enumerate(settings):
             results[name] = describe(table, slice(i * n, (i + 1) * n), train_acc)
     if with_bn:
         common.say(f"\n== phase {phases}/{phases}: {bn_name}: {n} runs in one vmapped program")
-        with timer("sweep: batch norm"):
+        with run("sweep: batch norm"):
             table_bn = sweep(config_bn, x_train, y_train, seeds=n, **fit_options)
             jax.block_until_ready(table_bn.results.history)
-        with timer("evaluate"):
+        with run("evaluate"):
             results[bn_name] = describe(table_bn, slice(0, n), train_accuracy(config_bn(), table_bn, xs, ys))
 
     header = ["setting", "train accuracy", "test accuracy", "gap", "test loss", "best-epoch test acc (optimistic)"]
@@ -113,21 +103,16 @@ def main(argv=None) -> dict:
              f"{r['max_test_accuracy']['mean']:.4f}"] for name, r in results.items()]
     table_md = common.markdown_table(header, rows)
     common.say(f"\nmean ± std over {n} seeds; train accuracy of the final params in evaluation mode:\n{table_md}")
-    timings = timer.times | {"total": timer.total()}
     described = {k: dict(zip(("l1", "l2", "dropout"), v)) for k, v in settings.items()} | ({bn_name: {"batchnorm": True}} if with_bn else {})
-    config_record = vars(args) | {"sizes": sizes, "setting_values": described, "n_train": len(y_train), "n_test": len(y_test)}
-    metrics = {name: {k: v for k, v in r.items() if k != "curve"} for name, r in results.items()}
-    path = common.write_results(args.out, NAME, argv=argv, config=config_record, metrics=metrics, timings=timings, table=table_md,
-                                curves={name: r["curve"] for name, r in results.items()})
-    plot(results, args)
-    common.say(f"time: {timings}\nwrote {path} and {path.with_suffix('.png')}")
-    return {"metrics": metrics, "timings": timings, "json": path, "png": path.with_suffix(".png")}
+    return run.finish(config={"sizes": sizes, "setting_values": described, "n_train": len(y_train), "n_test": len(y_test)},
+                      metrics={name: {k: v for k, v in r.items() if k != "curve"} for name, r in results.items()},
+                      plot=lambda: plot(results, args), table=table_md, curves={name: r["curve"] for name, r in results.items()})
 
 
 def train_accuracy(trainer, table, x, y):
     """Accuracy of every member's final params on (x, y), evaluation mode (no dropout,
     batch norm with running statistics)."""
-    final = table.results.state
+    final = table.results.train_state
     scores = jax.jit(jax.vmap(lambda p, s: trainer.evaluate(p, s, x, y)))(final.params, final.model_state)
     return np.asarray(scores["accuracy"])
 
@@ -152,10 +137,10 @@ def pm(s: dict) -> str:
 
 
 def plot(results, args):
-    import matplotlib.pyplot as plt
-
     names = list(results)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
+    title = (f"Regularization: Fashion-MNIST, {args.n_train} training images, MLP "
+             f"{'-'.join(map(str, [784, *args.hidden, 10]))}, {args.seeds} seeds")
+    fig, (ax0, ax1) = common.figure(title, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
     pos = np.arange(len(names))
     for offset, key, label in ((-0.2, "train_accuracy", "train (eval mode)"), (0.2, "test_accuracy", "test")):
         means = [results[n][key]["mean"] for n in names]
@@ -175,9 +160,7 @@ def plot(results, args):
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("test accuracy (mean over seeds)")
     ax1.legend(fontsize=7)
-    fig.suptitle(f"Regularization: Fashion-MNIST, {args.n_train} training images, MLP "
-                 f"{'-'.join(map(str, [784, *args.hidden, 10]))}, {args.seeds} seeds")
-    common.save_figure(fig, args.out, NAME)
+    return fig
 
 
 if __name__ == "__main__":

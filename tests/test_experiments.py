@@ -105,3 +105,18 @@ def test_help(name, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--out" in text and "--no-progress" in text
+
+
+def test_shared_options():
+    """``common.parser`` adds the shared options a script names, in its order, with its
+    defaults (and its wording of a help), after ``--out`` and ``--no-progress``; a name
+    that is not a shared option is an error, not a silently missing option."""
+    common = load("common")
+    p = common.parser("Title.\n\nMore text.", epochs=3, hidden=[8, 8], helps={"epochs": "passes over the data"})
+    assert p.description == "Title."
+    assert [a.dest for a in p._actions] == ["help", "out", "no_progress", "epochs", "hidden"]
+    args = p.parse_args(["--hidden", "4", "5"])
+    assert args.epochs == 3 and args.hidden == [4, 5] and args.no_progress is False
+    assert "passes over the data" in p.format_help()
+    with pytest.raises(TypeError, match="no shared option"):
+        common.parser("Title.", epoch=3)
