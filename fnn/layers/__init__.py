@@ -1,0 +1,51 @@
+"""Layers and models: forward propagation as pure functions over a params pytree.
+
+One layer family per module: :mod:`~fnn.layers.base` (the convention, ``Serial``,
+``Function``, ``check_params``), :mod:`~fnn.layers.dense` (``Dense``, ``Activation``),
+:mod:`~fnn.layers.dropout`, :mod:`~fnn.layers.norm` (``BatchNorm``, ``LayerNorm``) and
+:mod:`~fnn.layers.mlp`.
+
+The convention, used by every layer, by ``Serial`` and by the training engine:
+
+* ``params, state = layer.init(key)`` — trainable parameters and non-trainable state
+  (batch-norm running statistics; ``()`` for layers without any), both pytrees.
+* ``y = layer.apply(params, x, state=state)`` — **evaluation mode**, a pure function of
+  its inputs: no dropout, batch norm uses the running statistics. For a model without
+  state (no batch norm) ``state`` may be ``None`` or ``()``: the plain ``apply(params, x)``;
+  a model with state needs the one from ``init``.
+* ``y, state = layer.apply_train(params, x, state=state, key=key)`` — **training mode**:
+  dropout draws its mask from ``key``, batch norm normalizes with the batch statistics
+  and returns updated running statistics in the new ``state``.
+
+Both are thin wrappers of one method a layer implements,
+``forward(params, state, x, *, key, train) -> (y, new_state)``; ``train`` is a static
+Python flag (under ``vmap`` a ``lax.cond`` would run both branches anyway). Both first
+check ``params`` and ``state`` against the structure and leaf shapes ``init`` gives
+(:func:`check_params`, at trace time under ``jit``): a mismatch is a ``ValueError`` naming
+the leaf path, never a different computation. Layers are pytrees (see ``fnn.pytree``):
+numeric hyperparameters such as the dropout rate or the batch-norm momentum are leaves,
+so a sweep can ``vmap`` over them; sizes and names are static. A user-written pure
+function ``f(params, x)`` becomes a layer with ``Function(f)`` and trains like any other.
+
+Shapes: inputs are ``[..., features]``; batch norm needs a batch axis, ``[batch, features]``.
+"""
+
+from fnn.layers.base import Function, Layer, Serial, as_model, check_params
+from fnn.layers.dense import Activation, Dense
+from fnn.layers.dropout import Dropout
+from fnn.layers.mlp import mlp
+from fnn.layers.norm import BatchNorm, LayerNorm
+
+__all__ = [
+    "Activation",
+    "as_model",
+    "BatchNorm",
+    "check_params",
+    "Dense",
+    "Dropout",
+    "Function",
+    "Layer",
+    "LayerNorm",
+    "mlp",
+    "Serial",
+]

@@ -1,0 +1,40 @@
+"""Dropout: random units zeroed in training, the identity in evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fnn.checks import check_in_range
+from fnn.layers.base import Layer
+from fnn.pytree import pytree_dataclass
+
+
+@pytree_dataclass
+class Dropout(Layer):
+    """Inverted dropout (Srivastava et al. 2014): in training, each unit is dropped with
+    probability ``rate`` and the kept ones are scaled by 1 / (1 - rate), so evaluation
+    is the identity.
+
+    ``rate`` is the probability of *dropping* (not keeping), in [0, 1); it is a leaf, so
+    it may be traced (swept with ``vmap``). Training mode needs ``key``.
+    """
+
+    rate: Any = 0.5
+
+    def __post_init__(self):
+        check_in_range("rate", self.rate, 0.0, 1.0, high_open=True)
+
+    def init(self, key):
+        return (), ()
+
+    def forward(self, params, state, x, *, key=None, train=False):
+        if not train:
+            return x, state
+        if key is None:
+            raise ValueError("Dropout in training mode needs key= (a jax.random key)")
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(key, keep, jnp.shape(x))
+        return jnp.where(mask, x / keep, 0).astype(jnp.result_type(x)), state

@@ -1,0 +1,88 @@
+"""Normalization layers: batch norm (with running statistics as explicit state) and
+layer norm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fnn.checks import check_in_range, check_int, check_positive
+from fnn.layers.base import Layer, check_features, is_empty, per_feature
+from fnn.pytree import pytree_dataclass, static_field
+
+
+def _normalize(x, mean, var, eps, params):
+    scale, offset = per_feature(params["scale"], x), per_feature(params["offset"], x)
+    return (x - per_feature(mean, x)) * jax.lax.rsqrt(per_feature(var, x) + eps) * scale + offset
+
+
+def _norm_params(features):
+    return {"scale": jnp.ones((features,), jnp.float32), "offset": jnp.zeros((features,), jnp.float32)}
+
+
+@pytree_dataclass
+class BatchNorm(Layer):
+    """Batch normalization (Ioffe & Szegedy 2015) over the batch axis of [batch, features].
+
+    Training: ``y = (x - mean_B) / sqrt(var_B + eps) * scale + offset`` with the batch's
+    mean and (biased) variance, and the running statistics move towards them:
+    ``running = momentum * running + (1 - momentum) * batch_statistic``.
+    Evaluation: the same formula with the running statistics.
+
+    The running statistics are the layer's *state*: ``{"mean": zeros, "var": ones}`` at
+    init (variance starts at 1, not 0). ``momentum`` (weight on the old value, 0.99 as in
+    Keras/Flax; PyTorch's momentum=0.1 is 0.9 here) and ``eps`` are leaves.
+    """
+
+    features: int = static_field()
+    momentum: Any = 0.99
+    eps: Any = 1e-5
+
+    def __post_init__(self):
+        check_int("features", self.features)
+        check_in_range("momentum", self.momentum, 0.0, 1.0)
+        check_positive("eps", self.eps)
+
+    def init(self, key):
+        stats = {"mean": jnp.zeros((self.features,), jnp.float32), "var": jnp.ones((self.features,), jnp.float32)}
+        return _norm_params(self.features), stats
+
+    def forward(self, params, state, x, *, key=None, train=False):
+        check_features(f"BatchNorm({self.features})", x, self.features)
+        if is_empty(state):
+            raise ValueError("BatchNorm needs its running statistics: pass state= (from model.init)")
+        if not train:
+            return _normalize(x, state["mean"], state["var"], self.eps, params), state
+        if jnp.ndim(x) != 2:
+            raise ValueError(f"BatchNorm in training mode expects x of shape [batch, features]; got {jnp.shape(x)}")
+        mean, var = jnp.mean(x, axis=0), jnp.var(x, axis=0)
+        m = self.momentum
+        new_state = {
+            "mean": m * state["mean"] + (1 - m) * jax.lax.stop_gradient(mean),
+            "var": m * state["var"] + (1 - m) * jax.lax.stop_gradient(var),
+        }
+        return _normalize(x, mean, var, self.eps, params), new_state
+
+
+@pytree_dataclass
+class LayerNorm(Layer):
+    """Layer normalization (Ba, Kiros & Hinton 2016) over the last axis:
+    ``y = (x - mean) / sqrt(var + eps) * scale + offset`` per example; same in both modes."""
+
+    features: int = static_field()
+    eps: Any = 1e-5
+
+    def __post_init__(self):
+        check_int("features", self.features)
+        check_positive("eps", self.eps)
+
+    def init(self, key):
+        return _norm_params(self.features), ()
+
+    def forward(self, params, state, x, *, key=None, train=False):
+        check_features(f"LayerNorm({self.features})", x, self.features)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.var(x, axis=-1, keepdims=True)
+        return _normalize(x, mean, var, self.eps, params), state
