@@ -7,20 +7,23 @@ large as |x| = 1e4 in float32. ``get(name)`` looks one up by name.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fnn.checks import lookup
 
+_X = TypeVar("_X")
 
-def identity(x):
+
+def identity(x: _X) -> _X:
     """f(x) = x (the linear output of a regression head)."""
     return x
 
 
-def relu(x):
+def relu(x: jax.Array) -> jax.Array:
     """f(x) = max(x, 0) (Nair & Hinton 2010).
 
     At the kink x = 0 the derivative is taken as 0 (the x <= 0 side).
@@ -28,7 +31,7 @@ def relu(x):
     return jnp.where(x > 0, x, 0)
 
 
-def leaky_relu(x, negative_slope=0.01):
+def leaky_relu(x: jax.Array, negative_slope: ArrayLike = 0.01) -> jax.Array:
     """f(x) = x for x >= 0, negative_slope * x otherwise (Maas et al. 2013).
 
     At the kink x = 0 the derivative is taken as 1 (the x >= 0 side).
@@ -42,7 +45,7 @@ def leaky_relu(x, negative_slope=0.01):
     return jnp.where(x >= 0, x, jnp.asarray(negative_slope, jnp.result_type(x)) * x)
 
 
-def elu(x, alpha=1.0):
+def elu(x: jax.Array, alpha: ArrayLike = 1.0) -> jax.Array:
     """f(x) = x for x > 0, alpha * (exp(x) - 1) otherwise (Clevert et al. 2016).
 
     At x = 0 the derivative is alpha (the x <= 0 side, alpha * exp(0)): for alpha = 1
@@ -58,33 +61,33 @@ def elu(x, alpha=1.0):
     return jnp.where(x > 0, x, jnp.asarray(alpha, jnp.result_type(x)) * jnp.expm1(jnp.where(x > 0, 0, x)))
 
 
-def gelu(x):
+def gelu(x: jax.Array) -> jax.Array:
     """f(x) = x * Phi(x) = x/2 * (1 + erf(x / sqrt(2))), the exact form (Hendrycks & Gimpel 2016)."""
     return 0.5 * x * (1 + jax.lax.erf(x / jnp.sqrt(2.0).astype(jnp.result_type(x))))
 
 
-def sigmoid(x):
+def sigmoid(x: jax.Array) -> jax.Array:
     """f(x) = 1 / (1 + exp(-x)), via ``lax.logistic`` (stable for either sign)."""
     return jax.lax.logistic(x)
 
 
-def tanh(x):
+def tanh(x: jax.Array) -> jax.Array:
     """f(x) = tanh(x)."""
     return jnp.tanh(x)
 
 
-def softplus(x):
+def softplus(x: jax.Array) -> jax.Array:
     """f(x) = log(1 + exp(x)) = logaddexp(x, 0): no overflow for large x."""
     return jnp.logaddexp(x, 0)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: jax.Array, axis: int | tuple[int, ...] = -1) -> jax.Array:
     """f(x)_i = x_i - log sum_j exp(x_j), computed after subtracting max_j x_j."""
     shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
 
-def softmax(x, axis=-1):
+def softmax(x: jax.Array, axis: int | tuple[int, ...] = -1) -> jax.Array:
     """f(x)_i = exp(x_i) / sum_j exp(x_j), computed after subtracting max_j x_j."""
     shifted = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)))
     return shifted / jnp.sum(shifted, axis=axis, keepdims=True)
@@ -97,7 +100,7 @@ _BY_NAME = {
 _BY_NAME["linear"] = identity
 
 
-def get(activation: str | Callable) -> Callable:
+def get(activation: str | Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     """Return the activation named ``activation`` (or ``activation`` itself if callable).
 
     Raises:

@@ -50,6 +50,7 @@ import re
 import reprlib
 import secrets
 import struct
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +75,7 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------- writing
 
 
-def check_destination(path, *, name: str = "checkpoint") -> None:
+def check_destination(path: str | os.PathLike[str], *, name: str = "checkpoint") -> None:
     """Check that ``save`` can write a checkpoint to ``path``, creating nothing.
 
     Args:
@@ -88,7 +89,7 @@ def check_destination(path, *, name: str = "checkpoint") -> None:
     try:
         path = os.fspath(path)
     except TypeError:
-        path = None
+        path = ""  # not a path: refused just below
     if not isinstance(path, str) or not path:
         raise ValueError(f"{name} must be a file path (a non-empty str or os.PathLike)")
     problem = _destination_problem(path, os.path.dirname(os.path.abspath(path)))
@@ -129,7 +130,7 @@ def _raw(leaf) -> bytes:
     return np.ascontiguousarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf).tobytes()
 
 
-def save(path, tree, metadata: dict | None = None):
+def save(path: str | os.PathLike[str], tree: Any, metadata: dict[str, Any] | None = None) -> None:
     """Write ``tree`` (a pytree of arrays) to ``path`` atomically.
 
     Args:
@@ -150,8 +151,8 @@ def save(path, tree, metadata: dict | None = None):
     problem = _header_problem(header)
     if problem:
         raise ValueError(f"cannot save to {path}: {problem}")
-    header = json.dumps(header).encode()
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(_raw(leaf) for leaf in leaves)
+    encoded = json.dumps(header).encode()
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(encoded)) + encoded + b"".join(_raw(leaf) for leaf in leaves)
     _remove_stale_temporaries(path)
     _write_atomically(path, body + hashlib.sha256(body).digest())
 
@@ -205,7 +206,7 @@ def _fsync_folder(folder):
 # ---------------------------------------------------------------------------- reading
 
 
-def read(path):
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Any]]:
     """Read and verify a checkpoint file.
 
     Args:
@@ -300,7 +301,7 @@ def _leaf(path, i: int, entry: dict, body: bytes, offset: int):
     if entry["key_impl"] is None:
         return data.copy()
     try:
-        return jax.random.wrap_key_data(data, impl=entry["key_impl"])
+        return jax.random.wrap_key_data(data, impl=entry["key_impl"])  # type: ignore[arg-type]  # takes NumPy too
     except (ValueError, TypeError) as e:
         raise CheckpointError(
             f"{path}: leaf {i}: this JAX cannot read {entry['dtype']} {entry['shape']} data as keys of PRNG "
@@ -308,7 +309,7 @@ def _leaf(path, i: int, entry: dict, body: bytes, offset: int):
         ) from e
 
 
-def restore(path, like):
+def restore(path: str | os.PathLike[str], like: Any) -> Any:
     """Restore the pytree saved at ``path`` into the structure of ``like``.
 
     Args:

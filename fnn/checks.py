@@ -119,7 +119,7 @@ def check_finite(name: str, value):
 def check_same_structure(name_a: str, tree_a, name_b: str, tree_b):
     """Raise ``ValueError`` unless two pytrees have the same structure and leaf shapes."""
     sa, sb = jax.tree.structure(tree_a), jax.tree.structure(tree_b)
-    if sa != sb:
+    if sa != sb:  # type: ignore[operator]  # jaxlib has no type stub for PyTreeDef's ==
         raise ValueError(f"{name_a} and {name_b} must have the same tree structure; got {sa} and {sb}")
     for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)):
         if np.shape(a) != np.shape(b):

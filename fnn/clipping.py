@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fnn.checks import POSITIVE, check_fields, check_same_structure
 from fnn.pytree import pytree_dataclass
@@ -32,7 +33,7 @@ from fnn.pytree import pytree_dataclass
 _PROTOCOL = ("init", "update", "learning_rate", "lr")  # what an optimizer (or a wrapper) provides
 
 
-def global_norm(tree):
+def global_norm(tree: Any) -> jax.Array:
     """The Euclidean norm of all leaves of ``tree`` together.
 
     Args:
@@ -68,19 +69,19 @@ class _GradientWrapper:
         check_fields(self, **{field.name: POSITIVE for field in dataclasses.fields(self)[1:]})
 
     @property
-    def lr(self):
+    def lr(self) -> Any:
         """The wrapped optimizer's learning-rate schedule."""
         return self.optimizer.lr
 
-    def init(self, params):
+    def init(self, params: Any) -> Any:
         """The wrapped optimizer's initial state."""
         return self.optimizer.init(params)
 
-    def learning_rate(self, state):
+    def learning_rate(self, state: Any) -> jax.Array:
         """The learning rate the next ``update`` uses (the wrapped optimizer's)."""
         return self.optimizer.learning_rate(state)
 
-    def update(self, grads, state, params):
+    def update(self, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         """One step of the wrapped optimizer on the transformed gradients.
 
         Returns:
@@ -92,6 +93,9 @@ class _GradientWrapper:
         """
         check_same_structure("grads", grads, "params", params)
         return self.optimizer.update(self._transform(grads), state, params)
+
+    def _transform(self, grads):
+        raise NotImplementedError  # each subclass's transformation
 
 
 @pytree_dataclass
@@ -118,7 +122,9 @@ class ClipByGlobalNorm(_GradientWrapper):
     max_norm: Any
 
     def _transform(self, grads):
-        scale = self.max_norm / jnp.maximum(global_norm(grads), self.max_norm)
+        norm = global_norm(grads)
+        max_norm = jnp.asarray(self.max_norm, jnp.result_type(norm))  # a traced max_norm may be float64
+        scale = max_norm / jnp.maximum(norm, max_norm)
         return jax.tree.map(lambda g: g * _like(g, scale), grads)
 
 
@@ -144,11 +150,11 @@ class ClipByValue(_GradientWrapper):
         return jax.tree.map(lambda g: jnp.clip(g, _like(g, -self.max_value), _like(g, self.max_value)), grads)
 
 
-def clip_by_global_norm(optimizer, max_norm) -> ClipByGlobalNorm:
+def clip_by_global_norm(optimizer: Any, max_norm: ArrayLike) -> ClipByGlobalNorm:
     """Gradients rescaled to global norm <= ``max_norm``: ``ClipByGlobalNorm(optimizer, max_norm)``; see there."""
     return ClipByGlobalNorm(optimizer, max_norm)
 
 
-def clip_by_value(optimizer, max_value) -> ClipByValue:
+def clip_by_value(optimizer: Any, max_value: ArrayLike) -> ClipByValue:
     """Gradients clipped to ``[-max_value, max_value]``: ``ClipByValue(optimizer, max_value)``; see there."""
     return ClipByValue(optimizer, max_value)

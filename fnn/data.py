@@ -7,17 +7,32 @@ information leaks from held-out data into training.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
-from fnn.datasets import Dataset
 from fnn.checks import check_finite, check_in_range, check_int, is_concrete
 
-__all__ = ["train_test_split", "standardize", "one_hot", "prepare_images"]
+__all__ = ["Dataset", "train_test_split", "standardize", "one_hot", "prepare_images"]
 
 
-def train_test_split(key, x, y, test_fraction: float) -> Dataset:
+class Dataset(NamedTuple):
+    """A train/test split of inputs and targets: host NumPy arrays from the loaders in
+    :mod:`fnn.datasets` (which re-exports this class); :func:`train_test_split` keeps the
+    array type it is given."""
+
+    x_train: np.ndarray | jax.Array
+    y_train: np.ndarray | jax.Array
+    x_test: np.ndarray | jax.Array
+    y_test: np.ndarray | jax.Array
+
+
+def train_test_split(
+    key: ArrayLike, x: np.ndarray | jax.Array, y: np.ndarray | jax.Array, test_fraction: float
+) -> Dataset:
     """Split ``(x, y)`` at random into a training and a held-out part.
 
     Args:
@@ -53,7 +68,9 @@ def train_test_split(key, x, y, test_fraction: float) -> Dataset:
     return Dataset(x[train_idx], y[train_idx], x[test_idx], y[test_idx])
 
 
-def standardize(train, *others, axis=0, eps: float = 1e-8):
+def standardize(
+    train: ArrayLike, *others: ArrayLike, axis: int | tuple[int, ...] = 0, eps: float = 1e-8
+) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, jax.Array]]:
     """Standardize with the mean and standard deviation of ``train`` only.
 
     ``(a - mean) / std`` for ``train`` and each array in ``others``, where ``mean`` and
@@ -88,7 +105,7 @@ def standardize(train, *others, axis=0, eps: float = 1e-8):
     return standardized, (mean, std)
 
 
-def one_hot(labels, num_classes: int, dtype=jnp.float32):
+def one_hot(labels: ArrayLike, num_classes: int, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """One-hot encode integer ``labels`` into ``[..., num_classes]`` arrays of ``dtype``.
 
     Raises ``ValueError`` for non-integer labels and, when the labels are concrete (not
@@ -110,7 +127,7 @@ def one_hot(labels, num_classes: int, dtype=jnp.float32):
     return jax.nn.one_hot(labels, num_classes, dtype=dtype)
 
 
-def prepare_images(x):
+def prepare_images(x: ArrayLike) -> jax.Array:
     """uint8 images ``[N, ...]`` (pixels 0-255) -> float32 ``[N, features]`` in [0, 1].
 
     For MNIST-family images ``[N, 28, 28]`` this gives ``[N, 784]``.

@@ -28,9 +28,11 @@ import os
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
 import numpy as np
+
+from fnn.data import Dataset  # defined with the splits; re-exported here for the loaders' users
 
 __all__ = [
     "Dataset",
@@ -47,20 +49,11 @@ __all__ = [
 ]
 
 
-class Dataset(NamedTuple):
-    """A train/test split of inputs and targets (host NumPy arrays)."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
 # ---------------------------------------------------------------------------------------
 # IDX files
 # ---------------------------------------------------------------------------------------
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -106,7 +99,7 @@ def _parse_idx(data: bytes, path) -> np.ndarray:
     return array.reshape(shape).astype(dtype.newbyteorder("="))  # a writable, native-order copy
 
 
-def read_idx(path) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (as used by MNIST), gzip-compressed or raw, into a NumPy array.
 
     Compression is detected from the gzip magic bytes, not the file name. The header is
@@ -265,19 +258,21 @@ def _load_idx_dataset(name: str, loader: str, directory, download: bool) -> Data
         raise FileNotFoundError(_missing_message(name, loader, missing, dirs, directory))
     arrays = []
     for stem in _IDX_FILES:
-        data = _read_bytes(found[stem])
+        path = found[stem]
+        assert path is not None  # found above, downloaded, or reported missing
+        data = _read_bytes(path)
         expected = CONTENT_SHA256[name][stem]
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise ValueError(
-                f"{found[stem]}: SHA-256 of the decompressed content does not match {name}/{stem}; "
+                f"{path}: SHA-256 of the decompressed content does not match {name}/{stem}; "
                 f"expected {expected}, got {actual} (a corrupt or different file)"
             )
-        arrays.append(_parse_idx(data, found[stem]))
+        arrays.append(_parse_idx(data, path))
     return Dataset(*arrays)
 
 
-def load_mnist(directory=None, *, download: bool = False) -> Dataset:
+def load_mnist(directory: str | os.PathLike[str] | None = None, *, download: bool = False) -> Dataset:
     """Load MNIST (LeCun et al. 1998) from its original IDX files.
 
     Args:
@@ -300,7 +295,7 @@ def load_mnist(directory=None, *, download: bool = False) -> Dataset:
     return _load_idx_dataset("mnist", "load_mnist", directory, download)
 
 
-def load_fashion_mnist(directory=None, *, download: bool = False) -> Dataset:
+def load_fashion_mnist(directory: str | os.PathLike[str] | None = None, *, download: bool = False) -> Dataset:
     """Load Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from its original IDX files.
 
     Same files, arguments and return value as :func:`load_mnist`, with ``fashion-mnist``
@@ -340,7 +335,7 @@ def _generate_mnist1d() -> dict:
         random.setstate(py_state)
 
 
-def load_mnist1d(cache_dir=None) -> Dataset:
+def load_mnist1d(cache_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """MNIST-1D (Greydanus & Kobak 2024): 4000 train / 1000 test signals of length 40.
 
     Generated locally by the ``mnist1d`` package with its standard arguments (seed 42;
@@ -355,7 +350,7 @@ def load_mnist1d(cache_dir=None) -> Dataset:
     path = Path(cache_dir if cache_dir is not None else _cache_root() / "mnist1d") / "mnist1d.npz"
     if not path.is_file():
         raw = _generate_mnist1d()
-        arrays = {
+        arrays: dict[str, Any] = {
             "x_train": np.asarray(raw["x"], np.float32),
             "y_train": np.asarray(raw["y"], np.int32),
             "x_test": np.asarray(raw["x_test"], np.float32),

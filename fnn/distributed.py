@@ -38,7 +38,7 @@ Fake devices for testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_devic
 from __future__ import annotations
 
 import os
-from typing import Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence, cast
 
 import jax
 import numpy as np
@@ -52,7 +52,7 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 # ---------------------------------------------------------------------------- meshes
 
 
-def resolve_devices(devices, available) -> list:
+def resolve_devices(devices: int | Sequence[jax.Device] | None, available: Iterable[jax.Device]) -> list[jax.Device]:
     """The devices a ``devices=`` argument names.
 
     Args:
@@ -91,7 +91,7 @@ def _mesh_sharding(devices: list, axis: str) -> NamedSharding:
     return NamedSharding(Mesh(np.array(devices), (axis,)), PartitionSpec(axis))
 
 
-def member_sharding(devices, members: int) -> NamedSharding | None:
+def member_sharding(devices: int | Sequence[jax.Device] | None, members: int) -> NamedSharding | None:
     """A NamedSharding of a sweep's member axis over ``devices`` (a 1-D mesh "members").
 
     Args:
@@ -110,7 +110,7 @@ def member_sharding(devices, members: int) -> NamedSharding | None:
     return _mesh_sharding(devices, "members")
 
 
-def data_parallel(devices=None) -> NamedSharding:
+def data_parallel(devices: int | Sequence[jax.Device] | None = None) -> NamedSharding:
     """A sharding that splits a mini-batch's example axis over ``devices`` (mesh "data").
 
     Pass it as ``fnn.fit(..., batch_sharding=data_parallel())``: every mini-batch array
@@ -129,7 +129,7 @@ def data_parallel(devices=None) -> NamedSharding:
     return _mesh_sharding(resolve_devices(devices, jax.devices()), "data")
 
 
-def check_batch_divisible(batch_size: int, sharding) -> None:
+def check_batch_divisible(batch_size: int, sharding: NamedSharding | None) -> None:
     """Raise unless ``batch_size`` splits evenly over ``sharding``'s first-axis shards.
 
     The eager check ``fit`` makes on ``batch_sharding`` before anything is traced.
@@ -163,8 +163,8 @@ def check_batch_divisible(batch_size: int, sharding) -> None:
 class ProcessInfo(NamedTuple):
     """This process's place among the processes of a multi-host run."""
 
-    index: int
-    count: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index (a public field name)
+    count: int  # type: ignore[assignment]  # shadows tuple.count
 
 
 def _env_int(environ: Mapping[str, str], name: str) -> int:
@@ -260,7 +260,9 @@ def process_shard(
     return slice(start, start + size + (index < extra))
 
 
-def shard_for_process(data, process_index: int | None = None, process_count: int | None = None, *, drop_remainder: bool = False):
+def shard_for_process(
+    data: Any, process_index: int | None = None, process_count: int | None = None, *, drop_remainder: bool = False
+) -> Any:
     """This process's part of ``data``: every leaf sliced with ``process_shard``.
 
     Args:
@@ -274,5 +276,5 @@ def shard_for_process(data, process_index: int | None = None, process_count: int
     lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
     if len(lengths) != 1 or None in lengths:
         raise ValueError(f"data must be arrays with the same number of examples (first axis); got lengths {sorted(map(str, lengths))}")
-    part = process_shard(lengths.pop(), process_index, process_count, drop_remainder=drop_remainder)
+    part = process_shard(cast(int, lengths.pop()), process_index, process_count, drop_remainder=drop_remainder)
     return jax.tree.map(lambda leaf: leaf[part], data)

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.typing import ArrayLike
 
 from fnn import checkpoint as checkpoint_lib
 from fnn import losses as losses_lib
@@ -75,27 +77,27 @@ class _Run(NamedTuple):
 
 def fit(
     trainer: Trainer,
-    x,
-    y,
+    x: ArrayLike,
+    y: ArrayLike,
     *,
-    key=None,
+    key: ArrayLike | None = None,
     epochs: int,
     batch_size: int,
-    validation=None,
+    validation: tuple[ArrayLike, ArrayLike] | None = None,
     drop_last: bool = False,
     train_state: TrainState | None = None,
-    params=None,
-    model_state=None,
-    tol=0.0,
+    params: Any = None,
+    model_state: Any = None,
+    tol: ArrayLike = 0.0,
     patience: int | None = None,
     monitor: str | None = None,
-    divergence_threshold=None,
+    divergence_threshold: ArrayLike | None = None,
     eval_batch_size: int = 1024,
     progress: bool = False,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
-    batch_sharding=None,
+    batch_sharding: NamedSharding | None = None,
 ) -> FitResult:
     """Train ``trainer``'s model on (x, y) for ``epochs`` epochs of mini-batches.
 
@@ -148,7 +150,7 @@ def fit(
     return result
 
 
-def check_fit(trainer: Trainer, x, y, **options) -> None:
+def check_fit(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> None:
     """Make every eager check that ``fit(trainer, x, y, **options)`` makes, without training.
 
     Entry points that trace ``fit`` (a sweep) call this first with concrete values.
@@ -282,6 +284,7 @@ def _check_data(trainer: Trainer, x, y, validation, batch_size: int, state: Trai
                 f"as many y_val; got x_val {jnp.shape(xv)} and y_val {jnp.shape(yv)}"
             )
         check_finite("validation x", xv)
+        _output_shape(trainer, xv, state, "validation x")  # its dtype too (strict promotion: x's may differ)
         losses_lib.check_targets(trainer.loss, "validation y", yv, out)
 
 

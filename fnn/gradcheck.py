@@ -12,12 +12,14 @@ h = 1e-6 both are far below 1e-6 relative, which is the tolerance this check use
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def numerical_grad(f, params, eps: float = 1e-6):
+def numerical_grad(f: Callable[[Any], Any], params: Any, eps: float = 1e-6) -> Any:
     """Central finite-difference gradient of scalar ``f`` at the pytree ``params``.
 
     Args:
@@ -54,7 +56,7 @@ def _ravel(params):
     return np.asarray(flat, np.float64), unravel
 
 
-def check_grads(f, params, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9):
+def check_grads(f: Callable[[Any], Any], params: Any, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9) -> float:
     """Assert that ``jax.grad(f)(params)`` matches central finite differences.
 
     Each element must satisfy ``|g - g_fd| <= atol + rtol * |g_fd|``.

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from fnn.checks import lookup
 
 Initializer = Callable[..., jax.Array]
 
 
-def fans(shape) -> tuple[int, int]:
+def fans(shape: Sequence[int]) -> tuple[int, int]:
     """Return ``(fan_in, fan_out)`` of a weight shape (see the module docstring)."""
     if len(shape) < 1:
         raise ValueError(f"shape must have rank >= 1 to have fans; got {shape}")
@@ -40,13 +41,13 @@ def fans(shape) -> tuple[int, int]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
-def zeros(key, shape, dtype=jnp.float32):
+def zeros(key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
     """All zeros (the default for biases). ``key`` is unused."""
     del key
     return jnp.zeros(shape, dtype)
 
 
-def ones(key, shape, dtype=jnp.float32):
+def ones(key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
     """All ones (the default for normalization scales). ``key`` is unused."""
     del key
     return jnp.ones(shape, dtype)
@@ -58,7 +59,7 @@ class constant:
 
     value: float
 
-    def __call__(self, key, shape, dtype=jnp.float32):
+    def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         del key
         return jnp.full(shape, self.value, dtype)
 
@@ -69,7 +70,7 @@ class normal:
 
     stddev: float = 1e-2
 
-    def __call__(self, key, shape, dtype=jnp.float32):
+    def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         return self.stddev * jax.random.normal(key, shape, dtype)
 
 
@@ -79,7 +80,7 @@ class uniform:
 
     scale: float = 1e-2
 
-    def __call__(self, key, shape, dtype=jnp.float32):
+    def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, shape, dtype, -self.scale, self.scale)
 
 
@@ -95,7 +96,7 @@ class VarianceScaling:
     mode: str  # "fan_in", "fan_out" or "fan_avg"
     distribution: str  # "normal" or "uniform"
 
-    def __call__(self, key, shape, dtype=jnp.float32):
+    def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         fan_in, fan_out = fans(shape)
         n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
         variance = self.scale / n
@@ -105,34 +106,35 @@ class VarianceScaling:
         return jax.random.uniform(key, shape, dtype, -limit, limit)
 
 
-def glorot_uniform(key, shape, dtype=jnp.float32):
-    """Glorot & Bengio (2010): U(-a, a), a = sqrt(6 / (fan_in + fan_out)); for tanh/sigmoid."""
-    return VarianceScaling(1.0, "fan_avg", "uniform")(key, shape, dtype)
+_SCHEME_DOCS = {
+    "glorot_uniform": "Glorot & Bengio (2010): U(-a, a), a = sqrt(6 / (fan_in + fan_out)); for tanh/sigmoid.",
+    "glorot_normal": "Glorot & Bengio (2010): N(0, 2 / (fan_in + fan_out)) (not truncated).",
+    "he_uniform": "He et al. (2015): U(-a, a), a = sqrt(6 / fan_in); for ReLU networks.",
+    "he_normal": "He et al. (2015): N(0, 2 / fan_in) (not truncated); for ReLU networks.",
+    "lecun_uniform": "LeCun et al. (1998), Efficient BackProp: U(-a, a), a = sqrt(3 / fan_in).",
+    "lecun_normal": "LeCun et al. (1998), Efficient BackProp: N(0, 1 / fan_in) (not truncated).",
+}
 
 
-def glorot_normal(key, shape, dtype=jnp.float32):
-    """Glorot & Bengio (2010): N(0, 2 / (fan_in + fan_out)) (not truncated)."""
-    return VarianceScaling(1.0, "fan_avg", "normal")(key, shape, dtype)
+def _scheme(name: str, scale: float, mode: str, distribution: str) -> Initializer:
+    """The initializer ``name(key, shape, dtype=jnp.float32)``: a plain function that draws from
+    ``VarianceScaling(scale, mode, distribution)``, named (and pickled) as ``fnn.init.<name>``."""
+    scheme = VarianceScaling(scale, mode, distribution)
+
+    def initializer(key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
+        return scheme(key, shape, dtype)
+
+    initializer.__name__ = initializer.__qualname__ = name
+    initializer.__doc__ = _SCHEME_DOCS[name]
+    return initializer
 
 
-def he_uniform(key, shape, dtype=jnp.float32):
-    """He et al. (2015): U(-a, a), a = sqrt(6 / fan_in); for ReLU networks."""
-    return VarianceScaling(2.0, "fan_in", "uniform")(key, shape, dtype)
-
-
-def he_normal(key, shape, dtype=jnp.float32):
-    """He et al. (2015): N(0, 2 / fan_in) (not truncated); for ReLU networks."""
-    return VarianceScaling(2.0, "fan_in", "normal")(key, shape, dtype)
-
-
-def lecun_uniform(key, shape, dtype=jnp.float32):
-    """LeCun et al. (1998), Efficient BackProp: U(-a, a), a = sqrt(3 / fan_in)."""
-    return VarianceScaling(1.0, "fan_in", "uniform")(key, shape, dtype)
-
-
-def lecun_normal(key, shape, dtype=jnp.float32):
-    """LeCun et al. (1998), Efficient BackProp: N(0, 1 / fan_in) (not truncated)."""
-    return VarianceScaling(1.0, "fan_in", "normal")(key, shape, dtype)
+glorot_uniform = _scheme("glorot_uniform", 1.0, "fan_avg", "uniform")
+glorot_normal = _scheme("glorot_normal", 1.0, "fan_avg", "normal")
+he_uniform = _scheme("he_uniform", 2.0, "fan_in", "uniform")
+he_normal = _scheme("he_normal", 2.0, "fan_in", "normal")
+lecun_uniform = _scheme("lecun_uniform", 1.0, "fan_in", "uniform")
+lecun_normal = _scheme("lecun_normal", 1.0, "fan_in", "normal")
 
 
 xavier_uniform, xavier_normal = glorot_uniform, glorot_normal
@@ -151,11 +153,12 @@ class orthogonal:
 
     gain: float = 1.0
 
-    def __call__(self, key, shape, dtype=jnp.float32):
+    def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         if len(shape) < 2:
             raise ValueError(f"orthogonal initialization needs a shape of rank >= 2; got {shape}")
         rows, cols = math.prod(shape[:-1]), shape[-1]
-        compute = jnp.promote_types(dtype, jnp.float32)  # QR in at least float32, float64 kept
+        wide = jnp.issubdtype(dtype, jnp.inexact) and jnp.finfo(dtype).bits >= 32
+        compute = jnp.dtype(dtype) if wide else jnp.dtype(jnp.float32)  # QR in at least float32, float64 kept
         a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), compute)
         q, r = jnp.linalg.qr(a)
         q = q * jnp.sign(jnp.diag(r))[None, :]  # explicit: rank promotion may be set to "raise"

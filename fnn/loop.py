@@ -80,7 +80,7 @@ class RunData(NamedTuple):
 
     x: jax.Array
     y: jax.Array
-    validation: tuple | None
+    validation: tuple[jax.Array, jax.Array] | None
     tol: jax.Array
     divergence_threshold: jax.Array
 
@@ -178,17 +178,17 @@ def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Se
         # an update counts only while the run is healthy and it keeps everything finite;
         # a masked select rather than lax.cond: under vmap a cond would become a select
         # of the whole carry anyway, and unbatched the epoch loop stops after this epoch.
-        loss = metrics["loss"]
+        loss = float_array(metrics["loss"])  # float32 for a float32 model; sums and thresholds are float64 under x64
         ok = jnp.isfinite(loss) & (loss <= data.divergence_threshold) & _all_finite(new_state.params) & ~carry.diverged
-        total = jnp.sum(w)
-        counted = {k: metrics[k] * total for k in names} | {"weight": total}
+        total = float_array(jnp.sum(w))
+        counted = {k: float_array(metrics[k]) * total for k in names} | {"weight": total}
         return _StepCarry(
             state=_tree_where(ok, new_state, carry.state),
             diverged=carry.diverged | ~ok,
             diverged_step=jnp.where(ok | carry.diverged, carry.diverged_step, carry.state.step),
             last_loss=jnp.where(ok, loss, carry.last_loss),
             sums={k: carry.sums[k] + jnp.where(ok, counted[k], 0) for k in carry.sums},
-            lr=jnp.where(ok, metrics["lr"], carry.lr).astype(carry.lr.dtype),
+            lr=jnp.where(ok, float_array(metrics["lr"]), carry.lr),
         ), None
 
     sums = {k: float_array(0.0) for k in [*names, "weight"]}

@@ -34,12 +34,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from fnn.activations import log_softmax, softplus
 from fnn.checks import check_finite, is_concrete
 
 
-def weighted_mean(per_example, weights=None):
+def weighted_mean(per_example: jax.Array, weights: ArrayLike | None = None) -> jax.Array:
     """``sum_i w_i l_i / sum_i w_i`` over the leading axis (0 when all weights are 0).
 
     Args:
@@ -72,7 +73,7 @@ def _per_example_mean(values):
 # --- metrics -----------------------------------------------------------------------------
 
 
-def accuracy(logits, labels, weights=None):
+def accuracy(logits: jax.Array, labels: ArrayLike, weights: ArrayLike | None = None) -> jax.Array:
     """Fraction of examples whose arg-max class equals the label.
 
     Args:
@@ -84,10 +85,11 @@ def accuracy(logits, labels, weights=None):
     predicted = jnp.argmax(logits, axis=-1)
     if predicted.shape != jnp.shape(labels):
         raise ValueError(f"labels must have shape {predicted.shape} for logits {jnp.shape(logits)}; got {jnp.shape(labels)}")
+    labels = jnp.asarray(labels, predicted.dtype)  # e.g. uint8 or int32 labels vs int64 arg-max under x64
     return weighted_mean((predicted == labels).astype(jnp.result_type(float)), weights)
 
 
-def binary_accuracy(logits, targets, weights=None):
+def binary_accuracy(logits: jax.Array, targets: ArrayLike, weights: ArrayLike | None = None) -> jax.Array:
     """Fraction of examples (of elements, averaged per example) with (logit > 0) == (target > 0.5)."""
     _check_same_shape(logits, targets)
     correct = ((logits > 0) == (jnp.asarray(targets) > 0.5)).astype(jnp.result_type(float))
@@ -112,7 +114,7 @@ def _check_range(name: str, values, low, high, interval: str):
             raise ValueError(f"{name} must lie in {interval}; got values in [{lo}, {hi}]")
 
 
-def check_labels(name: str, labels, num_classes: int):
+def check_labels(name: str, labels: ArrayLike, num_classes: int) -> None:
     """Raise ``ValueError`` unless ``labels`` are integers and, when concrete, lie in
     [0, num_classes)."""
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
@@ -182,7 +184,7 @@ class Loss:
         hinge = fnn.losses.Loss(my_hinge, targets="labels", metrics={"accuracy": fnn.accuracy})
     """
 
-    fn: Callable
+    fn: Callable[..., jax.Array]
     targets: str = "same_shape"
     metrics: Any = ()
 
@@ -203,7 +205,7 @@ class Loss:
                 object.__setattr__(self, attribute, getattr(self.fn, attribute))
         object.__setattr__(self, "__wrapped__", self.fn)  # inspect.signature follows it
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
         return self.fn(*args, **kwargs)
 
     def __reduce__(self):
@@ -218,7 +220,7 @@ class Loss:
         return f"Loss({getattr(self.fn, '__name__', self.fn)}, targets={self.targets!r}, metrics={metrics})"
 
 
-def declare(*, targets: str = "same_shape", metrics=()) -> Callable[[Callable], Loss]:
+def declare(*, targets: str = "same_shape", metrics: Any = ()) -> Callable[[Callable[..., jax.Array]], Loss]:
     """Decorator form of :class:`Loss`: ``@declare(targets="labels")`` on a ``def``
     makes it ``Loss(fn, targets="labels")``. Arguments as for :class:`Loss`."""
     return functools.partial(Loss, targets=targets, metrics=metrics)
@@ -231,7 +233,7 @@ def _declaration(loss) -> Loss | None:
     return loss if isinstance(loss, Loss) else None
 
 
-def check_targets(loss, name: str, targets, output_shape: tuple) -> None:
+def check_targets(loss: Callable[..., Any], name: str, targets: ArrayLike, output_shape: tuple[int, ...]) -> None:
     """Check ``targets`` against what ``loss`` declares it takes (see :class:`Loss`),
     eagerly, before any tracing.
 
@@ -256,7 +258,7 @@ def check_targets(loss, name: str, targets, output_shape: tuple) -> None:
         _same_shape_targets(name, targets, tuple(output_shape), _LABELS_HINT if integer else "")
 
 
-def default_metrics(loss) -> dict:
+def default_metrics(loss: Callable[..., Any]) -> dict[str, Callable[..., jax.Array]]:
     """The metrics the training engine reports with ``loss`` by default: those it
     declares (see :class:`Loss`), ``{}`` for an undeclared loss.
 
@@ -271,7 +273,7 @@ def default_metrics(loss) -> dict:
 
 
 @declare(targets="same_shape")
-def mse(predictions, targets, weights=None):
+def mse(predictions: jax.Array, targets: ArrayLike, weights: ArrayLike | None = None) -> jax.Array:
     """Mean squared error: per example, the mean of (prediction - target)^2 over outputs,
     ``l = mean_k (y_k - t_k)^2``.
 
@@ -302,7 +304,9 @@ def _soft_targets(logits, labels, label_smoothing):
 
 
 @declare(targets="labels", metrics={"accuracy": accuracy})
-def cross_entropy(logits, labels, weights=None, *, label_smoothing=0.0):
+def cross_entropy(
+    logits: jax.Array, labels: ArrayLike, weights: ArrayLike | None = None, *, label_smoothing: ArrayLike = 0.0
+) -> jax.Array:
     """Softmax cross-entropy from logits: ``l = -sum_c t_c log softmax(z)_c``.
 
     Declared with ``targets="labels"`` and the metric ``accuracy``.
@@ -324,7 +328,7 @@ def cross_entropy(logits, labels, weights=None, *, label_smoothing=0.0):
 
 
 @declare(targets="probabilities", metrics={"accuracy": binary_accuracy})
-def binary_cross_entropy(logits, targets, weights=None):
+def binary_cross_entropy(logits: jax.Array, targets: ArrayLike, weights: ArrayLike | None = None) -> jax.Array:
     """Sigmoid cross-entropy from logits, ``l = softplus(z) - z t``
     (= -t log s(z) - (1-t) log(1-s(z)), s the sigmoid; softplus(z) = log(1 + e^z)).
 

@@ -23,38 +23,39 @@ Each optimizer is documented once, on its class; its factory (``sgd`` for :class
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from fnn.checks import FRACTION, NONNEGATIVE, POSITIVE, check_fields, check_same_structure, is_concrete
 from fnn.pytree import pytree_dataclass, static_field
-from fnn.schedules import Schedule, as_schedule
+from fnn.schedules import LearningRate, as_schedule
 
 # ----------------------------------------------------------------------------- states
 
 
 class SGDState(NamedTuple):
-    count: jax.Array  # int32 scalar: updates applied so far
+    count: jax.Array  # type: ignore[assignment]  # int32 scalar: updates applied so far (shadows tuple.count)
     velocity: Any  # params-shaped momentum buffer (zeros when momentum = 0)
 
 
 class RMSPropState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in SGDState
     nu: Any  # running mean of squared gradients
     mu: Any  # running mean of gradients (used when centered)
     momentum: Any  # momentum buffer
 
 
 class AdaGradState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in SGDState
     sum_of_squares: Any  # accumulated squared gradients
 
 
 class AdamState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in SGDState
     mu: Any  # first moment estimate m
     nu: Any  # second raw moment estimate v
 
@@ -85,14 +86,14 @@ class Optimizer:
     p, g, *buffers) -> (new_p, *new_buffers)``, the update of one parameter array.
     """
 
-    lr: Schedule
-    State = None
+    lr: Any  # a LearningRate; a Schedule once built (__post_init__)
+    State: ClassVar[Any] = None  # the subclass's state NamedTuple
 
     def __post_init__(self):
         """Check ``lr`` (a number or numeric array >= 0, or a schedule) and store it as a schedule."""
         object.__setattr__(self, "lr", as_schedule(self.lr))
 
-    def init(self, params):
+    def init(self, params: Any) -> Any:
         """The initial state: ``count = 0`` (int32) and buffers shaped like ``params``."""
         buffers = [jax.tree.map(self._initial_buffer, params) for _ in self.State._fields[1:]]
         return self.State(jnp.zeros([], jnp.int32), *buffers)
@@ -100,11 +101,11 @@ class Optimizer:
     def _initial_buffer(self, p):
         return jnp.zeros_like(p)
 
-    def learning_rate(self, state):
+    def learning_rate(self, state: Any) -> jax.Array:
         """The learning rate the next ``update`` uses: ``lr(state.count)``."""
         return self.lr(state.count)
 
-    def update(self, grads, state, params):
+    def update(self, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         """One step, ``(new_params, new_state)``, by the rule in the class docstring.
 
         Raises:
@@ -161,7 +162,7 @@ class SGD(Optimizer):
     """
 
     momentum: Any = 0.0
-    nesterov: bool = static_field(False)
+    nesterov: bool = static_field(default=False)
     State = SGDState
 
     def __post_init__(self):
@@ -213,7 +214,7 @@ class RMSProp(Optimizer):
     decay: Any = 0.9
     eps: Any = 1e-8
     momentum: Any = 0.0
-    centered: bool = static_field(False)
+    centered: bool = static_field(default=False)
     State = RMSPropState
 
     def __post_init__(self):
@@ -368,28 +369,37 @@ class AdamW(Adam):
 # ----------------------------------------------------------------------------- factories
 
 
-def sgd(lr, momentum=SGD.momentum, nesterov: bool = SGD.nesterov) -> SGD:
+def sgd(lr: LearningRate, momentum: ArrayLike = SGD.momentum, nesterov: bool = SGD.nesterov) -> SGD:
     """SGD with heavy-ball or Nesterov momentum: ``SGD(lr, momentum, nesterov)``; see :class:`SGD`."""
     return SGD(lr, momentum, nesterov)
 
 
 def rmsprop(
-    lr, decay=RMSProp.decay, eps=RMSProp.eps, momentum=RMSProp.momentum, centered: bool = RMSProp.centered
+    lr: LearningRate,
+    decay: ArrayLike = RMSProp.decay,
+    eps: ArrayLike = RMSProp.eps,
+    momentum: ArrayLike = RMSProp.momentum,
+    centered: bool = RMSProp.centered,
 ) -> RMSProp:
     """RMSprop, eps outside the root: ``RMSProp(lr, decay, eps, momentum, centered)``; see :class:`RMSProp`."""
     return RMSProp(lr, decay, eps, momentum, centered)
 
 
-def adagrad(lr, initial_accumulator=AdaGrad.initial_accumulator, eps=AdaGrad.eps) -> AdaGrad:
+def adagrad(
+    lr: LearningRate, initial_accumulator: ArrayLike = AdaGrad.initial_accumulator, eps: ArrayLike = AdaGrad.eps
+) -> AdaGrad:
     """AdaGrad: ``AdaGrad(lr, initial_accumulator, eps)``; see :class:`AdaGrad`."""
     return AdaGrad(lr, initial_accumulator, eps)
 
 
-def adam(lr, b1=Adam.b1, b2=Adam.b2, eps=Adam.eps) -> Adam:
+def adam(lr: LearningRate, b1: ArrayLike = Adam.b1, b2: ArrayLike = Adam.b2, eps: ArrayLike = Adam.eps) -> Adam:
     """Adam, bias-corrected: ``Adam(lr, b1, b2, eps)``; see :class:`Adam`."""
     return Adam(lr, b1, b2, eps)
 
 
-def adamw(lr, b1=AdamW.b1, b2=AdamW.b2, eps=AdamW.eps, weight_decay=AdamW.weight_decay) -> AdamW:
+def adamw(
+    lr: LearningRate, b1: ArrayLike = AdamW.b1, b2: ArrayLike = AdamW.b2, eps: ArrayLike = AdamW.eps,
+    weight_decay: ArrayLike = AdamW.weight_decay
+) -> AdamW:
     """AdamW, decay times the current lr: ``AdamW(lr, b1, b2, eps, weight_decay)``; see :class:`AdamW`."""
     return AdamW(lr, b1, b2, eps, weight_decay)

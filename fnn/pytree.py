@@ -11,8 +11,8 @@ Static-ness is a property of the field, declared where the field is::
 
     @pytree_dataclass
     class SGD:
-        lr: Any                               # a leaf: traced, vmappable
-        nesterov: bool = static_field(False)  # metadata: part of the compiled program
+        lr: Any                                       # a leaf: traced, vmappable
+        nesterov: bool = static_field(default=False)  # metadata: part of the compiled program
 
 and a subclass inherits it with the field, so it cannot be forgotten.
 """
@@ -20,11 +20,12 @@ and a subclass inherits it with the field, so it cannot be forgotten.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar, cast, dataclass_transform
 
 import jax
 
 _STATIC = "fnn_static"
+_T = TypeVar("_T")
 
 
 def static_field(default: Any = dataclasses.MISSING) -> Any:
@@ -39,7 +40,8 @@ def static_field(default: Any = dataclasses.MISSING) -> Any:
     return dataclasses.field(default=default, metadata={_STATIC: True})
 
 
-def pytree_dataclass(cls):
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, static_field))
+def pytree_dataclass(cls: type[_T]) -> type[_T]:
     """Make ``cls`` a frozen dataclass registered as a pytree.
 
     Fields declared with :func:`static_field` are static metadata (hashable Python
@@ -56,7 +58,7 @@ def pytree_dataclass(cls):
       cotangents JAX puts in its leaves.
     """
     cls = dataclasses.dataclass(frozen=True)(cls)
-    fields = dataclasses.fields(cls)
+    fields = dataclasses.fields(cast(Any, cls))
     static = [f.name for f in fields if f.metadata.get(_STATIC)]
     data = [f.name for f in fields if not f.metadata.get(_STATIC)]
     _register(cls, data, static)

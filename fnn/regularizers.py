@@ -21,16 +21,17 @@ argument; strengths are only read when concrete, so they may be traced.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fnn.pytree import pytree_dataclass, static_field
 from fnn.checks import NONNEGATIVE, check_fields
 
 
-def is_weight(path, leaf) -> bool:
+def is_weight(path: Any, leaf: ArrayLike) -> bool:
     """The default selection: ``True`` for leaves with ``ndim >= 2`` (kernels), ``False`` for 1-D/scalars.
 
     Args:
@@ -73,13 +74,14 @@ class _Penalty:
     """A penalty with one strength: ``_penalty(strength, params, select)``."""
 
     strength: Any
-    select: Callable = static_field(is_weight)
+    select: Callable = static_field(default=is_weight)
+    _penalty: ClassVar[Callable[..., jax.Array]]  # set by each subclass
 
     def __post_init__(self):
         check_fields(self, strength=NONNEGATIVE)
         _check_select(self.select)
 
-    def __call__(self, params):
+    def __call__(self, params: Any) -> jax.Array:
         return self._penalty(self.strength, params, self.select)
 
 
@@ -108,17 +110,17 @@ class L1L2:
 
     l1_strength: Any
     l2_strength: Any
-    select: Callable = static_field(is_weight)
+    select: Callable = static_field(default=is_weight)
 
     def __post_init__(self):
         check_fields(self, l1_strength=NONNEGATIVE, l2_strength=NONNEGATIVE)
         _check_select(self.select)
 
-    def __call__(self, params):
+    def __call__(self, params: Any) -> jax.Array:
         return _l1_penalty(self.l1_strength, params, self.select) + _l2_penalty(self.l2_strength, params, self.select)
 
 
-def l2(strength, select=is_weight) -> L2:
+def l2(strength: ArrayLike, select: Callable[[Any, Any], bool] = is_weight) -> L2:
     """L2 penalty ``strength / 2 * sum w ** 2``; its gradient ``strength * w`` equals classic weight decay.
 
     Args:
@@ -132,7 +134,7 @@ def l2(strength, select=is_weight) -> L2:
     return L2(strength, select)
 
 
-def l1(strength, select=is_weight) -> L1:
+def l1(strength: ArrayLike, select: Callable[[Any, Any], bool] = is_weight) -> L1:
     """L1 penalty ``strength * sum |w|``.
 
     Args:
@@ -145,7 +147,7 @@ def l1(strength, select=is_weight) -> L1:
     return L1(strength, select)
 
 
-def l1_l2(l1_strength, l2_strength, select=is_weight) -> L1L2:
+def l1_l2(l1_strength: ArrayLike, l2_strength: ArrayLike, select: Callable[[Any, Any], bool] = is_weight) -> L1L2:
     """Both penalties: ``l1_strength * sum |w| + l2_strength / 2 * sum w ** 2``.
 
     Args:

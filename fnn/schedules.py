@@ -18,10 +18,12 @@ are only read when concrete, so a schedule built under ``jax.vmap`` keeps traced
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from fnn.pytree import pytree_dataclass, static_field
 from fnn.checks import NONNEGATIVE, POSITIVE, UNIT, check_fields, check_in_range, hyperparameter, is_concrete
@@ -30,13 +32,17 @@ from fnn.checks import NONNEGATIVE, POSITIVE, UNIT, check_fields, check_in_range
 
 
 def _float(x):
-    """``x`` as an array of JAX's default float dtype."""
+    """``x`` as an array of JAX's default float dtype.
+
+    Schedules compute in that dtype, their leaves and the step cast explicitly: a
+    float32 or integer array leaf (a swept value) mixes with nothing under
+    ``jax_numpy_dtype_promotion="strict"``."""
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
 def _progress(step, decay_steps, staircase: bool):
     """``step / decay_steps``, floored when ``staircase``."""
-    p = _float(step) / decay_steps
+    p = _float(step) / _float(decay_steps)
     return jnp.floor(p) if staircase else p
 
 
@@ -55,8 +61,13 @@ def _array(name, value):
 class Schedule:
     """Base class of fnn's schedules: ``schedule(step) -> lr``."""
 
-    def __call__(self, step):
+    def __call__(self, step: ArrayLike) -> jax.Array:
         raise NotImplementedError
+
+
+#: What a learning-rate argument may be (see :func:`as_schedule`): a number or numeric
+#: array, traced or not, or a callable ``step -> lr`` such as a :class:`Schedule`.
+LearningRate = ArrayLike | Callable[[Any], ArrayLike]
 
 
 @pytree_dataclass
@@ -68,7 +79,7 @@ class Constant(Schedule):
     def __post_init__(self):
         check_fields(self, value=NONNEGATIVE)
 
-    def __call__(self, step):
+    def __call__(self, step: ArrayLike) -> jax.Array:
         return _float(self.value)
 
 
@@ -96,8 +107,8 @@ class PiecewiseConstant(Schedule):
         object.__setattr__(self, "boundaries", b)
         object.__setattr__(self, "values", v)
 
-    def __call__(self, step):
-        index = jnp.searchsorted(self.boundaries, _float(step), side="right")
+    def __call__(self, step: ArrayLike) -> jax.Array:
+        index = jnp.searchsorted(_float(self.boundaries), _float(step), side="right")
         return _float(jnp.take(self.values, index))
 
 
@@ -108,13 +119,16 @@ class _TimeDecay(Schedule):
     init_value: Any
     decay_rate: Any
     decay_steps: Any
-    staircase: bool = static_field(False)
+    staircase: bool = static_field(default=False)
 
     def __post_init__(self):
         check_fields(self, ("staircase",), init_value=NONNEGATIVE, decay_rate=NONNEGATIVE, decay_steps=POSITIVE)
 
-    def __call__(self, step):
-        return self.init_value * self._factor(_progress(step, self.decay_steps, self.staircase))
+    def __call__(self, step: ArrayLike) -> jax.Array:
+        return _float(self.init_value) * self._factor(_progress(step, self.decay_steps, self.staircase))
+
+    def _factor(self, progress):
+        raise NotImplementedError  # each subclass's decay law
 
 
 @pytree_dataclass
@@ -122,7 +136,7 @@ class ExponentialDecay(_TimeDecay):
     """``lr(step) = init_value * decay_rate ** (step / decay_steps)`` (exponent floored if ``staircase``)."""
 
     def _factor(self, progress):
-        return self.decay_rate**progress
+        return _float(self.decay_rate) ** progress
 
 
 @pytree_dataclass
@@ -130,7 +144,7 @@ class InverseTimeDecay(_TimeDecay):
     """``lr(step) = init_value / (1 + decay_rate * step / decay_steps)`` (ratio floored if ``staircase``)."""
 
     def _factor(self, progress):
-        return 1 / (1 + self.decay_rate * progress)
+        return 1 / (1 + _float(self.decay_rate) * progress)
 
 
 @pytree_dataclass
@@ -144,8 +158,8 @@ class StepDecay(Schedule):
     def __post_init__(self):
         check_fields(self, init_value=NONNEGATIVE, factor=NONNEGATIVE, every=POSITIVE)
 
-    def __call__(self, step):
-        return self.init_value * self.factor ** _progress(step, self.every, staircase=True)
+    def __call__(self, step: ArrayLike) -> jax.Array:
+        return _float(self.init_value) * _float(self.factor) ** _progress(step, self.every, staircase=True)
 
 
 @pytree_dataclass
@@ -159,17 +173,18 @@ class CosineDecay(Schedule):
     def __post_init__(self):
         check_fields(self, init_value=NONNEGATIVE, decay_steps=POSITIVE, alpha=UNIT)
 
-    def __call__(self, step):
-        t = jnp.minimum(_float(step), self.decay_steps) / self.decay_steps
+    def __call__(self, step: ArrayLike) -> jax.Array:
+        decay_steps, alpha = _float(self.decay_steps), _float(self.alpha)
+        t = jnp.minimum(_float(step), decay_steps) / decay_steps
         cosine = 0.5 * (1 + jnp.cos(jnp.pi * t))
-        return self.init_value * ((1 - self.alpha) * cosine + self.alpha)
+        return _float(self.init_value) * ((1 - alpha) * cosine + alpha)
 
 
 @pytree_dataclass
 class Warmup(Schedule):
     """Linear ramp from ``init_value`` to ``schedule(0)`` over ``warmup_steps``, then ``schedule(step - warmup_steps)``."""
 
-    schedule: Schedule
+    schedule: Any  # a LearningRate; a Schedule once built (__post_init__)
     warmup_steps: Any
     init_value: Any = 0.0
 
@@ -177,11 +192,11 @@ class Warmup(Schedule):
         object.__setattr__(self, "schedule", as_schedule(self.schedule, "schedule"))
         check_fields(self, warmup_steps=POSITIVE, init_value=NONNEGATIVE)
 
-    def __call__(self, step):
-        t = _float(step)
-        ramp = self.init_value + (self.schedule(0) - self.init_value) * (t / self.warmup_steps)
-        after = self.schedule(jnp.maximum(t - self.warmup_steps, 0))
-        return jnp.where(t < self.warmup_steps, ramp, after)
+    def __call__(self, step: ArrayLike) -> jax.Array:
+        t, warmup_steps, init_value = _float(step), _float(self.warmup_steps), _float(self.init_value)
+        ramp = init_value + (self.schedule(0) - init_value) * (t / warmup_steps)
+        after = self.schedule(jnp.maximum(t - warmup_steps, 0))
+        return jnp.where(t < warmup_steps, ramp, after)
 
 
 @pytree_dataclass
@@ -190,6 +205,10 @@ class FunctionSchedule(Schedule):
 
     The function is part of the compiled program's identity: pass the same function
     object to re-use a compiled step (a fresh ``lambda`` per call recompiles).
+
+    ``fn`` receives the step as an array of JAX's default float dtype, as every schedule
+    here computes with it (an optimizer's count is int32): ``lambda t: 0.1 / (1.0 + t)``
+    then works under ``jax_numpy_dtype_promotion="strict"`` too.
     """
 
     fn: Callable = static_field()
@@ -198,14 +217,14 @@ class FunctionSchedule(Schedule):
         if not callable(self.fn):
             raise ValueError(f"fn must be a callable step -> lr; got {self.fn!r} ({type(self.fn).__name__})")
 
-    def __call__(self, step):
-        return _float(self.fn(step))
+    def __call__(self, step: ArrayLike) -> jax.Array:
+        return _float(self.fn(_float(step)))
 
 
 # ----------------------------------------------------------------------------- factories
 
 
-def constant(value) -> Constant:
+def constant(value: ArrayLike) -> Constant:
     """A constant learning rate.
 
     Args:
@@ -217,7 +236,7 @@ def constant(value) -> Constant:
     return Constant(value)
 
 
-def piecewise_constant(boundaries, values) -> PiecewiseConstant:
+def piecewise_constant(boundaries: ArrayLike | Sequence[float], values: ArrayLike | Sequence[float]) -> PiecewiseConstant:
     """A step-wise constant learning rate.
 
     ``lr(step) = values[i]`` for ``boundaries[i-1] <= step < boundaries[i]``, i.e.
@@ -234,7 +253,7 @@ def piecewise_constant(boundaries, values) -> PiecewiseConstant:
 
 
 def exponential_decay(
-    init_value, decay_rate, decay_steps, staircase: bool = ExponentialDecay.staircase
+    init_value: ArrayLike, decay_rate: ArrayLike, decay_steps: ArrayLike, staircase: bool = ExponentialDecay.staircase
 ) -> ExponentialDecay:
     """Exponential decay: ``lr(step) = init_value * decay_rate ** (step / decay_steps)``.
 
@@ -250,7 +269,7 @@ def exponential_decay(
     return ExponentialDecay(init_value, decay_rate, decay_steps, staircase)
 
 
-def step_decay(init_value, factor, every) -> StepDecay:
+def step_decay(init_value: ArrayLike, factor: ArrayLike, every: ArrayLike) -> StepDecay:
     """Step decay: multiply by ``factor`` every ``every`` steps.
 
     ``lr(step) = init_value * factor ** floor(step / every)``.
@@ -268,7 +287,7 @@ def step_decay(init_value, factor, every) -> StepDecay:
 
 
 def inverse_time_decay(
-    init_value, decay_rate, decay_steps, staircase: bool = InverseTimeDecay.staircase
+    init_value: ArrayLike, decay_rate: ArrayLike, decay_steps: ArrayLike, staircase: bool = InverseTimeDecay.staircase
 ) -> InverseTimeDecay:
     """Inverse-time decay: ``lr(step) = init_value / (1 + decay_rate * step / decay_steps)``.
 
@@ -284,7 +303,7 @@ def inverse_time_decay(
     return InverseTimeDecay(init_value, decay_rate, decay_steps, staircase)
 
 
-def cosine_decay(init_value, decay_steps, alpha=CosineDecay.alpha) -> CosineDecay:
+def cosine_decay(init_value: ArrayLike, decay_steps: ArrayLike, alpha: ArrayLike = CosineDecay.alpha) -> CosineDecay:
     """Cosine decay (SGDR, Loshchilov & Hutter 2017, without restarts).
 
     ``lr(step) = init_value * ((1 - alpha) * 0.5 * (1 + cos(pi * min(step, decay_steps) / decay_steps)) + alpha)``:
@@ -302,7 +321,7 @@ def cosine_decay(init_value, decay_steps, alpha=CosineDecay.alpha) -> CosineDeca
     return CosineDecay(init_value, decay_steps, alpha)
 
 
-def warmup(schedule, warmup_steps, init_value=Warmup.init_value) -> Warmup:
+def warmup(schedule: LearningRate, warmup_steps: ArrayLike, init_value: ArrayLike = Warmup.init_value) -> Warmup:
     """Linear warm-up in front of a schedule.
 
     ``lr(step) = init_value + (schedule(0) - init_value) * step / warmup_steps`` for
@@ -319,7 +338,7 @@ def warmup(schedule, warmup_steps, init_value=Warmup.init_value) -> Warmup:
     return Warmup(schedule, warmup_steps, init_value)
 
 
-def as_schedule(value, name: str = "lr") -> Schedule:
+def as_schedule(value: LearningRate, name: str = "lr") -> Schedule:
     """Turn a learning-rate argument into a schedule.
 
     Args:

@@ -28,11 +28,12 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from fnn.distributed import member_sharding
 from fnn import progress as progress_lib
@@ -50,10 +51,10 @@ class SweepResult(NamedTuple):
         histories [members, epochs]).
     """
 
-    hyperparameters: dict
+    hyperparameters: dict[str, np.ndarray]
     results: Any
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         """One dict per member: hyperparameters, seed, stop epoch, best epoch, divergence,
         and the final and best value of every history entry."""
         r = self.results
@@ -68,7 +69,7 @@ class SweepResult(NamedTuple):
             out.append(row)
         return out
 
-    def aggregate(self, metric: str) -> list[dict]:
+    def aggregate(self, metric: str) -> list[dict[str, Any]]:
         """Mean, std, min and max of row field ``metric`` over seeds, per grid point."""
         names = [k for k in self.hyperparameters if k != "seed"]
         groups: dict = {}
@@ -103,7 +104,7 @@ def _last_finite(h: np.ndarray) -> float:
     return float(finite[-1]) if finite.size else float("nan")
 
 
-def grid_points(config: Callable, grid: dict, product: bool = True) -> dict:
+def grid_points(config: Callable[..., Any], grid: dict[str, Any], product: bool = True) -> dict[str, np.ndarray]:
     """Expand ``grid`` into one array per hyperparameter, one entry per grid point.
 
     Args:
@@ -142,7 +143,7 @@ def _grid_values(name: str, values) -> np.ndarray:
     return v
 
 
-def check_configurations(config: Callable, table: dict) -> Trainer:
+def check_configurations(config: Callable[..., Trainer], table: dict[str, np.ndarray]) -> Trainer:
     """Build the configuration once at every grid point of ``table``, with concrete values.
 
     Under the sweep's ``vmap`` the configuration is built from traced values, which skip
@@ -170,7 +171,9 @@ def _build(config: Callable, hyperparameters: dict) -> Trainer:
     return trainer
 
 
-def members(config: Callable, grid: dict, seeds, product: bool = True) -> dict:
+def members(
+    config: Callable[..., Trainer], grid: dict[str, Any], seeds: int | Sequence[int], product: bool = True
+) -> dict[str, np.ndarray]:
     """The sweep's members: grid points × seeds, as ``{name: [members]}`` plus ``seed``."""
     seed_values = np.arange(check_int("seeds", seeds)) if isinstance(seeds, (int, np.integer)) else np.asarray(seeds).reshape(-1)
     if seed_values.size == 0 or not np.issubdtype(seed_values.dtype, np.integer):
@@ -183,16 +186,16 @@ def members(config: Callable, grid: dict, seeds, product: bool = True) -> dict:
 
 
 def sweep(
-    config: Callable,
-    x,
-    y,
+    config: Callable[..., Trainer],
+    x: ArrayLike,
+    y: ArrayLike,
     *,
-    seeds=1,
-    grid: dict | None = None,
+    seeds: int | Sequence[int] = 1,
+    grid: dict[str, Any] | None = None,
     product: bool = True,
     chunk_size: int | None = None,
-    devices=None,
-    **fit_kwargs,
+    devices: int | Sequence[jax.Device] | None = None,
+    **fit_kwargs: Any,
 ) -> SweepResult:
     """Train every member of seeds × grid with one vmapped, compiled ``fit``.
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fnn import losses as losses_lib
 from fnn.batching import eval_batches
@@ -65,9 +66,9 @@ class Trainer:
 
     model: Any
     optimizer: Any
-    loss: Callable = static_field(losses_lib.mse)
+    loss: Callable = static_field(default=losses_lib.mse)
     regularizer: Any = None
-    metrics: Any = static_field(None)
+    metrics: Any = static_field(default=None)
 
     def __post_init__(self):
         object.__setattr__(self, "model", as_model(self.model))
@@ -81,7 +82,7 @@ class Trainer:
         elif isinstance(self.metrics, dict):
             object.__setattr__(self, "metrics", tuple(self.metrics.items()))
 
-    def init(self, key, params=None, model_state=None) -> TrainState:
+    def init(self, key: ArrayLike, params: Any = None, model_state: Any = None) -> TrainState:
         """A fresh TrainState: params from ``model.init`` (unless given), optimizer state,
         step 0, epoch 0, and the run key.
 
@@ -93,16 +94,18 @@ class Trainer:
         Raises:
           ValueError: a bad key, or params / model_state that do not fit the model.
         """
-        key = as_key(key)
+        run_key = as_key(key)
         if params is None:
-            params, model_state = self.model.init(jax.random.fold_in(key, 2))
+            params, model_state = self.model.init(jax.random.fold_in(run_key, 2))
         else:
             model_state = check_params(self.model, params, model_state, names=("params", "model_state"))
         opt_state = self.optimizer.init(params)
         zero = jnp.zeros((), jnp.int32)
-        return TrainState(params, model_state, opt_state, zero, zero, key)
+        return TrainState(params, model_state, opt_state, zero, zero, run_key)
 
-    def objective(self, params, model_state, x, y, weights, key):
+    def objective(
+        self, params: Any, model_state: Any, x: jax.Array, y: jax.Array, weights: jax.Array | None, key: ArrayLike | None
+    ) -> tuple[jax.Array, tuple[jax.Array, Any, jax.Array]]:
         """The training objective and what the step reports.
 
         Returns:
@@ -113,7 +116,12 @@ class Trainer:
         penalty = 0.0 if self.regularizer is None else self.regularizer(params)
         return loss + penalty, (loss, new_model_state, predictions)
 
-    def train_step(self, state: TrainState, batch, key=None):
+    def train_step(
+        self,
+        state: TrainState,
+        batch: tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array],
+        key: ArrayLike | None = None,
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
         """One update on a mini-batch; pure and jit-able.
 
         Args:
@@ -135,11 +143,13 @@ class Trainer:
         metrics = {"loss": loss, "lr": jnp.asarray(lr), **self.measure(predictions, y, weights)}
         return new_state, metrics
 
-    def measure(self, predictions, y, weights):
+    def measure(self, predictions: jax.Array, y: ArrayLike, weights: ArrayLike | None) -> dict[str, jax.Array]:
         """The trainer's metrics on one batch: ``{name: scalar}``."""
         return {name: metric(predictions, y, weights) for name, metric in self.metrics}
 
-    def evaluate(self, params, model_state, x, y, batch_size: int = 1024):
+    def evaluate(
+        self, params: Any, model_state: Any, x: ArrayLike, y: ArrayLike, batch_size: int = 1024
+    ) -> dict[str, jax.Array]:
         """Loss and metrics in evaluation mode over a whole dataset, in batches.
 
         Memory stays bounded by ``batch_size`` examples; the last batch is padded with
@@ -161,7 +171,8 @@ class Trainer:
             idx, w = batch
             predictions = self.model.apply(params, x[idx], state=model_state)
             values = {"loss": self.loss(predictions, y[idx], w), **self.measure(predictions, y[idx], w)}
-            return jax.tree.map(lambda t, v: t + v * jnp.sum(w), totals, values), None
+            count = jnp.sum(w).astype(jnp.result_type(float))  # totals are in the default float dtype
+            return jax.tree.map(lambda t, v: t + jnp.asarray(v, t.dtype) * count, totals, values), None
 
         zeros = {name: jnp.zeros((), jnp.result_type(float)) for name in ("loss", *dict(self.metrics))}
         totals, _ = jax.lax.scan(body, zeros, (indices, weights))

@@ -49,6 +49,7 @@ def _slow_fsync(fsync, hang_at: int):
 def main(path: str, hang_at: int = 0):
     """Train ``problem()`` with a checkpoint at ``path`` (settings as tests/conftest.py)."""
     jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
     jax.config.update("jax_numpy_rank_promotion", "raise")
     os.fsync = _slow_fsync(os.fsync, hang_at)
     trainer, x, y = problem()

@@ -26,6 +26,7 @@ from fnn.distributed import check_batch_divisible, data_parallel, initialize_fro
 from fnn.sweep import sweep
 
 jax.config.update("jax_enable_x64", True)  # as the main test session (tests/conftest.py)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 OPTIONS = dict(epochs=3, batch_size=48)  # 48: a multiple of 4 devices (and of 2 processes)

@@ -1,4 +1,8 @@
-"""Test configuration: float64 available, rank promotion an error.
+"""Test configuration: float64 available, dtype promotion strict, rank promotion an error.
+
+Warnings are errors too (``filterwarnings = ["error"]`` in pyproject.toml), as in
+Equinox's test configuration: the library must not mix dtypes implicitly (a float32
+array with a float64 one, an integer array with a float one) nor warn.
 
 The tests compile hundreds of small programs and run each for milliseconds, so XLA's
 backend optimization level is lowered: on 2 CPU cores this halves the suite's time
@@ -15,6 +19,7 @@ import jax  # noqa: E402  (XLA_FLAGS must be set before JAX starts its backend)
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 SHARED_DATA = Path(os.environ.get("FNN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -1,12 +1,15 @@
-"""fnn.activations: values against NumPy formulas, stability at |x| = 1e4, lookup by name."""
+"""fnn.activations: values against NumPy formulas, stability at |x| = 1e4 (compiled and op
+by op), lookup by name."""
 
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from fnn import activations as act
 
@@ -43,29 +46,55 @@ LIMITS = {
     "tanh": (-1, 1, 0, 0),
     "softplus": (0, 1e4, 0, 1),
 }
-DTYPES = pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+FLOATS = [jnp.float32, jnp.float64]
+DTYPES = pytest.mark.parametrize("dtype", FLOATS)
 ORDINARY = np.linspace(-4.5, 4.5, 24).reshape(4, 6)  # rows are examples for softmax
 TOL = {jnp.float32: 1e-6, jnp.float64: 1e-13}
 
 
-@functools.cache
 def value_and_derivative(name):
-    """One compiled program per activation: f(x) and, elementwise, f'(x) (grad of the sum)."""
+    """f(x) and, elementwise, f'(x) (grad of the sum), for one activation."""
     f = act.get(name)
-    return jax.jit(lambda x: (f(x), jax.grad(lambda v: jnp.sum(f(v)))(x)))
+    return lambda x: (f(x), jax.grad(lambda v: jnp.sum(f(v)))(x))
 
 
-@DTYPES
-@pytest.mark.parametrize("name", ELEMENTWISE)
-def test_elementwise_values_and_stability_at_1e4(name, dtype):
-    x = jnp.asarray(np.append(ORDINARY.ravel(), [-1e4, 1e4]), dtype)
-    y, g = value_and_derivative(name)(x)
-    assert y.dtype == g.dtype == dtype and y.shape == x.shape
-    np.testing.assert_allclose(y[:-2], REFERENCE[name](ORDINARY.ravel()), rtol=TOL[dtype], atol=TOL[dtype])
-    assert np.all(np.isfinite(y)) and np.all(np.isfinite(g))
-    lo, hi, glo, ghi = LIMITS[name]
-    np.testing.assert_array_equal(y[-2:], np.asarray([lo, hi], dtype))  # exact limits: softplus(1e4) == 1e4, ...
-    np.testing.assert_array_equal(g[-2:], np.asarray([glo, ghi], dtype))
+class TestStabilityAt1e4(chex.TestCase):
+    """Values, exact limits and finite derivatives at |x| = 1e4, compiled (``with_jit``)
+    and op by op (``without_jit``): the stable forms must survive XLA's rewrites under
+    jit, and hold where a user calls an activation eagerly."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters((f"{name}_{d.__name__}", name, d) for name in ELEMENTWISE for d in FLOATS)
+    def test_elementwise_values_and_stability_at_1e4(self, name, dtype):
+        x = jnp.asarray(np.append(ORDINARY.ravel(), [-1e4, 1e4]), dtype)
+        y, g = self.variant(value_and_derivative(name))(x)
+        assert y.dtype == g.dtype == dtype
+        chex.assert_shape([y, g], x.shape)
+        np.testing.assert_allclose(y[:-2], REFERENCE[name](ORDINARY.ravel()), rtol=TOL[dtype], atol=TOL[dtype])
+        chex.assert_tree_all_finite((y, g))
+        lo, hi, glo, ghi = LIMITS[name]
+        np.testing.assert_array_equal(y[-2:], np.asarray([lo, hi], dtype))  # exact limits: softplus(1e4) == 1e4, ...
+        np.testing.assert_array_equal(g[-2:], np.asarray([glo, ghi], dtype))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters((d.__name__, d) for d in FLOATS)
+    def test_softmax_and_log_softmax_stability_at_1e4(self, dtype):
+        x = jnp.asarray([1e4, 0.0, -1e4], dtype)
+        r = jnp.asarray([0.3, -1.2, 2.0], dtype)  # a random direction: sum(softmax) itself is constant
+
+        @self.variant
+        def values_and_grads(x):
+            return [(f(x), jax.grad(lambda v: jnp.sum(r * f(v)))(x)) for f in (act.softmax, act.log_softmax)]
+
+        (sm, g_sm), (lsm, g_lsm) = values_and_grads(x)
+        np.testing.assert_array_equal(sm, [1, 0, 0])
+        np.testing.assert_allclose(lsm, [0, -1e4, -2e4], rtol=1e-6)
+        assert g_sm.dtype == g_lsm.dtype == dtype
+        chex.assert_tree_all_finite((g_sm, g_lsm))
+        # d/dx_j sum_i r_i log_softmax(x)_i = r_j - softmax(x)_j sum_i r_i
+        np.testing.assert_allclose(g_lsm, [0.3 - 1.1, -1.2, 2.0], rtol=1e-6)
+        # d/dx_j sum_i r_i softmax(x)_i = softmax_j (r_j - sum_i r_i softmax_i) = 0 at a one-hot softmax
+        np.testing.assert_allclose(g_sm, [0, 0, 0], atol=1e-6)
 
 
 @DTYPES
@@ -92,25 +121,6 @@ def test_hyperparameter_arrays_keep_the_input_dtype():
     leaky, elu = jax.jit(lambda v, s, a: (act.leaky_relu(v, s), act.elu(v, a)))(x, slope, alpha)
     assert leaky.dtype == elu.dtype == jnp.float32
     np.testing.assert_allclose(leaky, np.where(ORDINARY >= 0, ORDINARY, 0.2 * ORDINARY), rtol=1e-6)
-
-
-@DTYPES
-def test_softmax_and_log_softmax_stability_at_1e4(dtype):
-    x = jnp.asarray([1e4, 0.0, -1e4], dtype)
-    r = jnp.asarray([0.3, -1.2, 2.0], dtype)  # a random direction: sum(softmax) itself is constant
-
-    @jax.jit
-    def values_and_grads(x):
-        return [(f(x), jax.grad(lambda v: jnp.sum(r * f(v)))(x)) for f in (act.softmax, act.log_softmax)]
-
-    (sm, g_sm), (lsm, g_lsm) = values_and_grads(x)
-    np.testing.assert_array_equal(sm, [1, 0, 0])
-    np.testing.assert_allclose(lsm, [0, -1e4, -2e4], rtol=1e-6)
-    assert g_sm.dtype == g_lsm.dtype == dtype and np.all(np.isfinite(g_sm)) and np.all(np.isfinite(g_lsm))
-    # d/dx_j sum_i r_i log_softmax(x)_i = r_j - softmax(x)_j sum_i r_i
-    np.testing.assert_allclose(g_lsm, [0.3 - 1.1, -1.2, 2.0], rtol=1e-6)
-    # d/dx_j sum_i r_i softmax(x)_i = softmax_j (r_j - sum_i r_i softmax_i) = 0 at a one-hot softmax
-    np.testing.assert_allclose(g_sm, [0, 0, 0], atol=1e-6)
 
 
 def test_softmax_rows_sum_to_one_along_axis():

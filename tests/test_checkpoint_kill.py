@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import chex
 import pytest
 
 import fnn
@@ -90,18 +88,9 @@ def _train_state(result):
     return getattr(result, "train_state", None) or result.state
 
 
-def _arrays(tree) -> list:
-    """The leaves of ``tree`` as NumPy arrays, PRNG keys as their key data."""
-    return [np.asarray(jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a)
-            for a in jax.tree.leaves(tree)]
-
-
 def _assert_bit_identical(a, b):
-    """Same leaves, bit for bit (dtypes and shapes included)."""
-    a, b = _arrays(a), _arrays(b)
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y, strict=True)
+    """Same tree and leaves, bit for bit (dtypes and shapes included; PRNG keys by their key data)."""
+    chex.assert_trees_all_equal(a, b, strict=True)
 
 
 def _outcome(result):
@@ -127,6 +116,7 @@ def run(tmp_path_factory, cache):
         returncode = first.wait(TIMEOUT)
     finally:
         first.kill()
+        first.wait()  # reaped even when fit raised (else: ResourceWarning, an error here)
     assert returncode == 0, _stderr(folder)
     return trainer, x, y, result, folder
 

@@ -2,8 +2,10 @@
 without being optimizers, and argument checks. Multi-step runs of a wrapped optimizer against the
 NumPy references are in test_optimizers.py (its ``clip_*`` cases)."""
 
+import operator
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,27 +39,42 @@ def test_global_norm_against_numpy():
 def test_clip_by_global_norm_keeps_the_direction_and_caps_the_norm(max_norm):
     got = step(fnn.clip_by_global_norm(fnn.sgd(1.0), max_norm))
     norm = np.sqrt(sum(np.sum(g**2) for g in np_leaves(GRADS)))
-    for g, want in zip(np_leaves(got), np_leaves(GRADS)):
-        np.testing.assert_allclose(g, want * min(1.0, max_norm / norm), rtol=1e-13)
+    chex.assert_trees_all_close(got, jax.tree.map(lambda g: g * min(1.0, max_norm / norm), GRADS), rtol=1e-13)
     assert float(clipping.global_norm(got)) == pytest.approx(min(norm, max_norm), rel=1e-13)
+
+
+@pytest.mark.parametrize("wrap", [fnn.clip_by_global_norm, fnn.clip_by_value])
+def test_a_swept_float64_limit_clips_float32_gradients_in_float32(wrap):
+    """A limit swept with vmap is a float64 array (x64); float32 gradients stay float32, with
+    the numbers of a Python-number limit (and no implicit promotion: strict in the tests)."""
+    params, grads = jax.tree.map(lambda a: a.astype(jnp.float32), (PARAMS, GRADS))
+    limits = [1.0, 20.0]
+
+    def update(limit):
+        wrapper = wrap(fnn.sgd(1.0), limit)
+        return wrapper.update(grads, wrapper.init(params), params)[0]
+
+    swept = jax.vmap(update)(jnp.asarray(limits))
+    chex.assert_type(jax.tree.leaves(swept), jnp.float32)
+    for i, limit in enumerate(limits):
+        chex.assert_trees_all_close(jax.tree.map(operator.itemgetter(i), swept), update(limit), rtol=1e-6)
 
 
 def test_clip_by_value_clips_each_coordinate():
     got = step(fnn.clip_by_value(fnn.sgd(1.0), 1.0))
-    for g, want in zip(np_leaves(got), np_leaves(GRADS)):
-        np.testing.assert_allclose(g, np.clip(want, -1.0, 1.0), rtol=1e-15)
+    chex.assert_trees_all_close(got, jax.tree.map(lambda g: jnp.clip(g, -1.0, 1.0), GRADS), rtol=1e-15)
 
 
 def test_clip_of_clip_applies_the_outer_transform_first():
     value_then_norm = step(fnn.clip_by_value(fnn.clip_by_global_norm(fnn.sgd(1.0), 1.0), 0.5))
     norm_then_value = step(fnn.clip_by_global_norm(fnn.clip_by_value(fnn.sgd(1.0), 0.5), 1.0))
-    clipped = [np.clip(g, -0.5, 0.5) for g in np_leaves(GRADS)]
-    norm = np.sqrt(sum(np.sum(g**2) for g in clipped))
-    for g, want in zip(np_leaves(value_then_norm), clipped):
-        np.testing.assert_allclose(g, want / norm, rtol=1e-13)  # the norm of the clipped gradient is > 1
-    scaled = [g / np.sqrt(sum(np.sum(h**2) for h in np_leaves(GRADS))) for g in np_leaves(GRADS)]
-    for g, want in zip(np_leaves(norm_then_value), scaled):
-        np.testing.assert_allclose(g, np.clip(want, -0.5, 0.5), rtol=1e-13)
+    clipped = jax.tree.map(lambda g: np.clip(np.asarray(g), -0.5, 0.5), GRADS)
+    norm = np.sqrt(sum(np.sum(g**2) for g in jax.tree.leaves(clipped)))
+    # the norm of the clipped gradient is > 1
+    chex.assert_trees_all_close(value_then_norm, jax.tree.map(lambda g: g / norm, clipped), rtol=1e-13)
+    grads_norm = np.sqrt(sum(np.sum(h**2) for h in np_leaves(GRADS)))
+    scaled = jax.tree.map(lambda g: np.clip(np.asarray(g) / grads_norm, -0.5, 0.5), GRADS)
+    chex.assert_trees_all_close(norm_then_value, scaled, rtol=1e-13)
     assert not np.allclose(np_leaves(value_then_norm)[1], np_leaves(norm_then_value)[1])  # order matters here
 
 
@@ -96,13 +113,12 @@ class HalfStep:
 
 def test_a_wrapper_takes_any_object_with_the_protocol():
     got = step(fnn.clip_by_value(HalfStep(), 1.0))
-    for g, want in zip(np_leaves(got), np_leaves(GRADS)):
-        np.testing.assert_allclose(g, np.clip(want, -1.0, 1.0) / 2, rtol=1e-15)
+    chex.assert_trees_all_close(got, jax.tree.map(lambda g: jnp.clip(g, -1.0, 1.0) / 2, GRADS), rtol=1e-15)
 
 
 def test_trainer_takes_a_wrapper():
     model = fnn.mlp([3, 4, 2])
-    x, y = jnp.ones((8, 3)), jnp.zeros(8, jnp.int32)
+    x, y = jnp.ones((8, 3), jnp.float32), jnp.zeros(8, jnp.int32)  # x in the model's dtype
     trainer = fnn.Trainer(model, fnn.clip_by_global_norm(fnn.sgd(0.5), 1e-3), fnn.cross_entropy)
     state = trainer.init(0)
     new, metrics = jax.jit(trainer.train_step)(state, (x, y))

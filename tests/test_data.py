@@ -1,5 +1,6 @@
 """fnn.data: random splits, train-only standardization, one-hot labels, image preparation."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ def test_split_is_a_partition(as_jax):
         x, y = jnp.asarray(x), jnp.asarray(y)
     split = train_test_split(jax.random.key(0), x, y, 0.2)
     assert isinstance(split, Dataset)
-    assert split.x_train.shape == (40, 3) and split.x_test.shape == (10, 3)
+    chex.assert_shape([split.x_train, split.x_test], [(40, 3), (10, 3)])
     assert isinstance(split.x_train, type(x))  # NumPy in, NumPy out
     ids = np.concatenate([np.asarray(split.y_train), np.asarray(split.y_test)])
     assert sorted(ids.tolist()) == list(range(50))  # nothing lost, nothing duplicated
@@ -66,7 +67,7 @@ def test_standardize_uses_training_statistics_only():
     train = rng.normal(3.0, 2.0, (200, 4)).astype(np.float32)
     test = rng.normal(-1.0, 5.0, (50, 4)).astype(np.float32)
     (train_s, test_s), (mean, std) = standardize(train, test)
-    assert mean.shape == std.shape == (1, 4)
+    chex.assert_shape([mean, std], (1, 4))
     np.testing.assert_allclose(train_s.mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(train_s.std(0), 1.0, rtol=1e-5)
     np.testing.assert_allclose(mean[0], train.mean(0), rtol=1e-5)

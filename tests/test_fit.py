@@ -1,5 +1,8 @@
 """The training engine: train_step, fit, convergence, divergence, jit/vmap, bad input."""
 
+import operator
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,10 +29,6 @@ def trainer(lr=1e-2, model=None, optimizer=None, **kwargs):
     return fnn.Trainer(model or fnn.mlp([64, 16, 10]), optimizer or adam(lr), fnn.cross_entropy, **kwargs)
 
 
-def leaves_equal(a, b):
-    return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 # ---------------------------------------------------------------------------- train_step
 
 
@@ -46,8 +45,7 @@ def test_train_step_is_gradient_descent_on_loss_plus_penalty(digits):
 
     grads = jax.grad(objective)(state.params)
     expected = jax.tree.map(lambda p, g: p - lr * g, state.params, grads)
-    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-7)
     assert int(new_state.step) == 1 and float(metrics["lr"]) == pytest.approx(lr)
     np.testing.assert_allclose(metrics["loss"], fnn.cross_entropy(model.apply(state.params, x), y), rtol=1e-6)
 
@@ -77,7 +75,7 @@ def test_mlp_learns_fashion_mnist_subset(shared_data):
     assert float(result.history["loss"][-1]) < float(result.history["loss"][0])
     same = fnn.fit(tr, x, y, key=0, epochs=4, batch_size=64, validation=(xt, yt))
     other = fnn.fit(tr, x, y, key=1, epochs=4, batch_size=64, validation=(xt, yt))
-    assert leaves_equal(result.train_state.params, same.train_state.params)
+    chex.assert_trees_all_equal(result.train_state.params, same.train_state.params)
     assert not np.allclose(result.train_state.params[0]["w"], other.train_state.params[0]["w"])
 
 
@@ -86,7 +84,7 @@ def test_history_and_best_params(digits):
     result = fnn.fit(trainer(), x, y, key=0, epochs=5, batch_size=BATCH, validation=(xv, yv))
     h = result.history
     assert set(h) == {"loss", "accuracy", "lr", "val_loss", "val_accuracy"}
-    assert all(v.shape == (5,) for v in h.values())
+    chex.assert_shape(list(h.values()), (5,))
     assert int(result.stop_epoch) == 5 and not bool(result.stopped_early)
     best = int(np.argmin(h["val_loss"]))
     assert int(result.best_epoch) == best
@@ -123,7 +121,7 @@ def test_warm_start_from_init_params_trains_the_model(digits):
     result = fnn.fit(trainer(model=model), x, y, key=0, epochs=3, batch_size=64, params=params)
     assert float(result.history["loss"][-1]) < 0.8 * float(result.history["loss"][0])
     assert not np.allclose(result.train_state.params[0]["w"], params[0]["w"])
-    assert result.train_state.params[0]["w"].shape == (64, 8)
+    chex.assert_shape(result.train_state.params[0]["w"], (64, 8))
 
 
 def test_warm_start_of_a_model_with_state_needs_its_state(digits):
@@ -156,8 +154,8 @@ def test_early_stopping_on_a_constructed_loss_curve(digits):
 
 def test_divergence_raises_with_epoch_and_keeps_last_finite_state():
     """lr 0 for two epochs, then huge: linear regression overflows during epoch 2."""
-    x = jax.random.normal(jax.random.key(0), (100, 4)) * 10
-    y = x @ jnp.ones((4, 1))
+    x = jax.random.normal(jax.random.key(0), (100, 4), jnp.float32) * 10  # float32, the model's dtype
+    y = x @ jnp.ones((4, 1), jnp.float32)
     steps = 10
     tr = fnn.Trainer(fnn.mlp([4, 1]), sgd(piecewise_constant([2 * steps], [0.0, 1e6])), fnn.mse)
     with pytest.raises(fnn.DivergenceError, match="epoch 2") as info:
@@ -176,8 +174,8 @@ def test_divergence_raises_with_epoch_and_keeps_last_finite_state():
 def test_a_loss_above_divergence_threshold_stops_the_run_like_a_non_finite_one():
     """A huge but finite learning rate: the loss grows past 1e4 without overflowing for a
     while; with divergence_threshold=1e4 the run stops there and keeps the last good state."""
-    x = jax.random.normal(jax.random.key(0), (100, 4))
-    y = x @ jnp.ones((4, 1))
+    x = jax.random.normal(jax.random.key(0), (100, 4), jnp.float32)  # float32, the model's dtype
+    y = x @ jnp.ones((4, 1), jnp.float32)
     tr = fnn.Trainer(fnn.mlp([4, 1]), sgd(1.5), fnn.mse)
     finished = fnn.fit(tr, x, y, key=0, epochs=3, batch_size=10)  # without a threshold it "finishes"
     assert not bool(finished.diverged) and float(finished.history["loss"][-1]) > 1e4
@@ -200,12 +198,12 @@ def test_fit_under_jit_equals_eager_and_vmap_equals_single_runs(digits):
     keys = jax.random.split(jax.random.key(7), 4)
     singles = [fnn.fit(tr, x, y, key=k, **kwargs) for k in keys]
     jitted = jax.jit(lambda k: fnn.fit(tr, x, y, key=k, **kwargs))(keys[0])
-    for a, b in zip(jax.tree.leaves(singles[0].train_state.params), jax.tree.leaves(jitted.train_state.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # an outer jit may fuse (reassociate) differently
+    # an outer jit may fuse (reassociate) differently
+    chex.assert_trees_all_close(singles[0].train_state.params, jitted.train_state.params, rtol=1e-5, atol=1e-7)
     batched = jax.vmap(lambda k: fnn.fit(tr, x, y, key=k, **kwargs))(keys)
     for i, single in enumerate(singles):
-        for a, b in zip(jax.tree.leaves(single.train_state.params), jax.tree.leaves(batched.train_state.params)):
-            np.testing.assert_allclose(b[i], a, rtol=1e-5, atol=1e-6)
+        member = jax.tree.map(operator.itemgetter(i), batched.train_state.params)
+        chex.assert_trees_all_close(member, single.train_state.params, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(batched.history["val_loss"][i], single.history["val_loss"], rtol=1e-5)
 
 

@@ -3,6 +3,7 @@ keys, dtypes, lookup by name, fans, and vmap over keys."""
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,7 +163,7 @@ def test_vmap_over_keys(name):
     fn = SCHEMES[name][0]
     keys = jax.random.split(jax.random.key(5), 3)
     batch = jax.vmap(lambda k: fn(k, BIG, jnp.float64))(keys)
-    assert batch.shape == (3, *BIG)
+    chex.assert_shape(batch, (3, *BIG))
     for i in range(3):  # each member is the draw of its own key ...
         np.testing.assert_allclose(batch[i], fn(keys[i], BIG, jnp.float64), rtol=1e-12, atol=1e-14)
     assert not np.any(np.asarray(batch[0]) == np.asarray(batch[1]))  # ... and members differ

@@ -2,8 +2,10 @@
 layers as pytrees (no recompilation for equal models, hyperparameters as leaves); jit and
 vmap over init keys for every model; params and state checked against the model."""
 
+import operator
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,18 +19,12 @@ from fnn.layers import as_model, check_params, mlp
 # shape (~0.6 s on CPU), and equal shapes share it.
 KEY = jax.random.key(0)
 rng = np.random.default_rng(0)
-X = rng.normal(size=(8, 3))
+X = rng.normal(size=(8, 3)).astype(np.float32)  # the dtype of the models' params: strict promotion mixes none
 H = rng.normal(size=(16, 5)) * np.array([1.0, 2.0, 0.5, 3.0, 1.5]) + np.array([0.0, 1.0, -2.0, 5.0, 0.3])
 
 
 def as64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
-
-
-def assert_trees_equal(a, b, rtol=0.0):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=rtol * 1e-3)
 
 
 # --- Dense -------------------------------------------------------------------------------
@@ -38,12 +34,13 @@ def assert_trees_equal(a, b, rtol=0.0):
 def test_dense_shapes_and_values(batch):
     layer = Dense(3, 5)
     params, state = layer.init(KEY)
-    assert params["w"].shape == (3, 5) and params["b"].shape == (5,) and state == ()
+    chex.assert_shape([params["w"], params["b"]], [(3, 5), (5,)])
+    assert state == ()
     np.testing.assert_array_equal(params["b"], np.zeros(5))  # biases start at zero
     params = {"w": params["w"], "b": jnp.arange(5.0, dtype=jnp.float32)}
     x = X[: int(np.prod(batch))].reshape(*batch, 3).astype(np.float32)
     y = layer.apply(params, x)
-    assert y.shape == (*batch, 5)
+    chex.assert_shape(y, (*batch, 5))
     np.testing.assert_allclose(y, x @ np.asarray(params["w"]) + np.arange(5.0), rtol=1e-6)
     assert layer.apply_train(params, x, state=())[1] == ()  # no state: passed through
 
@@ -178,6 +175,25 @@ def test_batchnorm_running_statistics_update_exactly():
     np.testing.assert_array_equal(layer.apply(params, jnp.asarray(H), state=new), y_eval)
 
 
+def test_batchnorm_momentum_and_eps_may_be_traced_and_the_statistics_keep_their_dtype():
+    """A sweep vmaps momentum and eps as float64 arrays (x64): a float32 layer still computes
+    in float32 and its running statistics stay float32 (no implicit promotion: strict here)."""
+    params, state = BatchNorm(5).init(KEY)
+    x = jnp.asarray(H, jnp.float32)
+
+    def train_and_evaluate(momentum, eps):
+        layer = BatchNorm(5, momentum=momentum, eps=eps)
+        y, new = layer.apply_train(params, x, state=state)
+        return y, new, layer.apply(params, x, state=new)
+
+    values = [(0.9, 1e-3), (0.99, 1e-5)]
+    swept = jax.vmap(train_and_evaluate)(*(jnp.asarray(v) for v in zip(*values)))
+    chex.assert_type(jax.tree.leaves(swept), jnp.float32)
+    for i, (momentum, eps) in enumerate(values):  # the numbers of Python-number hyperparameters
+        member = jax.tree.map(operator.itemgetter(i), swept)
+        chex.assert_trees_all_close(member, train_and_evaluate(momentum, eps), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("state", [None, ()])
 def test_batchnorm_needs_its_state(state, train):
@@ -220,21 +236,30 @@ def test_layernorm_normalizes_each_example():
 # --- Serial and Function -----------------------------------------------------------------
 
 
-def test_serial_is_the_composition_of_its_layers():
-    layers = (Dense(3, 5), Activation("tanh"), Dropout(0.4), Dense(5, 2))
-    model = Serial(layers)
-    params, state = model.init(KEY)
-    assert isinstance(params, tuple) and len(params) == 4 and state == ((), (), (), ())
-    for i, layer in enumerate(layers):  # layer i initialized from fold_in(key, i)
-        assert_trees_equal(params[i], layer.init(jax.random.fold_in(KEY, i))[0])
-    params_np = jax.tree.map(np.asarray, params)
-    h = np.tanh(X @ params_np[0]["w"] + params_np[0]["b"])
-    np.testing.assert_allclose(model.apply(params, X), h @ params_np[3]["w"] + params_np[3]["b"], rtol=1e-6)
-    # Training: layer i draws from fold_in(key, i).
-    dropped, _ = layers[2].apply_train((), h, key=jax.random.fold_in(KEY, 2))
-    y, new_state = model.apply_train(params, X, key=KEY, state=state)
-    np.testing.assert_allclose(y, np.asarray(dropped) @ params_np[3]["w"] + params_np[3]["b"], rtol=1e-6)
-    assert new_state == state
+class TestSerialWithAndWithoutJit(chex.TestCase):
+    """``apply`` and ``apply_train`` are pure functions of (params, x, state, key): compiled
+    (``with_jit``, the model a pytree argument) and op by op (``without_jit``, where the
+    params are checked eagerly) they compute the same composition of the layers."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_serial_is_the_composition_of_its_layers(self):
+        layers = (Dense(3, 5), Activation("tanh"), Dropout(0.4), Dense(5, 2))
+        model = Serial(layers)
+        params, state = model.init(KEY)
+        assert isinstance(params, tuple) and len(params) == 4 and state == ((), (), (), ())
+        for i, layer in enumerate(layers):  # layer i initialized from fold_in(key, i)
+            chex.assert_trees_all_equal(params[i], layer.init(jax.random.fold_in(KEY, i))[0])
+        params, x = as64(params), as64(X)  # in float64: the composition is tested, not float32 rounding
+        params_np = jax.tree.map(np.asarray, params)
+        h = np.tanh(np.asarray(x) @ params_np[0]["w"] + params_np[0]["b"])
+        apply = self.variant(lambda m, p, x: m.apply(p, x))
+        np.testing.assert_allclose(apply(model, params, x), h @ params_np[3]["w"] + params_np[3]["b"], rtol=1e-6)
+        # Training: layer i draws from fold_in(key, i).
+        dropped, _ = layers[2].apply_train((), h, key=jax.random.fold_in(KEY, 2))
+        apply_train = self.variant(lambda m, p, x, s, k: m.apply_train(p, x, state=s, key=k))
+        y, new_state = apply_train(model, params, x, state, KEY)
+        np.testing.assert_allclose(y, np.asarray(dropped) @ params_np[3]["w"] + params_np[3]["b"], rtol=1e-6)
+        assert new_state == state
 
 
 def test_serial_rejects_non_layers():
@@ -260,9 +285,9 @@ def test_function_wraps_a_user_function():
     assert as_model(layer) is layer
     with pytest.raises(ValueError, match="model must be an fnn Layer or a function"):
         as_model(3)
-    dense_params, _ = Dense(3, 5).init(KEY)
-    composed = Serial((Dense(3, 5), Function(user_model))).apply((dense_params, params), X)
-    np.testing.assert_allclose(composed, user_model(params, Dense(3, 5).apply(dense_params, X)), rtol=1e-6)
+    dense_params, x = as64(Dense(3, 5).init(KEY)[0]), as64(X)  # float64, as the user's params
+    composed = Serial((Dense(3, 5), Function(user_model))).apply((dense_params, params), x)
+    np.testing.assert_allclose(composed, user_model(params, Dense(3, 5).apply(dense_params, x)), rtol=1e-6)
 
 
 # --- the mlp builder ---------------------------------------------------------------------
@@ -306,11 +331,13 @@ def test_mlp_depth_and_initializer():
     assert [(l.in_features, l.out_features) for l in deep.layers if isinstance(l, Dense)] == [(3, 5), (5, 4), (4, 2)]
     params, state = jax.eval_shape(deep.init, KEY)  # shapes only: nothing compiled
     assert [p["w"].shape for p in params if "w" in p] == [(3, 5), (5, 4), (4, 2)]
-    for y in (
-        jax.eval_shape(lambda p, s: deep.apply(p, X, state=s), params, state),
-        jax.eval_shape(lambda p, s: deep.apply_train(p, X, state=s, key=KEY)[0], params, state),
-    ):
-        assert y.shape == (8, 2)
+    chex.assert_shape(
+        [
+            jax.eval_shape(lambda p, s: deep.apply(p, X, state=s), params, state),
+            jax.eval_shape(lambda p, s: deep.apply_train(p, X, state=s, key=KEY)[0], params, state),
+        ],
+        (8, 2),
+    )
     params, _ = mlp([3, 5, 2], init="ones").init(KEY)  # init= reaches every Dense
     assert [np.asarray(p["w"]).tolist() for p in params if p] == [np.ones((3, 5)).tolist(), np.ones((5, 2)).tolist()]
 
@@ -380,15 +407,15 @@ def test_vmap_over_init_keys_and_jit_of_apply(name):
     params, state = jax.vmap(model.init)(keys)
     for i in range(3):  # each member is the model initialized from its own key
         p_i, s_i = model.init(keys[i])
-        assert_trees_equal(jax.tree.map(lambda a: a[i], (params, state)), (p_i, s_i), rtol=1e-6)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], (params, state)), (p_i, s_i), rtol=1e-6, atol=1e-9)
     assert not np.allclose(params[0]["w"][0], params[0]["w"][1])
     p0, s0 = jax.tree.map(lambda a: a[0], (params, state))
     y = jax.jit(model.apply)(p0, X, state=s0)
-    assert y.shape == (8, 2)
+    chex.assert_shape(y, (8, 2))
     np.testing.assert_allclose(y, model.apply(p0, X, state=s0), rtol=1e-6)
     y, new_state = jax.jit(model.apply_train)(p0, X, state=s0, key=KEY)
-    assert y.shape == (8, 2)
-    assert_trees_equal((y, new_state), model.apply_train(p0, X, state=s0, key=KEY), rtol=1e-6)
+    chex.assert_shape(y, (8, 2))
+    chex.assert_trees_all_close((y, new_state), model.apply_train(p0, X, state=s0, key=KEY), rtol=1e-6, atol=1e-9)
 
 
 def test_jax_rebuilds_layers_without_rerunning_their_checks():
@@ -440,7 +467,7 @@ def test_state_leaves_are_checked_by_path_and_shape():
     expected = r"^state\[1\]\['var'\] is missing: state\[1\] must be shaped \{'mean': \[5\], 'var': \[5\]\}$"
     with pytest.raises(ValueError, match=expected):
         model.apply_train(params, X, state=no_var)
-    assert model.apply(as64(params), X, state=as64(state)).dtype == jnp.float64  # dtypes may differ
+    assert model.apply(as64(params), as64(X), state=as64(state)).dtype == jnp.float64  # dtypes may differ
 
 
 def with_entry(params, i, entry):
@@ -494,7 +521,7 @@ def test_params_checks_fire_under_jit_and_vmap(case):
     make_bad, message = PARAMS_MISMATCHES[case]
     message = message.removesuffix("$")  # under a trace JAX appends a note on its frames
     members = jax.vmap(model.init)(jax.random.split(KEY, 3))[0]  # 3 members: leaves [3, ...]
-    assert jax.vmap(lambda p: model.apply(p, X))(members).shape == (3, 8, 2)  # per-member shapes match
+    chex.assert_shape(jax.vmap(lambda p: model.apply(p, X))(members), (3, 8, 2))  # per-member shapes match
     with pytest.raises(ValueError, match=message):
         jax.vmap(lambda p: model.apply(p, X))(jax.vmap(make_bad)(members))
     params, _ = model.init(KEY)
@@ -508,7 +535,7 @@ def test_params_checks_fire_under_jit_and_vmap(case):
 def test_state_checks_fire_under_jit_and_vmap():
     model = mlp([3, 5, 2], batchnorm=True)
     params, state = jax.vmap(model.init)(jax.random.split(KEY, 3))
-    assert jax.vmap(lambda p, s: model.apply(p, X, state=s))(params, state).shape == (3, 8, 2)
+    chex.assert_shape(jax.vmap(lambda p, s: model.apply(p, X, state=s))(params, state), (3, 8, 2))
     with pytest.raises(ValueError, match=rf"^state has 0 entries; Serial has 4 layers; {BN_STATE}"):
         jax.vmap(lambda p: model.apply(p, X, state=()))(params)
     with pytest.raises(ValueError, match=r"^state is None; Serial has 4 layers"):
@@ -520,10 +547,10 @@ def test_models_without_an_initializer_keep_the_users_params():
     check_params(Function(user_model), {"anything": jnp.zeros(7)})  # no init: nothing to compare
     check_params(user_model, user_params)  # a plain function is a Function
     model = Serial((Dense(3, 5), Function(user_model)))
-    dense_params, _ = Dense(3, 5).init(KEY)
-    expected = user_model(user_params, Dense(3, 5).apply(dense_params, X))
-    np.testing.assert_allclose(jax.jit(model.apply)((dense_params, user_params), X), expected, rtol=1e-6)
-    y, state = model.apply_train((dense_params, user_params), X, state=())
+    dense_params, x = as64(Dense(3, 5).init(KEY)[0]), as64(X)  # float64, as the user's params
+    expected = user_model(user_params, Dense(3, 5).apply(dense_params, x))
+    np.testing.assert_allclose(jax.jit(model.apply)((dense_params, user_params), x), expected, rtol=1e-6)
+    y, state = model.apply_train((dense_params, user_params), x, state=())
     np.testing.assert_allclose(y, expected, rtol=1e-6)
     assert state == ()
     with pytest.raises(ValueError, match=r"^params\[0\]\['w'\] has shape \(5, 3\); the model expects \(3, 5\)$"):

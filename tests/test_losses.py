@@ -1,15 +1,17 @@
 """fnn.losses: values against NumPy, per-example weights and zero-weight padding,
-stability at logits of +-1e4, errors at the door, what a loss declares (its targets,
-checked by check_targets, and its default metrics)."""
+stability at logits of +-1e4 (compiled and op by op), errors at the door, what a loss
+declares (its targets, checked by check_targets, and its default metrics)."""
 
 import functools
 import inspect
 import pickle
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from fnn import losses
 from fnn.losses import accuracy, binary_accuracy, binary_cross_entropy, cross_entropy, mse
@@ -105,6 +107,13 @@ def test_zero_weight_rows_are_excluded(case):
     np.testing.assert_allclose(evaluate(case, WEIGHTS, pad=3), evaluate(case, WEIGHTS), rtol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_accuracy_takes_labels_of_any_integer_dtype(dtype):
+    # uint8 as the MNIST files hold them, int32 as fnn.datasets gives them; the arg-max is int64 under x64
+    value = jax.jit(accuracy)(jnp.asarray(LOGITS), jnp.asarray(LABELS.astype(dtype)))
+    assert float(value) == np.mean(LOGITS.argmax(1) == LABELS)
+
+
 def test_weighted_mean_with_all_weights_zero_is_zero():
     assert losses.weighted_mean(jnp.arange(3.0), jnp.zeros(3)) == 0.0
     assert losses.weighted_mean(jnp.arange(3.0)) == 1.0
@@ -124,37 +133,35 @@ def test_label_smoothing_may_be_traced():
 SMOOTHED_CE = functools.partial(cross_entropy, label_smoothing=0.3)
 
 
-@functools.cache
-def compiled_value_and_grad(loss):
-    return jax.jit(jax.value_and_grad(loss))
+class TestStability(chex.TestCase):
+    """Limits and gradients at logits of +-1e4 in float32, compiled (``with_jit``) and op
+    by op (``without_jit``, where the label checks run too): the stable forms must survive
+    XLA's rewrites under jit, and hold where a user calls a loss eagerly."""
 
+    def value_and_grad_f32(self, loss, logits, targets):
+        value_and_grad = self.variant(jax.value_and_grad(loss))
+        value, grad = value_and_grad(jnp.asarray(logits, jnp.float32), jnp.asarray(targets))
+        assert value.dtype == grad.dtype == jnp.float32
+        chex.assert_tree_all_finite((value, grad))
+        return float(value), np.asarray(grad)
 
-def value_and_grad_f32(loss, logits, targets):
-    value, grad = compiled_value_and_grad(loss)(jnp.asarray(logits, jnp.float32), jnp.asarray(targets))
-    assert value.dtype == grad.dtype == jnp.float32
-    assert np.isfinite(value) and np.all(np.isfinite(grad))
-    return float(value), np.asarray(grad)
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_cross_entropy_stability(self):
+        z = [[1e4, 0.0, -1e4]]
+        assert self.value_and_grad_f32(cross_entropy, z, [0])[0] == 0.0  # confident and right
+        np.testing.assert_allclose(self.value_and_grad_f32(cross_entropy, z, [1])[0], 1e4, rtol=1e-6)  # confident, wrong
+        value, grad = self.value_and_grad_f32(cross_entropy, z, [2])
+        np.testing.assert_allclose(value, 2e4, rtol=1e-6)
+        np.testing.assert_allclose(grad, [[1, 0, -1]], atol=1e-6)  # softmax - one_hot
+        value, _ = self.value_and_grad_f32(SMOOTHED_CE, z, [0])
+        np.testing.assert_allclose(value, 0.1 * 1e4 + 0.1 * 2e4, rtol=1e-6)  # s/C on each wrong class
 
-
-def test_cross_entropy_stability():
-    z = [[1e4, 0.0, -1e4]]
-    assert value_and_grad_f32(cross_entropy, z, [0])[0] == 0.0  # confident and right
-    np.testing.assert_allclose(value_and_grad_f32(cross_entropy, z, [1])[0], 1e4, rtol=1e-6)  # confident, wrong
-    value, grad = value_and_grad_f32(cross_entropy, z, [2])
-    np.testing.assert_allclose(value, 2e4, rtol=1e-6)
-    np.testing.assert_allclose(grad, [[1, 0, -1]], atol=1e-6)  # softmax - one_hot
-    value, _ = value_and_grad_f32(SMOOTHED_CE, z, [0])
-    np.testing.assert_allclose(value, 0.1 * 1e4 + 0.1 * 2e4, rtol=1e-6)  # s/C on each wrong class
-
-
-@pytest.mark.parametrize(
-    "z, t, expected, grad",
-    [(1e4, 1.0, 0.0, 0.0), (1e4, 0.0, 1e4, 1.0), (-1e4, 1.0, 1e4, -1.0), (-1e4, 0.0, 0.0, 0.0)],
-)
-def test_binary_cross_entropy_stability(z, t, expected, grad):
-    value, g = value_and_grad_f32(binary_cross_entropy, [z], [t])
-    assert value == expected  # exact limits
-    np.testing.assert_allclose(g, [grad], atol=1e-7)  # sigmoid(z) - t
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters((1e4, 1.0, 0.0, 0.0), (1e4, 0.0, 1e4, 1.0), (-1e4, 1.0, 1e4, -1.0), (-1e4, 0.0, 0.0, 0.0))
+    def test_binary_cross_entropy_stability(self, z, t, expected, grad):
+        value, g = self.value_and_grad_f32(binary_cross_entropy, [z], [t])
+        assert value == expected  # exact limits
+        np.testing.assert_allclose(g, [grad], atol=1e-7)  # sigmoid(z) - t
 
 
 # --- errors at the door ------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """Optimizers against plain-NumPy versions of the published equations, plus their properties;
 argument checks, the same for a class built directly as for its factory."""
 
+import operator
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 import fnn
 from fnn import clipping
@@ -141,11 +144,9 @@ def test_matches_numpy_reference(case, dtype, rtol, atol):
     p, state = jax.tree.map(jnp.asarray, params), optimizer.init(params)
     for grads in grad_seq:
         p, state = jitted_update(optimizer, grads, state, p)
-    expected = reference_run(case, params, grad_seq, dtype)
-    for got, want in zip(jax.tree.leaves(p), expected):
-        assert got.dtype == dtype and want.dtype == dtype
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
-    assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(state[1:]))
+    expected = jax.tree.unflatten(jax.tree.structure(p), reference_run(case, params, grad_seq, dtype))
+    chex.assert_trees_all_close(p, expected, rtol=rtol, atol=atol)
+    chex.assert_type(jax.tree.leaves((p, expected, state[1:])), dtype)
     assert state.count.dtype == jnp.int32 and int(state.count) == STEPS
 
 
@@ -206,15 +207,39 @@ def test_decreases_objective(case, problem, f, start, factor):
 # ----------------------------------------------------------------------------- single properties
 
 
-@pytest.mark.parametrize("b1, b2", [(0.9, 0.999), (0.5, 0.9)])
-def test_adam_first_step_has_magnitude_lr(b1, b2):
-    lr = 0.01
-    params = {"a": jnp.array([0.3, -1.0, 2.0, 0.0]), "b": jnp.array([[1.0, 5.0]])}
-    grads = {"a": jnp.array([1e-3, -2.5, 1e3, -0.7]), "b": jnp.array([[4.0, -1e-2]])}
-    optimizer = opt.adam(lr, b1=b1, b2=b2)
-    new, _ = optimizer.update(grads, optimizer.init(params), params)
-    for p, q, g in zip(jax.tree.leaves(params), jax.tree.leaves(new), jax.tree.leaves(grads)):
-        np.testing.assert_allclose(q - p, -lr * np.sign(g), rtol=1e-4)  # eps / |g| <= 1e-5
+class TestStepWithAndWithoutJit(chex.TestCase):
+    """Properties of one update, compiled (``with_jit``, as fit runs it) and op by op
+    (``without_jit``, as a user calling ``optimizer.update`` gets it): XLA's rewrites under
+    jit must not change the rule's numbers beyond the stated tolerances."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters((0.9, 0.999), (0.5, 0.9))
+    def test_adam_first_step_has_magnitude_lr(self, b1, b2):
+        lr = 0.01
+        params = {"a": jnp.array([0.3, -1.0, 2.0, 0.0]), "b": jnp.array([[1.0, 5.0]])}
+        grads = {"a": jnp.array([1e-3, -2.5, 1e3, -0.7]), "b": jnp.array([[4.0, -1e-2]])}
+        optimizer = opt.adam(lr, b1=b1, b2=b2)
+        new, _ = self.variant(lambda o, g, s, p: o.update(g, s, p))(optimizer, grads, optimizer.init(params), params)
+        steps = jax.tree.map(lambda p, q: q - p, params, new)
+        chex.assert_trees_all_close(steps, jax.tree.map(lambda g: -lr * jnp.sign(g), grads), rtol=1e-4)  # eps / |g| <= 1e-5
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(lr=["constant", "schedule"], dtype=["float64", "float32"])
+    def test_adamw_zero_gradient_shrinks_by_one_minus_lr_wd(self, lr, dtype):
+        lr = {"constant": 0.1, "schedule": schedules.exponential_decay(0.1, 0.5, 2)}[lr]
+        dtype = np.dtype(dtype).type
+        wd = 0.3
+        optimizer = opt.adamw(lr, weight_decay=wd)
+        update = self.variant(lambda o, g, s, p: o.update(g, s, p))
+        params = {"w": jnp.array([[1.5, -2.0], [0.25, 3.0]], dtype), "b": jnp.array([0.5, -1.0], dtype)}
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        state = optimizer.init(params)
+        for _ in range(5):
+            lr_t = dtype(optimizer.learning_rate(state))
+            new, state = update(optimizer, zeros, state, params)
+            shrunk = {name: p * (1 - lr_t * dtype(wd)) for name, p in params.items()}
+            chex.assert_trees_all_close(new, shrunk, rtol=2 * np.finfo(dtype).eps, atol=0)
+            params = new
 
 
 @pytest.mark.parametrize("initial_accumulator", [0.0, 0.1])
@@ -232,22 +257,6 @@ def test_adagrad_effective_step_shrinks(initial_accumulator):
         np.testing.assert_allclose(effective[-1], lr / (np.sqrt(sum_sq) + 1e-10), rtol=1e-10)
         params = new
     assert np.all(np.diff(np.stack(effective), axis=0) < 0)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("lr", [0.1, schedules.exponential_decay(0.1, 0.5, 2)], ids=["constant", "schedule"])
-def test_adamw_zero_gradient_shrinks_by_one_minus_lr_wd(lr, dtype):
-    wd = 0.3
-    optimizer = opt.adamw(lr, weight_decay=wd)
-    params = {"w": jnp.array([[1.5, -2.0], [0.25, 3.0]], dtype), "b": jnp.array([0.5, -1.0], dtype)}
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    state = optimizer.init(params)
-    for _ in range(5):
-        lr_t = dtype(optimizer.learning_rate(state))
-        new, state = jitted_update(optimizer, zeros, state, params)
-        for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(new)):
-            np.testing.assert_allclose(q, p * (1 - lr_t * dtype(wd)), rtol=2 * np.finfo(dtype).eps, atol=0)
-        params = new
 
 
 def some_state(optimizer, params, rng, steps=3):
@@ -278,8 +287,7 @@ def test_vmap_over_hyperparameter_matches_single_runs(case):
     batched = jax.vmap(lambda x: jitted_update(build(x), grads, state, params))(jnp.asarray(values))
     for i, value in enumerate(values):
         single = jitted_update(build(float(value)), grads, state, params)
-        for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
-            np.testing.assert_allclose(got[i], want, rtol=1e-13, atol=1e-15)
+        chex.assert_trees_all_close(jax.tree.map(operator.itemgetter(i), batched), single, rtol=1e-13, atol=1e-15)
     new_w = batched[0]["w"]
     assert not np.allclose(new_w[0], new_w[-1])  # the members really differ
 

@@ -100,6 +100,17 @@ def test_vmap_over_a_schedule_parameter(case):
     np.testing.assert_allclose(got, [formula(v) for v in values], rtol=1e-13)
 
 
+@pytest.mark.parametrize("case", VMAP_CASES)
+def test_float32_values_are_cast_to_the_default_float(case):
+    """A swept value may arrive as a float32 array: the schedule casts it and computes in
+    float64 (x64) like for any other value, with no implicit promotion (strict here)."""
+    build, values, formula = VMAP_CASES[case]
+    values = np.asarray(values, np.float32)
+    got = jax.jit(jax.vmap(lambda x: build(x)(STEP)))(jnp.asarray(values))
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, [formula(float(v)) for v in values], rtol=1e-13)
+
+
 def test_new_values_do_not_recompile():
     evaluate = jax.jit(lambda schedule, step: schedule(step))
     first = evaluate(sch.exponential_decay(0.1, 0.3, 7), 5)

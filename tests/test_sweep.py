@@ -8,6 +8,7 @@ of a 6-member chunk is built once and shared by the tests (only the chunked swee
 import contextlib
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -53,8 +54,7 @@ def swept(run):
 def assert_members_close(batched, i, single, rtol=1e-5, atol=1e-6):
     """Member ``i`` of a stacked FitResult equals a single FitResult."""
     pick = jax.tree.map(lambda a: a[i], (batched.train_state.params, batched.best_params, batched.history))
-    for a, b in zip(jax.tree.leaves(pick), jax.tree.leaves((single.train_state.params, single.best_params, single.history))):
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    chex.assert_trees_all_close(pick, (single.train_state.params, single.best_params, single.history), rtol=rtol, atol=atol)
     for name in ("stop_epoch", "best_epoch", "stopped_early", "diverged"):
         assert getattr(batched, name)[i] == getattr(single, name), name
 
@@ -92,7 +92,7 @@ def test_sweep_equals_members_run_one_at_a_time(data, options, swept):
 def test_chunks_smaller_than_the_sweep_give_the_same_numbers(run, swept):
     """6 members in chunks of 4: the second chunk is padded with repeated members."""
     chunked = run(seeds=SEEDS, grid={"lr": LRS}, chunk_size=4)
-    assert chunked.results.history["loss"].shape == (6, EPOCHS)
+    chex.assert_shape(chunked.results.history["loss"], (6, EPOCHS))
     for i in range(6):
         assert_members_close(chunked.results, i, jax.tree.map(lambda a: a[i], swept.results))
 

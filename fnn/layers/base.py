@@ -9,6 +9,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from fnn.pytree import pytree_dataclass, static_field
 
@@ -16,22 +17,26 @@ from fnn.pytree import pytree_dataclass, static_field
 class Layer:
     """Base class: ``init``, ``forward`` (to implement) and ``apply`` / ``apply_train``."""
 
-    def init(self, key) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         """Return ``(params, state)`` for this layer, drawn from ``key``."""
         raise NotImplementedError
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         """Return ``(y, new_state)``; ``train`` is static, ``key`` may be ``None`` in evaluation."""
         raise NotImplementedError
 
-    def apply(self, params, x, *, state=None):
+    def apply(self, params: Any, x: ArrayLike, *, state: Any = None) -> jax.Array:
         """Evaluation-mode forward pass: returns ``y`` only (pure in params, x and state);
         ``ValueError`` if params or state do not match the model (:func:`check_params`)."""
         check_params(self, params, state)
         y, _ = self.forward(params, state, x, key=None, train=False)
         return y
 
-    def apply_train(self, params, x, *, state=None, key=None):
+    def apply_train(
+        self, params: Any, x: ArrayLike, *, state: Any = None, key: ArrayLike | None = None
+    ) -> tuple[jax.Array, Any]:
         """Training-mode forward pass: returns ``(y, new_state)``; ``ValueError`` if params or
         state do not match the model (:func:`check_params`)."""
         check_params(self, params, state)
@@ -57,7 +62,7 @@ class Layer:
             return None
 
 
-def check_params(model, params, state=None, *, names=("params", "state")):
+def check_params(model: Any, params: Any, state: Any = None, *, names: tuple[str, str] = ("params", "state")) -> Any:
     """Check that params and state have the structure and leaf shapes ``model.init`` gives.
 
     Dtypes may differ. Under ``jit``/``vmap`` (per-member shapes) it runs at trace time.
@@ -98,12 +103,12 @@ def _match(name: str, tree, expected):
         raise ValueError(f"{where} {problem}: {name} must be shaped {_shapes(expected)}")
 
 
-def is_empty(state) -> bool:
+def is_empty(state: Any) -> bool:
     """True for ``None`` and ``()``: no state given."""
     return state is None or (isinstance(state, tuple) and not state)
 
 
-def check_features(name: str, x, features: int):
+def check_features(name: str, x: ArrayLike, features: int) -> None:
     """Raise ``ValueError`` unless ``x`` has shape [..., features] (``name`` is the layer)."""
     if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != features:
         raise ValueError(
@@ -112,7 +117,7 @@ def check_features(name: str, x, features: int):
         )
 
 
-def per_feature(v, x):
+def per_feature(v: ArrayLike, x: ArrayLike) -> jax.Array:
     """A [features] vector reshaped to broadcast against x [..., features] (explicit ranks)."""
     return jnp.reshape(v, (1,) * (jnp.ndim(x) - jnp.ndim(v)) + jnp.shape(v))
 
@@ -127,10 +132,12 @@ class Function(Layer):
 
     fn: Callable = static_field()
 
-    def init(self, key):
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         raise ValueError("Function(fn) has no initializer: build its params yourself and pass params=")
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         return self.fn(params, x), state
 
 
@@ -150,18 +157,20 @@ class Serial(Layer):
             if not isinstance(layer, Layer):
                 raise ValueError(f"layers[{i}] must be an fnn Layer; got {type(layer).__name__}")
 
-    def init(self, key):
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         pairs = [layer.init(jax.random.fold_in(key, i)) for i, layer in enumerate(self.layers)]
         return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         params, states = self._entries("params", params), self._states("state", state)
         new_states = []
         for i, (layer, p, s) in enumerate(zip(self.layers, params, states)):
             k = None if key is None else jax.random.fold_in(key, i)
             x, s = layer.forward(p, s, x, key=k, train=train)
             new_states.append(s)
-        return x, (state if is_empty(state) else tuple(new_states))
+        return x, (state if is_empty(state) else tuple(new_states))  # type: ignore[return-value]  # x itself without layers
 
     def _entries(self, name: str, tree, show_state: bool = False):
         """``tree`` if it has one entry per layer (``zip`` would drop layers), else a ValueError."""
@@ -187,7 +196,7 @@ class Serial(Layer):
         return tuple(layer._state_shapes() for layer in self.layers)
 
 
-def as_model(model) -> Layer:
+def as_model(model: Layer | Callable[..., Any]) -> Layer:
     """Return ``model`` if it is a Layer; wrap a plain function ``f(params, x)`` in ``Function``."""
     if isinstance(model, Layer):
         return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jax.typing import ArrayLike
 
 from fnn import activations as activations_lib
 from fnn import init as init_lib
@@ -27,23 +28,25 @@ class Dense(Layer):
 
     in_features: int = static_field()
     out_features: int = static_field()
-    use_bias: bool = static_field(True)
-    w_init: Any = static_field("glorot_uniform")
-    b_init: Any = static_field("zeros")
+    use_bias: bool = static_field(default=True)
+    w_init: Any = static_field(default="glorot_uniform")
+    b_init: Any = static_field(default="zeros")
 
     def __post_init__(self):
         check_int("in_features", self.in_features)
         check_int("out_features", self.out_features)
         init_lib.get(self.w_init), init_lib.get(self.b_init)
 
-    def init(self, key):
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         w = init_lib.get(self.w_init)(key, (self.in_features, self.out_features))
         params = {"w": w}
         if self.use_bias:
             params["b"] = init_lib.get(self.b_init)(jax.random.fold_in(key, 1), (self.out_features,))
         return params, ()
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         check_features(f"Dense({self.in_features}, {self.out_features})", x, self.in_features)
         y = x @ params["w"]
         if self.use_bias:
@@ -55,13 +58,15 @@ class Dense(Layer):
 class Activation(Layer):
     """Elementwise nonlinearity, by name (``"relu"``) or function; no parameters."""
 
-    fn: Any = static_field("relu")
+    fn: Any = static_field(default="relu")
 
     def __post_init__(self):
         activations_lib.get(self.fn)
 
-    def init(self, key):
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         return (), ()
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         return activations_lib.get(self.fn)(x), state

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fnn.checks import check_in_range
 from fnn.layers.base import Layer
@@ -27,14 +28,17 @@ class Dropout(Layer):
     def __post_init__(self):
         check_in_range("rate", self.rate, 0.0, 1.0, high_open=True)
 
-    def init(self, key):
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         return (), ()
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         if not train:
-            return x, state
+            return x, state  # type: ignore[return-value]  # the identity: x as given
         if key is None:
             raise ValueError("Dropout in training mode needs key= (a jax.random key)")
         keep = 1.0 - self.rate
         mask = jax.random.bernoulli(key, keep, jnp.shape(x))
-        return jnp.where(mask, x / keep, 0).astype(jnp.result_type(x)), state
+        scale = jnp.asarray(keep, jnp.result_type(x))  # a traced rate may be float64, x float32
+        return jnp.where(mask, x / scale, 0).astype(jnp.result_type(x)), state

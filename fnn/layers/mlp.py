@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
+
+import jax
+from jax.typing import ArrayLike
 
 from fnn.layers.base import Layer, Serial
 from fnn.layers.dense import Activation, Dense
@@ -12,12 +15,12 @@ from fnn.layers.norm import BatchNorm
 
 def mlp(
     sizes: Sequence[int],
-    activation="relu",
+    activation: str | Callable[[jax.Array], jax.Array] = "relu",
     *,
-    dropout=None,
+    dropout: ArrayLike | None = None,
     batchnorm: bool = False,
-    init="glorot_uniform",
-    output_activation=None,
+    init: str | Callable[..., jax.Array] = "glorot_uniform",
+    output_activation: str | Callable[[jax.Array], jax.Array] | None = None,
 ) -> Serial:
     """Build a multilayer perceptron.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fnn.checks import check_in_range, check_int, check_positive
 from fnn.layers.base import Layer, check_features, is_empty, per_feature
@@ -15,6 +16,7 @@ from fnn.pytree import pytree_dataclass, static_field
 
 def _normalize(x, mean, var, eps, params):
     scale, offset = per_feature(params["scale"], x), per_feature(params["offset"], x)
+    eps = jnp.asarray(eps, jnp.result_type(var))  # a traced (swept) eps may be float64, var float32
     return (x - per_feature(mean, x)) * jax.lax.rsqrt(per_feature(var, x) + eps) * scale + offset
 
 
@@ -45,11 +47,13 @@ class BatchNorm(Layer):
         check_in_range("momentum", self.momentum, 0.0, 1.0)
         check_positive("eps", self.eps)
 
-    def init(self, key):
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         stats = {"mean": jnp.zeros((self.features,), jnp.float32), "var": jnp.ones((self.features,), jnp.float32)}
         return _norm_params(self.features), stats
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         check_features(f"BatchNorm({self.features})", x, self.features)
         if is_empty(state):
             raise ValueError("BatchNorm needs its running statistics: pass state= (from model.init)")
@@ -58,10 +62,11 @@ class BatchNorm(Layer):
         if jnp.ndim(x) != 2:
             raise ValueError(f"BatchNorm in training mode expects x of shape [batch, features]; got {jnp.shape(x)}")
         mean, var = jnp.mean(x, axis=0), jnp.var(x, axis=0)
-        m = self.momentum
+        # in the running statistics' dtype, which they keep (momentum may be a traced float64)
+        m = jnp.asarray(self.momentum, jnp.result_type(state["mean"]))
         new_state = {
-            "mean": m * state["mean"] + (1 - m) * jax.lax.stop_gradient(mean),
-            "var": m * state["var"] + (1 - m) * jax.lax.stop_gradient(var),
+            "mean": m * state["mean"] + (1 - m) * jax.lax.stop_gradient(mean).astype(m.dtype),
+            "var": m * state["var"] + (1 - m) * jax.lax.stop_gradient(var).astype(m.dtype),
         }
         return _normalize(x, mean, var, self.eps, params), new_state
 
@@ -78,10 +83,12 @@ class LayerNorm(Layer):
         check_int("features", self.features)
         check_positive("eps", self.eps)
 
-    def init(self, key):
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
         return _norm_params(self.features), ()
 
-    def forward(self, params, state, x, *, key=None, train=False):
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
         check_features(f"LayerNorm({self.features})", x, self.features)
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.var(x, axis=-1, keepdims=True)
