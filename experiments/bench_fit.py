@@ -100,7 +100,10 @@ def bench_loop_device(trainer, x, y, epochs: int):
 def bench_matmul(n: int):
     """Seconds for the forward and backward matmuls of one epoch, scanned over its batches."""
     key = jax.random.key(0)
-    ws = [jax.random.normal(jax.random.fold_in(key, i), (a, b)) * 0.01 for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:]))]
+    ws = [
+        jax.random.normal(jax.random.fold_in(key, i), (a, b)) * 0.01
+        for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:]))
+    ]
     xs = jax.random.normal(key, (n // BATCH, BATCH, SIZES[0]))
 
     @jax.jit
@@ -136,8 +139,10 @@ def main(argv=None):
     n = len(x_host)
     trainer = fnn.Trainer(fnn.mlp(SIZES, init="he_normal"), fnn.adam(1e-3), fnn.cross_entropy)
 
-    print(f"fnn bench_fit: MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}, {n} examples, "
-          f"{args.epochs} timed epochs, device {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    print(
+        f"fnn bench_fit: MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}, {n} examples, "
+        f"{args.epochs} timed epochs, device {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    )
     fit_epoch, fit_compile = bench_fit(trainer, x, y, args.epochs)
     host_epoch = bench_loop_host(trainer, x_host, y_host, args.epochs)
     device_epoch = bench_loop_device(trainer, x, y, args.epochs)
@@ -151,7 +156,9 @@ def main(argv=None):
     ]
     print("\n| variant | s / epoch | GFLOP/s | fit speed-up | share of matmul throughput |\n|---|---|---|---|---|")
     for name, seconds in rows:
-        print(f"| {name} | {seconds:.3f} | {gflop / seconds:.1f} | {seconds / fit_epoch:.2f}x | {matmul_epoch / seconds:.0%} |")
+        print(
+            f"| {name} | {seconds:.3f} | {gflop / seconds:.1f} | {seconds / fit_epoch:.2f}x | {matmul_epoch / seconds:.0%} |"
+        )
     print(f"\nfit compile time: {fit_compile:.2f} s; matmul FLOPs per epoch: {gflop:.1f} GFLOP")
     return {name: seconds for name, seconds in rows} | {"compile": fit_compile}
 

@@ -54,16 +54,27 @@ def measure(mode: str, members: int, epochs: int) -> dict:
     """Time one mode in this process: first call (compile + run), then a timed call."""
     x, y, source = load()
     if mode == "sweep":
+
         def run(offset):
             return sweep(config, x, y, seeds=np.arange(members) + offset, epochs=epochs, batch_size=BATCH).results
     else:
+
         def run(offset):
-            return [fnn.fit(config(), x, y, key=int(s) + offset, epochs=epochs, batch_size=BATCH) for s in range(members)]
+            return [
+                fnn.fit(config(), x, y, key=int(s) + offset, epochs=epochs, batch_size=BATCH) for s in range(members)
+            ]
+
     first = timed(lambda: run(0))
     steady = timed(lambda: run(members))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "members": members, "seconds": steady, "compile": first - steady,
-            "peak_mib": peak_mib, "data": source}
+    return {
+        "mode": mode,
+        "members": members,
+        "seconds": steady,
+        "compile": first - steady,
+        "peak_mib": peak_mib,
+        "data": source,
+    }
 
 
 def main(argv=None):
@@ -76,25 +87,35 @@ def main(argv=None):
         print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.epochs)))
         return None
 
-    print(f"fnn bench_sweep: MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}, {args.epochs} epochs, "
-          f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print(
+        f"fnn bench_sweep: MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}, {args.epochs} epochs, "
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind}"
+    )
     results = []
     for members in args.members:
         pair = {}
         for mode in ("sweep", "sequential"):
-            out = subprocess.run([sys.executable, __file__, "--epochs", str(args.epochs), "--worker", mode, str(members)],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--epochs", str(args.epochs), "--worker", mode, str(members)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             pair[mode] = json.loads(out.strip().splitlines()[-1])
         results.append(pair)
     print(f"data: {results[0]['sweep']['data']}\n")
-    print("| members | sweep total s | sweep s/member | sequential total s | sequential s/member | speed-up per member "
-          "| sweep compile s | sweep peak MiB | sequential peak MiB |")
+    print(
+        "| members | sweep total s | sweep s/member | sequential total s | sequential s/member | speed-up per member "
+        "| sweep compile s | sweep peak MiB | sequential peak MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for pair in results:
         s, q = pair["sweep"], pair["sequential"]
         m = s["members"]
-        print(f"| {m} | {s['seconds']:.2f} | {s['seconds'] / m:.3f} | {q['seconds']:.2f} | {q['seconds'] / m:.3f} "
-              f"| {q['seconds'] / s['seconds']:.1f}x | {s['compile']:.1f} | {s['peak_mib']:.0f} | {q['peak_mib']:.0f} |")
+        print(
+            f"| {m} | {s['seconds']:.2f} | {s['seconds'] / m:.3f} | {q['seconds']:.2f} | {q['seconds'] / m:.3f} "
+            f"| {q['seconds'] / s['seconds']:.1f}x | {s['compile']:.1f} | {s['peak_mib']:.0f} | {q['peak_mib']:.0f} |"
+        )
     return results
 
 

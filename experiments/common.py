@@ -72,7 +72,9 @@ def parser(doc: str, *, data: bool = False, helps: dict[str, str] | None = None,
     ``data``, then the shared options named in ``defaults`` (keys of :data:`SHARED_OPTIONS`),
     in that order, each with its default there; ``helps`` rewords the help of some of them
     for this script. The script adds its own options to the parser it gets."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results JSON and the PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no per-epoch progress lines")
     if data:
@@ -99,6 +101,17 @@ def start(name: str, options: argparse.ArgumentParser, argv=None) -> tuple[Run, 
     start the clock of the run of experiment ``name``: ``run, args = start(NAME, parser(), argv)``."""
     run = Run(name, options.parse_args(argv), argv)
     return run, run.args
+
+
+def training_options(args: argparse.Namespace, validation) -> dict:
+    """The ``fnn.fit`` / ``fnn.sweep`` options every script takes from its command line
+    (``--epochs``, ``--batch-size``, ``--no-progress``), with its validation pair."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "validation": validation,
+        "progress": not args.no_progress,
+    }
 
 
 def load_fashion(data_dir: Path):
@@ -170,7 +183,9 @@ class Run(Timer):
         experiment's ``main`` returns: ``{"metrics", "timings", "json", "png"}``."""
         timings = self.times | {"total": self.total()}
         config = vars(self.args) | config
-        path = write_results(self.args.out, self.name, argv=self.argv, config=config, metrics=metrics, timings=timings, **extra)
+        path = write_results(
+            self.args.out, self.name, argv=self.argv, config=config, metrics=metrics, timings=timings, **extra
+        )
         png = save_figure(plot(), self.args.out, self.name)
         say(f"time: {timings}\nwrote {path} and {png}")
         return {"metrics": metrics, "timings": timings, "json": path, "png": png}
@@ -296,11 +311,18 @@ def _quiet_nan():
 def mean_std(values) -> dict:
     """``{"mean", "std", "min", "max", "n"}`` of a 1-D sample."""
     v = np.asarray(values, dtype=float).reshape(-1)
-    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": int(v.size),
+    }
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A small markdown table; floats formatted with 4 decimals."""
+
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
 import fnn  # noqa: E402
 
 NAME = "fashion_mlp"
@@ -37,9 +37,19 @@ BENCHMARK = 0.8833  # Fashion-MNIST benchmark table: MLPClassifier, hidden (256,
 
 
 def parser():
-    p = common.parser(__doc__, data=True, hidden=[256, 256], epochs=20, batch_size=128, lr=1e-3, dropout=0.2, l2=0.0,
-                      n_train=None, n_test=None,
-                      helps={"n_train": "use only N of the 60,000 training images (before the hold-out)"})
+    p = common.parser(
+        __doc__,
+        data=True,
+        hidden=[256, 256],
+        epochs=20,
+        batch_size=128,
+        lr=1e-3,
+        dropout=0.2,
+        l2=0.0,
+        n_train=None,
+        n_test=None,
+        helps={"n_train": "use only N of the 60,000 training images (before the hold-out)"},
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the run (init, data order, dropout)")
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for model selection")
     return p
@@ -56,13 +66,21 @@ def main(argv=None) -> dict:
     steps = args.epochs * -(-len(y_train) // args.batch_size)
     model = fnn.mlp(sizes, activation="relu", dropout=args.dropout if args.dropout > 0 else None)
     trainer = fnn.Trainer(
-        model, fnn.adam(fnn.schedules.cosine_decay(args.lr, steps)), fnn.cross_entropy,
+        model,
+        fnn.adam(fnn.schedules.cosine_decay(args.lr, steps)),
+        fnn.cross_entropy,
         regularizer=fnn.l2(args.l2) if args.l2 > 0 else None,
     )
 
     def train(x, y, xv, yv):
-        return fnn.fit(trainer, x, y, key=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-                       validation=(xv, yv), monitor="val_accuracy", progress=not args.no_progress)
+        return fnn.fit(
+            trainer,
+            x,
+            y,
+            key=args.seed,
+            monitor="val_accuracy",
+            **common.training_options(args, (xv, yv)),
+        )
 
     common.say(
         f"Fashion-MNIST: {len(y_train)} train / {len(y_val)} held out / {len(y_test)} test; MLP {'-'.join(map(str, sizes))} "
@@ -112,9 +130,20 @@ def main(argv=None) -> dict:
         f"time: compile {run.times['compile']:.1f} s + {per_epoch:.2f} s/epoch; the selected model after "
         f"{metrics['time_to_result_s']:.1f} s; whole script {run.total():.1f} s"
     )
-    return run.finish(config={"sizes": sizes, "activation": "relu", "optimizer": "adam + cosine decay", "n_train": len(y_train),
-                              "n_heldout": len(y_val), "n_test": len(y_test), "steps": steps},
-                      metrics=metrics, plot=lambda: plot(history, metrics, sizes), history=history)
+    return run.finish(
+        config={
+            "sizes": sizes,
+            "activation": "relu",
+            "optimizer": "adam + cosine decay",
+            "n_train": len(y_train),
+            "n_heldout": len(y_val),
+            "n_test": len(y_test),
+            "steps": steps,
+        },
+        metrics=metrics,
+        plot=lambda: plot(history, metrics, sizes),
+        history=history,
+    )
 
 
 def plot(history, metrics, sizes):
@@ -126,8 +155,13 @@ def plot(history, metrics, sizes):
     ax1.plot(epochs, history["accuracy"], label="train (running, dropout on)")
     ax1.plot(epochs, history["val_accuracy"], label="held-out")
     ax1.axhline(BENCHMARK, color="k", ls="--", lw=1, label=f"benchmark MLP ({BENCHMARK})")
-    ax1.plot([metrics["best_epoch"]], [metrics["test_accuracy"]], "r*", ms=12,
-             label=f"test, selected epoch ({metrics['test_accuracy']:.4f})")
+    ax1.plot(
+        [metrics["best_epoch"]],
+        [metrics["test_accuracy"]],
+        "r*",
+        ms=12,
+        label=f"test, selected epoch ({metrics['test_accuracy']:.4f})",
+    )
     ax1.set_ylabel("accuracy")
     for ax in (ax0, ax1):
         ax.set_xlabel("epoch")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
 import fnn  # noqa: E402
 from fnn.sweep import sweep  # noqa: E402
 
@@ -33,8 +33,20 @@ PUBLISHED_MLP = 0.68  # MNIST-1D README table (Greydanus & Kobak): MLP test accu
 
 
 def parser():
-    p = common.parser(__doc__, seeds=32, epochs=60, batch_size=100, hidden=[100, 100], activation="gelu", lr=1e-2, dropout=0.2,
-                      l2=0.0, n_train=None, n_test=None, helps={"n_train": "use only the first N training examples"})
+    p = common.parser(
+        __doc__,
+        seeds=32,
+        epochs=60,
+        batch_size=100,
+        hidden=[100, 100],
+        activation="gelu",
+        lr=1e-2,
+        dropout=0.2,
+        l2=0.0,
+        n_train=None,
+        n_test=None,
+        helps={"n_train": "use only the first N training examples"},
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="where the generated MNIST-1D .npz is cached")
     return p
 
@@ -57,11 +69,16 @@ def main(argv=None) -> dict:
     common.say(
         f"MNIST-1D: {len(y_train)} train / {len(y_test)} test; MLP {'-'.join(map(str, sizes))} {args.activation}, "
         f"dropout {args.dropout}, Adam lr {args.lr:g} cosine, batch {args.batch_size}, {args.epochs} epochs, "
-        f"{args.seeds} seeds in one vmapped program (compiling first; the per-epoch lines show one member)"
+        f"{args.seeds} seeds in one vmapped program (compiling first; each per-epoch line summarizes the members)"
     )
     with run("train (compile + run)"):
-        table = sweep(config, x_train, y_train, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
-                      validation=(x_test, y_test), progress=not args.no_progress)
+        table = sweep(
+            config,
+            x_train,
+            y_train,
+            seeds=args.seeds,
+            **common.training_options(args, (x_test, y_test)),
+        )
         jax.block_until_ready(table.results.history)
     with run("evaluate"):
         trainer = config()
@@ -89,10 +106,19 @@ def main(argv=None) -> dict:
         "test_accuracy_per_seed": test_acc,
         "best_epoch_test_accuracy_mean": float(np.nanmax(np.nanmean(history["val_accuracy"], axis=0))),
     }
-    return run.finish(config={"sizes": sizes, "optimizer": "adam + cosine decay", "n_train": len(y_train), "n_test": len(y_test),
-                              "steps": steps},
-                      metrics=metrics, plot=lambda: plot(history, test_acc, args), summary=summary,
-                      curves={k: common.band(v) for k, v in history.items() if k != "lr"})
+    return run.finish(
+        config={
+            "sizes": sizes,
+            "optimizer": "adam + cosine decay",
+            "n_train": len(y_train),
+            "n_test": len(y_test),
+            "steps": steps,
+        },
+        metrics=metrics,
+        plot=lambda: plot(history, test_acc, args),
+        summary=summary,
+        curves={k: common.band(v) for k, v in history.items() if k != "lr"},
+    )
 
 
 def plot(history, test_acc, args):

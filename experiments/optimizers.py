@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
 import fnn  # noqa: E402
 from fnn.sweep import sweep  # noqa: E402
 
@@ -41,8 +41,17 @@ OPTIMIZERS = {
 
 
 def parser():
-    p = common.parser(__doc__, data=True, n_train=10000, n_test=10000, epochs=10, batch_size=128, hidden=[256, 256], seeds=2,
-                      helps={"n_test": "first N test images (accuracy column only)", "seeds": "seeds per learning rate"})
+    p = common.parser(
+        __doc__,
+        data=True,
+        n_train=10000,
+        n_test=10000,
+        epochs=10,
+        batch_size=128,
+        hidden=[256, 256],
+        seeds=2,
+        helps={"n_test": "first N test images (accuracy column only)", "seeds": "seeds per learning rate"},
+    )
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--lrs", type=int, default=None, help="use only the first N learning rates of each grid")
     return p
@@ -65,20 +74,48 @@ def main(argv=None) -> dict:
         def config(lr=lrs[0], make=make):
             return fnn.Trainer(fnn.mlp(sizes), make(lr), fnn.cross_entropy)
 
-        common.say(f"\n== {name}: learning rates {lrs} x {args.seeds} seed(s) = {len(lrs) * args.seeds} runs in one vmapped program")
+        common.say(
+            f"\n== {name}: learning rates {lrs} x {args.seeds} seed(s) = {len(lrs) * args.seeds} runs in one vmapped program"
+        )
         with run(name):
-            table = sweep(config, x_train, y_train, seeds=args.seeds, grid={"lr": lrs}, epochs=args.epochs,
-                          batch_size=args.batch_size, validation=(x_test, y_test), progress=not args.no_progress)
+            table = sweep(
+                config,
+                x_train,
+                y_train,
+                seeds=args.seeds,
+                grid={"lr": lrs},
+                **common.training_options(args, (x_test, y_test)),
+            )
             jax.block_until_ready(table.results.history)
         results[name] = summarize(table, lrs, args.seeds)
         best[name] = min(results[name], key=lambda r: r["final_loss"])
         common.say(table.summary("final_loss"))
-        common.say(f"   best lr {best[name]['lr']:g}: final training loss {best[name]['final_loss']:.4f}, "
-                   f"test accuracy {best[name]['test_accuracy']:.4f}  [{run.times[name]:.1f} s incl. compile]")
+        common.say(
+            f"   best lr {best[name]['lr']:g}: final training loss {best[name]['final_loss']:.4f}, "
+            f"test accuracy {best[name]['test_accuracy']:.4f}  [{run.times[name]:.1f} s incl. compile]"
+        )
 
-    header = ["optimizer", "best lr", "final train loss", "train loss after 1 epoch", "test accuracy", "diverged (of grid)", "time (s)"]
-    rows = [[n, f"{b['lr']:g}", b["final_loss"], b["loss_curve"][0], b["test_accuracy"],
-             sum(r["diverged"] for r in results[n]), f"{run.times[n]:.1f}"] for n, b in best.items()]
+    header = [
+        "optimizer",
+        "best lr",
+        "final train loss",
+        "train loss after 1 epoch",
+        "test accuracy",
+        "diverged (of grid)",
+        "time (s)",
+    ]
+    rows = [
+        [
+            n,
+            f"{b['lr']:g}",
+            b["final_loss"],
+            b["loss_curve"][0],
+            b["test_accuracy"],
+            sum(r["diverged"] for r in results[n]),
+            f"{run.times[n]:.1f}",
+        ]
+        for n, b in best.items()
+    ]
     table_md = common.markdown_table(header, rows)
     common.say("\nBest learning rate of each optimizer (lowest final training loss):\n" + table_md)
     metrics = {
@@ -86,11 +123,19 @@ def main(argv=None) -> dict:
         "grid": {n: [{k: v for k, v in r.items() if k != "loss_curve"} for r in rs] for n, rs in results.items()},
     }
     grids = {n: OPTIMIZERS[n][1][: args.lrs] if args.lrs else OPTIMIZERS[n][1] for n in args.optimizers}
-    settings = {"SGD+Nesterov": "momentum 0.9, Nesterov", "AdaGrad": "initial accumulator 0, eps 1e-10",
-                "RMSprop": "decay 0.9, eps 1e-8 outside the sqrt", "Adam": "b1 0.9, b2 0.999, eps 1e-8"}
-    return run.finish(config={"sizes": sizes, "steps_per_epoch": steps_per_epoch, "grids": grids, "settings": settings},
-                      metrics=metrics, plot=lambda: plot(results, best, steps_per_epoch, args), table=table_md,
-                      curves={n: {str(r["lr"]): r["loss_curve"] for r in rs} for n, rs in results.items()})
+    settings = {
+        "SGD+Nesterov": "momentum 0.9, Nesterov",
+        "AdaGrad": "initial accumulator 0, eps 1e-10",
+        "RMSprop": "decay 0.9, eps 1e-8 outside the sqrt",
+        "Adam": "b1 0.9, b2 0.999, eps 1e-8",
+    }
+    return run.finish(
+        config={"sizes": sizes, "steps_per_epoch": steps_per_epoch, "grids": grids, "settings": settings},
+        metrics=metrics,
+        plot=lambda: plot(results, best, steps_per_epoch, args),
+        table=table_md,
+        curves={n: {str(r["lr"]): r["loss_curve"] for r in rs} for n, rs in results.items()},
+    )
 
 
 def summarize(table, lrs, seeds) -> list[dict]:
@@ -103,13 +148,15 @@ def summarize(table, lrs, seeds) -> list[dict]:
         members = np.isclose(lr_of_member, lr)
         failed = bool(diverged[members].any())
         curve = np.nanmean(history["loss"][members], axis=0)
-        out.append({
-            "lr": float(lr),
-            "diverged": failed,
-            "final_loss": float("inf") if failed or not np.isfinite(curve[-1]) else float(curve[-1]),
-            "test_accuracy": float(np.nanmean(history["val_accuracy"][members][:, -1])),
-            "loss_curve": curve,
-        })
+        out.append(
+            {
+                "lr": float(lr),
+                "diverged": failed,
+                "final_loss": float("inf") if failed or not np.isfinite(curve[-1]) else float(curve[-1]),
+                "test_accuracy": float(np.nanmean(history["val_accuracy"][members][:, -1])),
+                "loss_curve": curve,
+            }
+        )
     return out
 
 
@@ -123,7 +170,7 @@ def plot(results, best, steps_per_epoch, args):
         finals = [r["final_loss"] if np.isfinite(r["final_loss"]) else np.nan for r in results[name]]
         ax1.plot(lrs, finals, "o-", color=f"C{i}", label=name)
     ax0.set_yscale("log")
-    ax0.set_xlabel("iterations (mini-batches of %d)" % args.batch_size)
+    ax0.set_xlabel(f"iterations (mini-batches of {args.batch_size})")
     ax0.set_ylabel("training loss (epoch mean)")
     ax0.set_title("training loss of the best learning rate")
     ax1.set_xscale("log")

@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
 import fnn  # noqa: E402
 from fnn.sweep import sweep  # noqa: E402
 
@@ -39,10 +39,21 @@ NAME = "regression"
 
 
 def parser():
-    p = common.parser(__doc__, seeds=8, hidden=[32, 32], activation="tanh", epochs=200, batch_size=32, lr=1e-3, l2=0.1,
-                      helps={"seeds": "MLP seeds per split (one vmapped program)", "lr": "Adam's learning rate (constant)"})
+    p = common.parser(
+        __doc__,
+        seeds=8,
+        hidden=[32, 32],
+        activation="tanh",
+        epochs=200,
+        batch_size=32,
+        lr=1e-3,
+        l2=0.1,
+        helps={"seeds": "MLP seeds per split (one vmapped program)", "lr": "Adam's learning rate (constant)"},
+    )
     p.add_argument("--splits", type=int, default=5, help="random train/test splits (keys 0..splits-1)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="share of the examples in the test part of each split")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of the examples in the test part of each split"
+    )
     return p
 
 
@@ -82,7 +93,7 @@ def main(argv=None) -> dict:
         (ys_tr, ys_te), (y_mean, y_std) = fnn.standardize(y_tr[:, None], y_te[:, None])
         y_mean, y_std = float(y_mean.reshape(())), float(y_std.reshape(()))
 
-        def original(pred_std):
+        def original(pred_std, y_mean=y_mean, y_std=y_std):
             return np.asarray(pred_std, float).reshape(-1) * y_std + y_mean
 
         row = {"split": split, "n_train": len(y_tr), "n_test": len(y_te)}
@@ -91,19 +102,39 @@ def main(argv=None) -> dict:
         coef, *_ = np.linalg.lstsq(design, np.asarray(y_tr, float), rcond=None)
         row["OLS (lstsq)"] = scores(y_te, np.hstack([np.ones((len(y_te), 1)), np.asarray(x_te, float)]) @ coef)
 
-        common.say(f"\n== split {split + 1}/{args.splits}: {len(y_tr)} train / {len(y_te)} test; {args.seeds} MLP seeds")
+        common.say(
+            f"\n== split {split + 1}/{args.splits}: {len(y_tr)} train / {len(y_te)} test; {args.seeds} MLP seeds"
+        )
         with run("MLP sweeps (compile + run)"):
-            table = sweep(config, xs_tr, ys_tr, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
-                          validation=(xs_te, ys_te), progress=not args.no_progress)
+            table = sweep(
+                config,
+                xs_tr,
+                ys_tr,
+                seeds=args.seeds,
+                **common.training_options(args, (xs_te, ys_te)),
+            )
             params = table.results.train_state.params
-            predictions = np.asarray(jax.jit(jax.vmap(lambda p: trainer.model.apply(p, jnp.asarray(xs_te))))(params))
+            predictions = np.asarray(
+                jax.jit(jax.vmap(trainer.model.apply, in_axes=(0, None)))(params, jnp.asarray(xs_te))
+            )
         seed_scores = [scores(y_te, original(p)) for p in predictions]
         row["MLP"] = {m: common.mean_std([s[m] for s in seed_scores]) for m in ("mse", "r2")}
         row["MLP ensemble"] = scores(y_te, original(predictions.mean(axis=0)))
-        curves.append({"split": split, "train_mse_std_units": common.band(table.results.history["loss"]),
-                       "test_mse_std_units": common.band(table.results.history["val_loss"])})
-        common.say("   " + "; ".join(f"{k}: MSE {mean_of(v['mse']):.1f}, R² {mean_of(v['r2']):.3f}"
-                                     for k, v in row.items() if isinstance(v, dict)))
+        curves.append(
+            {
+                "split": split,
+                "train_mse_std_units": common.band(table.results.history["loss"]),
+                "test_mse_std_units": common.band(table.results.history["val_loss"]),
+            }
+        )
+        common.say(
+            "   "
+            + "; ".join(
+                f"{k}: MSE {mean_of(v['mse']):.1f}, R² {mean_of(v['r2']):.3f}"
+                for k, v in row.items()
+                if isinstance(v, dict)
+            )
+        )
         per_split.append(row)
 
     methods = ["mean predictor", "OLS (lstsq)", "MLP", "MLP ensemble"]
@@ -114,13 +145,25 @@ def main(argv=None) -> dict:
         summary[m] = {"mse": common.mean_std(mse), "r2": common.mean_std(r2)}
     summary["MLP"]["seed_std_r2_mean"] = float(np.mean([r["MLP"]["r2"]["std"] for r in per_split]))
     header = ["method", "test MSE", "test R²"]
-    rows = [[m, f"{summary[m]['mse']['mean']:.1f} ± {summary[m]['mse']['std']:.1f}",
-             f"{summary[m]['r2']['mean']:.3f} ± {summary[m]['r2']['std']:.3f}"] for m in methods]
+    rows = [
+        [
+            m,
+            f"{summary[m]['mse']['mean']:.1f} ± {summary[m]['mse']['std']:.1f}",
+            f"{summary[m]['r2']['mean']:.3f} ± {summary[m]['r2']['std']:.3f}",
+        ]
+        for m in methods
+    ]
     table_md = common.markdown_table(header, rows)
-    common.say(f"\nmean ± std over {args.splits} split(s) (MLP: per split the mean over {args.seeds} seeds):\n{table_md}")
-    return run.finish(config={"sizes": sizes, "n": len(y), "loss": "mse on the standardized target"},
-                      metrics={"summary": summary, "per_split": per_split}, plot=lambda: plot(summary, per_split, curves, args),
-                      table=table_md, curves_split_1=curves[0])
+    common.say(
+        f"\nmean ± std over {args.splits} split(s) (MLP: per split the mean over {args.seeds} seeds):\n{table_md}"
+    )
+    return run.finish(
+        config={"sizes": sizes, "n": len(y), "loss": "mse on the standardized target"},
+        metrics={"summary": summary, "per_split": per_split},
+        plot=lambda: plot(summary, per_split, curves, args),
+        table=table_md,
+        curves_split_1=curves[0],
+    )
 
 
 def plot(summary, per_split, curves, args):
@@ -130,7 +173,9 @@ def plot(summary, per_split, curves, args):
     for i, m in enumerate(methods):
         r2 = [mean_of(r[m]["r2"]) for r in per_split]
         ax0.scatter(np.full(len(r2), i) + np.linspace(-0.1, 0.1, len(r2)), r2, color=f"C{i}", s=18)
-        ax0.errorbar(i + 0.25, summary[m]["r2"]["mean"], yerr=summary[m]["r2"]["std"], fmt="D", color=f"C{i}", capsize=3)
+        ax0.errorbar(
+            i + 0.25, summary[m]["r2"]["mean"], yerr=summary[m]["r2"]["std"], fmt="D", color=f"C{i}", capsize=3
+        )
     ax0.set_xticks(range(len(methods)), methods, fontsize=8)
     ax0.set_ylabel("test R² (dots: splits; diamond: mean ± std)")
     ax0.axhline(0, color="k", lw=0.5)

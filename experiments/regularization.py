@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
 import fnn  # noqa: E402
 from fnn.sweep import sweep  # noqa: E402
 
@@ -40,8 +40,19 @@ SETTINGS = ["none", "l2", "l1", "dropout", "batchnorm", "dropout+l2"]
 
 
 def parser():
-    p = common.parser(__doc__, data=True, n_train=5000, n_test=10000, epochs=40, batch_size=128, hidden=[256, 256], lr=1e-3,
-                      seeds=3, l2=5e-4, dropout=0.3)
+    p = common.parser(
+        __doc__,
+        data=True,
+        n_train=5000,
+        n_test=10000,
+        epochs=40,
+        batch_size=128,
+        hidden=[256, 256],
+        lr=1e-3,
+        seeds=3,
+        l2=5e-4,
+        dropout=0.3,
+    )
     p.add_argument("--l1", type=float, default=2e-5, help="L1 strength (penalty l1 * sum |w|)")
     p.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="which settings to run")
     return p
@@ -67,12 +78,14 @@ def main(argv=None) -> dict:
         return fnn.adam(fnn.schedules.cosine_decay(args.lr, steps))
 
     def config(l1=0.0, l2=0.0, dropout=0.0):
-        return fnn.Trainer(fnn.mlp(sizes, dropout=dropout), optimizer(), fnn.cross_entropy, regularizer=fnn.l1_l2(l1, l2))
+        return fnn.Trainer(
+            fnn.mlp(sizes, dropout=dropout), optimizer(), fnn.cross_entropy, regularizer=fnn.l1_l2(l1, l2)
+        )
 
     def config_bn():
         return fnn.Trainer(fnn.mlp(sizes, batchnorm=True), optimizer(), fnn.cross_entropy)
 
-    fit_options = dict(epochs=args.epochs, batch_size=args.batch_size, validation=(x_test, y_test), progress=not args.no_progress)
+    fit_options = common.training_options(args, (x_test, y_test))
     common.say(
         f"Fashion-MNIST subset: {len(y_train)} train / {len(y_test)} test; MLP {'-'.join(map(str, sizes))} ReLU, "
         f"Adam lr {args.lr:g} cosine, batch {args.batch_size}, {args.epochs} epochs, {args.seeds} seeds per setting"
@@ -99,14 +112,29 @@ def main(argv=None) -> dict:
             results[bn_name] = describe(table_bn, slice(0, n), train_accuracy(config_bn(), table_bn, xs, ys))
 
     header = ["setting", "train accuracy", "test accuracy", "gap", "test loss", "best-epoch test acc (optimistic)"]
-    rows = [[name, pm(r["train_accuracy"]), pm(r["test_accuracy"]), f"{r['gap']:.4f}", f"{r['test_loss']['mean']:.4f}",
-             f"{r['max_test_accuracy']['mean']:.4f}"] for name, r in results.items()]
+    rows = [
+        [
+            name,
+            pm(r["train_accuracy"]),
+            pm(r["test_accuracy"]),
+            f"{r['gap']:.4f}",
+            f"{r['test_loss']['mean']:.4f}",
+            f"{r['max_test_accuracy']['mean']:.4f}",
+        ]
+        for name, r in results.items()
+    ]
     table_md = common.markdown_table(header, rows)
     common.say(f"\nmean ± std over {n} seeds; train accuracy of the final params in evaluation mode:\n{table_md}")
-    described = {k: dict(zip(("l1", "l2", "dropout"), v)) for k, v in settings.items()} | ({bn_name: {"batchnorm": True}} if with_bn else {})
-    return run.finish(config={"sizes": sizes, "setting_values": described, "n_train": len(y_train), "n_test": len(y_test)},
-                      metrics={name: {k: v for k, v in r.items() if k != "curve"} for name, r in results.items()},
-                      plot=lambda: plot(results, args), table=table_md, curves={name: r["curve"] for name, r in results.items()})
+    described = {k: dict(zip(("l1", "l2", "dropout"), v)) for k, v in settings.items()} | (
+        {bn_name: {"batchnorm": True}} if with_bn else {}
+    )
+    return run.finish(
+        config={"sizes": sizes, "setting_values": described, "n_train": len(y_train), "n_test": len(y_test)},
+        metrics={name: {k: v for k, v in r.items() if k != "curve"} for name, r in results.items()},
+        plot=lambda: plot(results, args),
+        table=table_md,
+        curves={name: r["curve"] for name, r in results.items()},
+    )
 
 
 def train_accuracy(trainer, table, x, y):
@@ -128,7 +156,10 @@ def describe(table, members, train_acc) -> dict:
         "test_loss": common.mean_std(history["val_loss"][:, -1]),
         "max_test_accuracy": common.mean_std(np.nanmax(history["val_accuracy"], axis=1)),
         "diverged": int(np.asarray(table.results.diverged[members]).sum()),
-        "curve": {"test_accuracy": np.nanmean(history["val_accuracy"], axis=0), "train_loss": np.nanmean(history["loss"], axis=0)},
+        "curve": {
+            "test_accuracy": np.nanmean(history["val_accuracy"], axis=0),
+            "train_loss": np.nanmean(history["loss"], axis=0),
+        },
     }
 
 
@@ -138,8 +169,10 @@ def pm(s: dict) -> str:
 
 def plot(results, args):
     names = list(results)
-    title = (f"Regularization: Fashion-MNIST, {args.n_train} training images, MLP "
-             f"{'-'.join(map(str, [784, *args.hidden, 10]))}, {args.seeds} seeds")
+    title = (
+        f"Regularization: Fashion-MNIST, {args.n_train} training images, MLP "
+        f"{'-'.join(map(str, [784, *args.hidden, 10]))}, {args.seeds} seeds"
+    )
     fig, (ax0, ax1) = common.figure(title, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
     pos = np.arange(len(names))
     for offset, key, label in ((-0.2, "train_accuracy", "train (eval mode)"), (0.2, "test_accuracy", "test")):
@@ -147,8 +180,13 @@ def plot(results, args):
         stds = [results[n][key]["std"] for n in names]
         ax0.bar(pos + offset, means, 0.4, yerr=stds, capsize=3, label=label)
     for p, n in zip(pos, names):
-        ax0.text(p + 0.2, results[n]["test_accuracy"]["mean"] + 0.005, f"{results[n]['test_accuracy']['mean']:.3f}",
-                 ha="center", fontsize=7)
+        ax0.text(
+            p + 0.2,
+            results[n]["test_accuracy"]["mean"] + 0.005,
+            f"{results[n]['test_accuracy']['mean']:.3f}",
+            ha="center",
+            fontsize=7,
+        )
     ax0.set_xticks(pos, names, rotation=20, ha="right", fontsize=8)
     lows = [results[n]["test_accuracy"]["mean"] for n in names]
     ax0.set_ylim(max(0.0, min(lows) - 0.1), 1.01)

@@ -24,12 +24,12 @@ from fnn.layers import (
     mlp,
 )
 from fnn.losses import (
+    Loss,
     accuracy,
     binary_accuracy,
     binary_cross_entropy,
     cross_entropy,
     mse,
-    Loss,
     weighted_mean,
 )
 from fnn.optimizers import Optimizer, adagrad, adam, adamw, rmsprop, sgd

@@ -7,7 +7,8 @@ large as |x| = 1e4 in float32. ``get(name)`` looks one up by name.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -94,8 +95,7 @@ def softmax(x: jax.Array, axis: int | tuple[int, ...] = -1) -> jax.Array:
 
 
 _BY_NAME = {
-    f.__name__: f
-    for f in (identity, relu, leaky_relu, elu, gelu, sigmoid, tanh, softplus, softmax, log_softmax)
+    f.__name__: f for f in (identity, relu, leaky_relu, elu, gelu, sigmoid, tanh, softplus, softmax, log_softmax)
 }
 _BY_NAME["linear"] = identity
 

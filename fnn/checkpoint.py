@@ -223,7 +223,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Any]]:
         blob = f.read()
     body, digest = blob[:-_DIGEST_SIZE], blob[-_DIGEST_SIZE:]
     start = _header_end(path, blob)
-    header = _parse_header(path, body[_PREFIX.size:start])
+    header = _parse_header(path, body[_PREFIX.size : start])
     sizes = [math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize for e in header["leaves"]]
     if len(body) - start != sum(sizes):
         raise CheckpointError(

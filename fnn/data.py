@@ -54,9 +54,7 @@ def train_test_split(
             raise ValueError(f"{name} must have a leading example axis; got shape {np.shape(a)}")
     n = np.shape(x)[0]
     if np.shape(y)[0] != n:
-        raise ValueError(
-            f"x and y must have the same number of examples (axis 0); got x: {n}, y: {np.shape(y)[0]}"
-        )
+        raise ValueError(f"x and y must have the same number of examples (axis 0); got x: {n}, y: {np.shape(y)[0]}")
     n_test = int(round(float(test_fraction) * n))
     if not 0 < n_test < n:
         raise ValueError(

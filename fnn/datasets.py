@@ -230,8 +230,7 @@ def _download(name: str, stem: str, target_dir: Path) -> None:
 
 def _missing_message(name: str, loader: str, missing: list[str], dirs: list[Path], directory) -> str:
     lines = [
-        f"{name}: {len(missing)} of {len(_IDX_FILES)} IDX files not found: "
-        + ", ".join(f"{m}[.gz]" for m in missing),
+        f"{name}: {len(missing)} of {len(_IDX_FILES)} IDX files not found: " + ", ".join(f"{m}[.gz]" for m in missing),
         "searched, in order: " + ", ".join(str(d) for d in dirs),
         "ways to get them:",
         f"  - pass {loader}(directory=...) with a folder holding the four files (.gz or uncompressed)",

@@ -38,7 +38,8 @@ Fake devices for testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_devic
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 import jax
 import numpy as np
@@ -214,13 +215,17 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> ProcessInfo
     address = environ[ENV_COORDINATOR].strip()
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"environment variable {ENV_COORDINATOR} must be host:port (e.g. 127.0.0.1:1234); got {address!r}")
+        raise ValueError(
+            f"environment variable {ENV_COORDINATOR} must be host:port (e.g. 127.0.0.1:1234); got {address!r}"
+        )
     count = _env_int(environ, ENV_NUM_PROCESSES)
     if count < 1:
         raise ValueError(f"environment variable {ENV_NUM_PROCESSES} must be >= 1; got {count}")
     index = _env_int(environ, ENV_PROCESS_ID)
     if not 0 <= index < count:
-        raise ValueError(f"environment variable {ENV_PROCESS_ID} must lie in [0, {count}) ({ENV_NUM_PROCESSES}={count}); got {index}")
+        raise ValueError(
+            f"environment variable {ENV_PROCESS_ID} must lie in [0, {count}) ({ENV_NUM_PROCESSES}={count}); got {index}"
+        )
     jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
     return ProcessInfo(index, count)
 
@@ -275,6 +280,8 @@ def shard_for_process(
     """
     lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
     if len(lengths) != 1 or None in lengths:
-        raise ValueError(f"data must be arrays with the same number of examples (first axis); got lengths {sorted(map(str, lengths))}")
+        raise ValueError(
+            f"data must be arrays with the same number of examples (first axis); got lengths {sorted(map(str, lengths))}"
+        )
     part = process_shard(cast(int, lengths.pop()), process_index, process_count, drop_remainder=drop_remainder)
     return jax.tree.map(lambda leaf: leaf[part], data)

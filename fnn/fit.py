@@ -170,9 +170,30 @@ def check_fit(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> N
     prepare(**bound.arguments)
 
 
-def prepare(trainer, x, y, *, key, epochs, batch_size, validation, drop_last, train_state, params, model_state, tol,
-            patience, monitor, divergence_threshold, eval_batch_size, progress, checkpoint, checkpoint_every, resume,
-            batch_sharding) -> _Run:
+def prepare(
+    trainer,
+    x,
+    y,
+    *,
+    key,
+    epochs,
+    batch_size,
+    validation,
+    drop_last,
+    train_state,
+    params,
+    model_state,
+    tol,
+    patience,
+    monitor,
+    divergence_threshold,
+    eval_batch_size,
+    progress,
+    checkpoint,
+    checkpoint_every,
+    resume,
+    batch_sharding,
+) -> _Run:
     """Check ``fit``'s arguments (see ``fit``) and build the run; raises ValueError."""
     epochs = check_int("epochs", epochs)
     batch_size = check_int("batch_size", batch_size)
@@ -231,7 +252,9 @@ def _as_arrays(x, y, validation):
             raise ValueError(f"validation must be a pair (x_val, y_val) of arrays; got {type(validation).__name__}")
         validation = tuple(_array(f"validation[{i}]", a) for i, a in enumerate(validation))
         if any(jnp.ndim(a) < 1 or jnp.shape(a)[0] == 0 for a in validation):
-            raise ValueError(f"validation must hold non-empty arrays [m, ...]; got shapes {[jnp.shape(a) for a in validation]}")
+            raise ValueError(
+                f"validation must hold non-empty arrays [m, ...]; got shapes {[jnp.shape(a) for a in validation]}"
+            )
     return _array("x", x), _array("y", y), validation
 
 
@@ -250,14 +273,21 @@ def _initial_state(trainer: Trainer, key, train_state, params, model_state) -> T
     if train_state is not None:
         if not isinstance(train_state, TrainState):
             raise ValueError(f"train_state must be an fnn.TrainState; got {type(train_state).__name__}")
-        check_params(trainer.model, train_state.params, train_state.model_state, names=("train_state.params", "train_state.model_state"))
+        check_params(
+            trainer.model,
+            train_state.params,
+            train_state.model_state,
+            names=("train_state.params", "train_state.model_state"),
+        )
         return train_state
     if key is None:
         raise ValueError("key is required (an int seed or a jax.random key) unless train_state= is given")
     key = as_key(key)
     if params is None:
         if model_state is not None:
-            raise ValueError("model_state= goes with params= (a warm start); without params the model is initialized from key")
+            raise ValueError(
+                "model_state= goes with params= (a warm start); without params the model is initialized from key"
+            )
         return trainer.init(key)
     return trainer.init(key, params, model_state)
 
@@ -270,9 +300,13 @@ def _check_data(trainer: Trainer, x, y, validation, batch_size: int, state: Trai
         raise ValueError(f"x and y must have the same number of examples; got x {jnp.shape(x)} and y {jnp.shape(y)}")
     n = jnp.shape(x)[0]
     if batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of examples ({n}); got {batch_size}: use a smaller batch_size")
+        raise ValueError(
+            f"batch_size must be <= the number of examples ({n}); got {batch_size}: use a smaller batch_size"
+        )
     if not jnp.issubdtype(x.dtype, jnp.inexact):
-        raise ValueError(f"x must be floating point; got dtype {x.dtype} (scale integer pixels with fnn.prepare_images)")
+        raise ValueError(
+            f"x must be floating point; got dtype {x.dtype} (scale integer pixels with fnn.prepare_images)"
+        )
     check_finite("x", x)
     out = _output_shape(trainer, x, state, "x")
     losses_lib.check_targets(trainer.loss, "y", y, out)
@@ -291,7 +325,9 @@ def _check_data(trainer: Trainer, x, y, validation, batch_size: int, state: Trai
 def _output_shape(trainer: Trainer, x, state: TrainState, name: str) -> tuple:
     """The model's output shape for one example, found by abstract evaluation (no compute)."""
     try:
-        out = jax.eval_shape(lambda p, s, xb: trainer.model.apply(p, xb, state=s), state.params, state.model_state, x[:1])
+        out = jax.eval_shape(
+            lambda p, s, xb: trainer.model.apply(p, xb, state=s), state.params, state.model_state, x[:1]
+        )
     except ValueError as error:
         raise ValueError(f"{name} of shape {jnp.shape(x)} does not fit the model: {error}") from None
     return tuple(out.shape[1:])
@@ -302,7 +338,9 @@ def _execute(run: _Run) -> Loop:
     if run.checkpoint is None:
         return _call(run, run.loop, run.epochs)
     if not is_concrete(run.loop):
-        raise ValueError("checkpoint= cannot be used under an outer jit or vmap (nothing can be saved from inside a trace)")
+        raise ValueError(
+            "checkpoint= cannot be used under an outer jit or vmap (nothing can be saved from inside a trace)"
+        )
     description = resume_lib.describe(run.loop, run.settings, run.data, run.epochs)
     loop = run.loop
     if run.resume and os.path.exists(run.checkpoint):

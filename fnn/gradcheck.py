@@ -12,7 +12,8 @@ h = 1e-6 both are far below 1e-6 relative, which is the tolerance this check use
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,9 @@ def _ravel(params):
     return np.asarray(flat, np.float64), unravel
 
 
-def check_grads(f: Callable[[Any], Any], params: Any, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9) -> float:
+def check_grads(
+    f: Callable[[Any], Any], params: Any, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9
+) -> float:
     """Assert that ``jax.grad(f)(params)`` matches central finite differences.
 
     Each element must satisfy ``|g - g_fd| <= atol + rtol * |g_fd|``.

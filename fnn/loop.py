@@ -142,7 +142,9 @@ def history_names(trainer: Trainer, has_validation: bool) -> list[str]:
 
 def initial_loop(trainer: Trainer, state: TrainState, epochs: int, has_validation: bool, maximize: bool) -> Loop:
     """The carry before the first epoch: histories of NaN, no best epoch, nothing stopped."""
-    history = {name: jnp.full((epochs,), jnp.nan, jnp.result_type(float)) for name in history_names(trainer, has_validation)}
+    history = {
+        name: jnp.full((epochs,), jnp.nan, jnp.result_type(float)) for name in history_names(trainer, has_validation)
+    }
     minus_one = jnp.asarray(-1, jnp.int32)
     result = FitResult(
         train_state=state,
@@ -156,7 +158,9 @@ def initial_loop(trainer: Trainer, state: TrainState, epochs: int, has_validatio
         diverged_step=minus_one,
         last_finite_loss=float_array(),
     )
-    return Loop(result=result, best_value=float_array(-jnp.inf if maximize else jnp.inf), wait=jnp.asarray(0, jnp.int32))
+    return Loop(
+        result=result, best_value=float_array(-jnp.inf if maximize else jnp.inf), wait=jnp.asarray(0, jnp.int32)
+    )
 
 
 def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Settings):
@@ -210,7 +214,9 @@ def end_epoch(trainer: Trainer, loop: Loop, means: dict, data: RunData, settings
     result = loop.result
     state = result.train_state
     if data.validation is not None:
-        scores = trainer.evaluate(state.params, state.model_state, *data.validation, batch_size=settings.eval_batch_size)
+        scores = trainer.evaluate(
+            state.params, state.model_state, *data.validation, batch_size=settings.eval_batch_size
+        )
         means = means | {f"val_{k}": v for k, v in scores.items()}
     epoch = state.epoch
     history = {k: h.at[epoch].set(means[k].astype(h.dtype)) for k, h in result.history.items()}

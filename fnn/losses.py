@@ -29,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +85,9 @@ def accuracy(logits: jax.Array, labels: ArrayLike, weights: ArrayLike | None = N
         labels = jnp.argmax(labels, axis=-1)
     predicted = jnp.argmax(logits, axis=-1)
     if predicted.shape != jnp.shape(labels):
-        raise ValueError(f"labels must have shape {predicted.shape} for logits {jnp.shape(logits)}; got {jnp.shape(labels)}")
+        raise ValueError(
+            f"labels must have shape {predicted.shape} for logits {jnp.shape(logits)}; got {jnp.shape(labels)}"
+        )
     labels = jnp.asarray(labels, predicted.dtype)  # e.g. uint8 or int32 labels vs int64 arg-max under x64
     return weighted_mean((predicted == labels).astype(jnp.result_type(float)), weights)
 
@@ -118,7 +121,9 @@ def check_labels(name: str, labels: ArrayLike, num_classes: int) -> None:
     """Raise ``ValueError`` unless ``labels`` are integers and, when concrete, lie in
     [0, num_classes)."""
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-        raise ValueError(f"{name} must be integer class indices (or one-hot/soft targets); got dtype {jnp.result_type(labels)}")
+        raise ValueError(
+            f"{name} must be integer class indices (or one-hot/soft targets); got dtype {jnp.result_type(labels)}"
+        )
     _check_range(name, labels, 0, num_classes - 1, f"[0, {num_classes}) for {num_classes} classes")
 
 
@@ -293,7 +298,9 @@ def _soft_targets(logits, labels, label_smoothing):
     num_classes = logits.shape[-1]
     if jnp.ndim(labels) == jnp.ndim(logits) - 1:
         if jnp.shape(labels) != logits.shape[:-1]:
-            raise ValueError(f"labels must have shape {logits.shape[:-1]} for logits {logits.shape}; got {jnp.shape(labels)}")
+            raise ValueError(
+                f"labels must have shape {logits.shape[:-1]} for logits {logits.shape}; got {jnp.shape(labels)}"
+            )
         check_labels("labels", labels, num_classes)
         targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
     else:

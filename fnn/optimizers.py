@@ -13,10 +13,10 @@ them; only flags (``nesterov``, ``centered``) are static. The state's structure 
 depends on hyperparameter values, so states of one optimizer type stack, scan and
 checkpoint alike. Update rules run in each parameter's dtype; ``count`` is int32.
 
-Each optimizer is documented once, on its class; its factory (``sgd`` for :class:`SGD`,
-...) is the public entry point, with the same arguments. The class checks them when built
-(``__post_init__``; values are read only when concrete), so ``SGD(...)`` raises the same
-``ValueError``, naming the argument, as ``sgd(...)``. Clipping wraps any optimizer:
+Each optimizer is documented once, on its class; the lowercase public names (``sgd`` for
+:class:`SGD`, ...) are the classes themselves. The class checks its arguments when built
+(``__post_init__``; values are read only when concrete) and raises ``ValueError`` naming
+the argument. Clipping wraps any optimizer:
 :mod:`fnn.clipping`.
 """
 
@@ -28,11 +28,10 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
 
 from fnn.checks import FRACTION, NONNEGATIVE, POSITIVE, check_fields, check_same_structure, is_concrete
 from fnn.pytree import pytree_dataclass, static_field
-from fnn.schedules import LearningRate, as_schedule
+from fnn.schedules import as_schedule
 
 # ----------------------------------------------------------------------------- states
 
@@ -369,37 +368,9 @@ class AdamW(Adam):
 # ----------------------------------------------------------------------------- factories
 
 
-def sgd(lr: LearningRate, momentum: ArrayLike = SGD.momentum, nesterov: bool = SGD.nesterov) -> SGD:
-    """SGD with heavy-ball or Nesterov momentum: ``SGD(lr, momentum, nesterov)``; see :class:`SGD`."""
-    return SGD(lr, momentum, nesterov)
-
-
-def rmsprop(
-    lr: LearningRate,
-    decay: ArrayLike = RMSProp.decay,
-    eps: ArrayLike = RMSProp.eps,
-    momentum: ArrayLike = RMSProp.momentum,
-    centered: bool = RMSProp.centered,
-) -> RMSProp:
-    """RMSprop, eps outside the root: ``RMSProp(lr, decay, eps, momentum, centered)``; see :class:`RMSProp`."""
-    return RMSProp(lr, decay, eps, momentum, centered)
-
-
-def adagrad(
-    lr: LearningRate, initial_accumulator: ArrayLike = AdaGrad.initial_accumulator, eps: ArrayLike = AdaGrad.eps
-) -> AdaGrad:
-    """AdaGrad: ``AdaGrad(lr, initial_accumulator, eps)``; see :class:`AdaGrad`."""
-    return AdaGrad(lr, initial_accumulator, eps)
-
-
-def adam(lr: LearningRate, b1: ArrayLike = Adam.b1, b2: ArrayLike = Adam.b2, eps: ArrayLike = Adam.eps) -> Adam:
-    """Adam, bias-corrected: ``Adam(lr, b1, b2, eps)``; see :class:`Adam`."""
-    return Adam(lr, b1, b2, eps)
-
-
-def adamw(
-    lr: LearningRate, b1: ArrayLike = AdamW.b1, b2: ArrayLike = AdamW.b2, eps: ArrayLike = AdamW.eps,
-    weight_decay: ArrayLike = AdamW.weight_decay
-) -> AdamW:
-    """AdamW, decay times the current lr: ``AdamW(lr, b1, b2, eps, weight_decay)``; see :class:`AdamW`."""
-    return AdamW(lr, b1, b2, eps, weight_decay)
+# The public names are the classes themselves: one signature, one docstring, one check.
+sgd = SGD
+rmsprop = RMSProp
+adagrad = AdaGrad
+adam = Adam
+adamw = AdamW

@@ -21,14 +21,15 @@ argument; strengths are only read when concrete, so they may be traced.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fnn.pytree import pytree_dataclass, static_field
 from fnn.checks import NONNEGATIVE, check_fields
+from fnn.pytree import pytree_dataclass, static_field
 
 
 def is_weight(path: Any, leaf: ArrayLike) -> bool:

@@ -53,7 +53,9 @@ def describe(loop: Loop, settings: Settings, data: RunData, epochs: int) -> dict
         "history": sorted(loop.result.history),
     }
     without_history = loop._replace(result=loop.result._replace(history={}))
-    arrays = {jax.tree_util.keystr(path): _spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)}
+    arrays = {
+        jax.tree_util.keystr(path): _spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)
+    }
     return {"settings": settings_used, "arrays": arrays}
 
 
@@ -84,7 +86,9 @@ def restore(path, like: Loop, description: dict) -> Loop:
     saved_epochs = saved["settings"]["epochs"]
     old = like._replace(result=like.result._replace(history=_resized(like.result.history, saved_epochs)))
     loop = checkpoint_lib.restore(path, like=old)
-    return loop._replace(result=loop.result._replace(history=_resized(loop.result.history, description["settings"]["epochs"])))
+    return loop._replace(
+        result=loop.result._replace(history=_resized(loop.result.history, description["settings"]["epochs"]))
+    )
 
 
 def _compare(path, saved: dict, call: dict):
@@ -95,15 +99,22 @@ def _compare(path, saved: dict, call: dict):
             continue  # extending a run is allowed
         if was != value:
             hint = f": pass epochs >= {was} to resume it" if name == "epochs" else ""
-            raise ValueError(f"cannot resume from {path}: the checkpoint was written for {name}={was!r}; this call has {name}={value!r}{hint}")
+            raise ValueError(
+                f"cannot resume from {path}: the checkpoint was written for {name}={was!r}; this call has {name}={value!r}{hint}"
+            )
     for key in [*call["arrays"], *(k for k in saved["arrays"] if k not in call["arrays"])]:  # tree order
         was, now = saved["arrays"].get(key, "nothing"), call["arrays"].get(key, "nothing")
         if was != now:
             reason = next((text for prefix, text in _PARTS if key.startswith(prefix)), "the run's state differs")
             where = key.replace(".result.train_state.", "")
-            raise ValueError(f"cannot resume from {path}: {reason}: {where} is {was} in the checkpoint, {now} in this call")
+            raise ValueError(
+                f"cannot resume from {path}: {reason}: {where} is {was} in the checkpoint, {now} in this call"
+            )
 
 
 def _resized(history: dict, epochs: int) -> dict:
     """Histories cut or padded with NaN to ``epochs`` entries."""
-    return {k: jnp.concatenate([h[:epochs], jnp.full((max(epochs - h.shape[0], 0),), np.nan, h.dtype)]) for k, h in history.items()}
+    return {
+        k: jnp.concatenate([h[:epochs], jnp.full((max(epochs - h.shape[0], 0),), np.nan, h.dtype)])
+        for k, h in history.items()
+    }

@@ -18,15 +18,16 @@ are only read when concrete, so a schedule built under ``jax.vmap`` keeps traced
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from fnn.pytree import pytree_dataclass, static_field
 from fnn.checks import NONNEGATIVE, POSITIVE, UNIT, check_fields, check_in_range, hyperparameter, is_concrete
+from fnn.pytree import pytree_dataclass, static_field
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -236,7 +237,9 @@ def constant(value: ArrayLike) -> Constant:
     return Constant(value)
 
 
-def piecewise_constant(boundaries: ArrayLike | Sequence[float], values: ArrayLike | Sequence[float]) -> PiecewiseConstant:
+def piecewise_constant(
+    boundaries: ArrayLike | Sequence[float], values: ArrayLike | Sequence[float]
+) -> PiecewiseConstant:
     """A step-wise constant learning rate.
 
     ``lr(step) = values[i]`` for ``boundaries[i-1] <= step < boundaries[i]``, i.e.

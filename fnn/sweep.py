@@ -28,18 +28,19 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from fnn.distributed import member_sharding
 from fnn import progress as progress_lib
+from fnn.checks import check_int
+from fnn.distributed import member_sharding
 from fnn.fit import check_fit, fit
 from fnn.train import Trainer
-from fnn.checks import check_int
 
 
 class SweepResult(NamedTuple):
@@ -61,7 +62,11 @@ class SweepResult(NamedTuple):
         out = []
         for i in range(len(self.hyperparameters["seed"])):
             row = {k: _scalar(v[i]) for k, v in self.hyperparameters.items()}
-            row |= {"stop_epoch": int(r.stop_epoch[i]), "best_epoch": int(r.best_epoch[i]), "diverged": bool(r.diverged[i])}
+            row |= {
+                "stop_epoch": int(r.stop_epoch[i]),
+                "best_epoch": int(r.best_epoch[i]),
+                "diverged": bool(r.diverged[i]),
+            }
             for name, h in r.history.items():
                 row[f"final_{name}"] = _last_finite(np.asarray(h[i]))
                 if name != "lr" and int(r.best_epoch[i]) >= 0:
@@ -76,7 +81,8 @@ class SweepResult(NamedTuple):
         for row in self.rows():
             groups.setdefault(tuple(row[k] for k in names), []).append(row[metric])
         return [
-            dict(zip(names, point)) | {"seeds": len(v), "mean": np.mean(v), "std": np.std(v), "min": np.min(v), "max": np.max(v)}
+            dict(zip(names, point))
+            | {"seeds": len(v), "mean": np.mean(v), "std": np.std(v), "min": np.min(v), "max": np.max(v)}
             for point, v in groups.items()
         ]
 
@@ -89,7 +95,12 @@ class SweepResult(NamedTuple):
             "|" + "---|" * (len(head) + 4),
         ]
         for r in rows:
-            cells = [f"{r[k]:.4g}" for k in head] + [str(r["seeds"]), f"{r['mean']:.4f} ± {r['std']:.4f}", f"{r['min']:.4f}", f"{r['max']:.4f}"]
+            cells = [f"{r[k]:.4g}" for k in head] + [
+                str(r["seeds"]),
+                f"{r['mean']:.4f} ± {r['std']:.4f}",
+                f"{r['min']:.4f}",
+                f"{r['max']:.4f}",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -117,7 +128,9 @@ def grid_points(config: Callable[..., Any], grid: dict[str, Any], product: bool 
     parameters = inspect.signature(config).parameters
     for name in grid:
         if name not in parameters:
-            raise ValueError(f"grid key {name!r} is not a hyperparameter of the configuration; it takes {list(parameters)}")
+            raise ValueError(
+                f"grid key {name!r} is not a hyperparameter of the configuration; it takes {list(parameters)}"
+            )
     values = {k: _grid_values(k, v) for k, v in grid.items()}
     if not values:
         return {}
@@ -167,7 +180,9 @@ def _build(config: Callable, hyperparameters: dict) -> Trainer:
     except (TypeError, ValueError) as error:
         raise ValueError(f"grid point {hyperparameters} is refused by the configuration: {error}") from None
     if not isinstance(trainer, Trainer):
-        raise ValueError(f"config must return an fnn.Trainer; at grid point {hyperparameters} it returned {type(trainer).__name__}")
+        raise ValueError(
+            f"config must return an fnn.Trainer; at grid point {hyperparameters} it returned {type(trainer).__name__}"
+        )
     return trainer
 
 
@@ -175,7 +190,9 @@ def members(
     config: Callable[..., Trainer], grid: dict[str, Any], seeds: int | Sequence[int], product: bool = True
 ) -> dict[str, np.ndarray]:
     """The sweep's members: grid points × seeds, as ``{name: [members]}`` plus ``seed``."""
-    seed_values = np.arange(check_int("seeds", seeds)) if isinstance(seeds, (int, np.integer)) else np.asarray(seeds).reshape(-1)
+    seed_values = (
+        np.arange(check_int("seeds", seeds)) if isinstance(seeds, (int, np.integer)) else np.asarray(seeds).reshape(-1)
+    )
     if seed_values.size == 0 or not np.issubdtype(seed_values.dtype, np.integer):
         raise ValueError(f"seeds must be a count >= 1 or a non-empty sequence of int seeds; got {seeds!r}")
     points = grid_points(config, grid, product)
@@ -231,8 +248,10 @@ def sweep(
     chunk = n if chunk_size is None else check_int("chunk_size", chunk_size)
     sharding = member_sharding(devices, min(chunk, n))
     chunk = sharding.num_devices * -(-min(chunk, n) // sharding.num_devices) if sharding else min(chunk, n)
-    pieces = [_run_chunk(config, fit_kwargs, x, y, _take(table, range(start, start + chunk), n), sharding)
-              for start in range(0, n, chunk)]
+    pieces = [
+        _run_chunk(config, fit_kwargs, x, y, _take(table, range(start, start + chunk), n), sharding)
+        for start in range(0, n, chunk)
+    ]
     results = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
     return SweepResult(hyperparameters=table, results=results)
 
@@ -272,5 +291,7 @@ def _run_chunk(config, fit_kwargs: dict, x, y, chunk: dict, sharding):
         try:
             hash(value)
         except TypeError:
-            raise ValueError(f"sweep option {name}= must be a hashable (static) value; got {type(value).__name__}") from None
+            raise ValueError(
+                f"sweep option {name}= must be a hashable (static) value; got {type(value).__name__}"
+            ) from None
     return _run_members(config, options, jnp.asarray(x), jnp.asarray(y), arrays, chunk)

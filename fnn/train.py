@@ -26,7 +26,8 @@ One update (``Trainer.train_step``), for a mini-batch (x, y) with example weight
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +35,8 @@ from jax.typing import ArrayLike
 
 from fnn import losses as losses_lib
 from fnn.batching import eval_batches
-from fnn.layers import as_model, check_params
 from fnn.checks import as_key, check_int
+from fnn.layers import as_model, check_params
 from fnn.pytree import pytree_dataclass, static_field
 
 
@@ -76,7 +77,9 @@ class Trainer:
             raise ValueError(f"loss must be a function loss(predictions, targets, weights); got {self.loss!r}")
         for name in ("init", "update", "learning_rate"):
             if not hasattr(self.optimizer, name):
-                raise ValueError(f"optimizer must be an fnn optimizer (with .{name}); got {type(self.optimizer).__name__}")
+                raise ValueError(
+                    f"optimizer must be an fnn optimizer (with .{name}); got {type(self.optimizer).__name__}"
+                )
         if self.metrics is None:
             object.__setattr__(self, "metrics", tuple(losses_lib.default_metrics(self.loss).items()))
         elif isinstance(self.metrics, dict):
@@ -104,7 +107,13 @@ class Trainer:
         return TrainState(params, model_state, opt_state, zero, zero, run_key)
 
     def objective(
-        self, params: Any, model_state: Any, x: jax.Array, y: jax.Array, weights: jax.Array | None, key: ArrayLike | None
+        self,
+        params: Any,
+        model_state: Any,
+        x: jax.Array,
+        y: jax.Array,
+        weights: jax.Array | None,
+        key: ArrayLike | None,
     ) -> tuple[jax.Array, tuple[jax.Array, Any, jax.Array]]:
         """The training objective and what the step reports.
 

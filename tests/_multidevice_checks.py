@@ -22,7 +22,13 @@ from jax.experimental import multihost_utils
 
 import fnn
 from fnn.datasets import load_digits
-from fnn.distributed import check_batch_divisible, data_parallel, initialize_from_env, member_sharding, shard_for_process
+from fnn.distributed import (
+    check_batch_divisible,
+    data_parallel,
+    initialize_from_env,
+    member_sharding,
+    shard_for_process,
+)
 from fnn.sweep import sweep
 
 jax.config.update("jax_enable_x64", True)  # as the main test session (tests/conftest.py)
@@ -93,7 +99,9 @@ def data_parallel_fit():
     parallel = fnn.fit(config(), x, y, key=0, batch_sharding=sharding, **OPTIONS)
     leaf = parallel.train_state.params[0]["w"]
     assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated, leaf.sharding
-    lowered = jax.jit(lambda k: fnn.fit(config(), x, y, key=k, batch_sharding=sharding, **OPTIONS).train_state.params).lower(0)
+    lowered = jax.jit(
+        lambda k: fnn.fit(config(), x, y, key=k, batch_sharding=sharding, **OPTIONS).train_state.params
+    ).lower(0)
     assert '{"data"}' in lowered.as_text(), "no sharding over the data axis in the lowered program"
     return compare(parallel, single) | {"reference": numbers(single)}
 
@@ -127,7 +135,9 @@ def too_many_devices():
 def fit_checks_batch_divisible():
     """fit refuses, before compiling, a batch_size that does not split over the devices."""
     x, y = digits()
-    raises(lambda: fnn.fit(config(), x, y, key=0, epochs=1, batch_size=50, batch_sharding=data_parallel()), "batch_size")
+    raises(
+        lambda: fnn.fit(config(), x, y, key=0, epochs=1, batch_size=50, batch_sharding=data_parallel()), "batch_size"
+    )
 
 
 # ---------------------------------------------------------------------------- 2 processes, 1 device each

@@ -84,7 +84,7 @@ class TestStabilityAt1e4(chex.TestCase):
 
         @self.variant
         def values_and_grads(x):
-            return [(f(x), jax.grad(lambda v: jnp.sum(r * f(v)))(x)) for f in (act.softmax, act.log_softmax)]
+            return [(f(x), jax.grad(lambda v, f=f: jnp.sum(r * f(v)))(x)) for f in (act.softmax, act.log_softmax)]
 
         (sm, g_sm), (lsm, g_lsm) = values_and_grads(x)
         np.testing.assert_array_equal(sm, [1, 0, 0])

@@ -63,8 +63,16 @@ FIT = [
     ("float labels", lambda x, y: fit(x, y.astype(np.float32)), "integer class labels"),
     ("labels out of range", lambda x, y: fit(x, np.full(N, 10, np.int32)), r"y must lie in [0, 10)"),
     ("one-hot NaN", lambda x, y: fit(x, np.where(np.eye(10)[y] > 0, np.nan, 0.0).astype(np.float32)), "non-finite"),
-    ("mse targets shape", lambda x, y: fit(x, y, trainer(loss=fnn.mse)), "y must have shape [n, 10] to match the model's output"),
-    ("undeclared loss, labels", lambda x, y: fit(x, y, trainer(loss=lambda p, t, w=None: fnn.cross_entropy(p, t, w))), "if your loss takes integer class labels"),
+    (
+        "mse targets shape",
+        lambda x, y: fit(x, y, trainer(loss=fnn.mse)),
+        "y must have shape [n, 10] to match the model's output",
+    ),
+    (
+        "undeclared loss, labels",
+        lambda x, y: fit(x, y, trainer(loss=lambda p, t, w=None: fnn.cross_entropy(p, t, w))),
+        "if your loss takes integer class labels",
+    ),
     ("epochs 0", lambda x, y: fit(x, y, epochs=0), "epochs must be >= 1"),
     ("key missing", lambda x, y: fit(x, y, key=None), "key is required"),
     ("key string", lambda x, y: fit(x, y, key="seed"), "key must be an int seed or a jax.random key"),
@@ -78,40 +86,88 @@ FIT = [
     ("validation not a pair", lambda x, y: fit(x, y, validation=x), "validation must be a pair"),
     ("validation triple", lambda x, y: fit(x, y, validation=(x, y, y)), "validation must be a pair"),
     ("validation empty", lambda x, y: fit(x, y, validation=(x[:0], y[:0])), "validation must hold non-empty arrays"),
-    ("validation features", lambda x, y: fit(x, y, validation=(x[:5, :63], y[:5])), "validation must be (x_val, y_val)"),
-    ("validation labels", lambda x, y: fit(x, y, validation=(x[:5], np.full(5, -1, np.int32))), "validation y must lie"),
-    ("validation NaN", lambda x, y: fit(x, y, validation=(np.full((5, 64), np.nan, np.float32), y[:5])), "validation x holds"),
-    ("validation x float64", lambda x, y: fit(x, y, validation=(x[:5].astype(np.float64), y[:5])), "validation x of shape (5, 64) does not fit the model"),
+    (
+        "validation features",
+        lambda x, y: fit(x, y, validation=(x[:5, :63], y[:5])),
+        "validation must be (x_val, y_val)",
+    ),
+    (
+        "validation labels",
+        lambda x, y: fit(x, y, validation=(x[:5], np.full(5, -1, np.int32))),
+        "validation y must lie",
+    ),
+    (
+        "validation NaN",
+        lambda x, y: fit(x, y, validation=(np.full((5, 64), np.nan, np.float32), y[:5])),
+        "validation x holds",
+    ),
+    (
+        "validation x float64",
+        lambda x, y: fit(x, y, validation=(x[:5].astype(np.float64), y[:5])),
+        "validation x of shape (5, 64) does not fit the model",
+    ),
     ("eval_batch_size 0", lambda x, y: fit(x, y, validation=(x, y), eval_batch_size=0), "eval_batch_size must be >= 1"),
     ("params count", lambda x, y: fit(x, y, params=PARAMS[:2]), "params has 2 entries"),
-    ("params leaf", lambda x, y: fit(x, y, params=({"w": PARAMS[0]["w"][:, :8], "b": PARAMS[0]["b"]}, *PARAMS[1:])), r"params[0]['w'] has shape (64, 8)"),
-    ("empty state with BN", lambda x, y: fit(x, y, trainer(BN), params=BN_PARAMS, model_state=()), "model_state has 0 entries"),
+    (
+        "params leaf",
+        lambda x, y: fit(x, y, params=({"w": PARAMS[0]["w"][:, :8], "b": PARAMS[0]["b"]}, *PARAMS[1:])),
+        r"params[0]['w'] has shape (64, 8)",
+    ),
+    (
+        "empty state with BN",
+        lambda x, y: fit(x, y, trainer(BN), params=BN_PARAMS, model_state=()),
+        "model_state has 0 entries",
+    ),
     ("no state with BN", lambda x, y: fit(x, y, trainer(BN), params=BN_PARAMS), "model_state"),
     ("state without params", lambda x, y: fit(x, y, model_state=STATE), "model_state= goes with params="),
     ("train_state type", lambda x, y: fit(x, y, train_state=PARAMS), "train_state must be an fnn.TrainState"),
-    ("trainer type", lambda x, y: fnn.fit(fnn.mlp([64, 10]), x, y, key=0, epochs=1, batch_size=BATCH), "trainer must be an fnn.Trainer"),
+    (
+        "trainer type",
+        lambda x, y: fnn.fit(fnn.mlp([64, 10]), x, y, key=0, epochs=1, batch_size=BATCH),
+        "trainer must be an fnn.Trainer",
+    ),
     ("checkpoint folder", lambda x, y: fit(x, y, checkpoint="/nonexistent-folder/run.ckpt"), "checkpoint="),
     ("checkpoint is a folder", lambda x, y: fit(x, y, checkpoint="/tmp"), "checkpoint="),
     ("resume without path", lambda x, y: fit(x, y, resume=True), "need checkpoint="),
-    ("checkpoint_every 0", lambda x, y: fit(x, y, checkpoint="/tmp/fnn-bad-input.ckpt", checkpoint_every=0), "checkpoint_every must be >= 1"),
+    (
+        "checkpoint_every 0",
+        lambda x, y: fit(x, y, checkpoint="/tmp/fnn-bad-input.ckpt", checkpoint_every=0),
+        "checkpoint_every must be >= 1",
+    ),
 ]
 
 SWEEP = [
-    ("negative lr", lambda x, y: sweep(x, y, grid={"lr": [1e-2, -1.0]}), "grid point {'lr': -1.0} is refused by the configuration: lr"),
+    (
+        "negative lr",
+        lambda x, y: sweep(x, y, grid={"lr": [1e-2, -1.0]}),
+        "grid point {'lr': -1.0} is refused by the configuration: lr",
+    ),
     ("NaN lr", lambda x, y: sweep(x, y, grid={"lr": [np.nan]}), "grid['lr'] must hold finite numbers"),
-    ("dropout 1.5", lambda x, y: sweep(x, y, grid={"lr": [1e-2], "dropout": [0.1, 1.5]}), "'dropout': 1.5} is refused by the configuration: rate"),
+    (
+        "dropout 1.5",
+        lambda x, y: sweep(x, y, grid={"lr": [1e-2], "dropout": [0.1, 1.5]}),
+        "'dropout': 1.5} is refused by the configuration: rate",
+    ),
     ("grid strings", lambda x, y: sweep(x, y, grid={"lr": ["fast"]}), "grid['lr'] must be a sequence of numbers"),
     ("unknown grid key", lambda x, y: sweep(x, y, grid={"momentum": [0.9]}), "'momentum' is not a hyperparameter"),
     ("labels out of range", lambda x, y: sweep(x, np.full(N, 10, np.int32)), r"y must lie in [0, 10)"),
     ("NaN in x", lambda x, y: sweep(np.full_like(x, np.nan), y), "x holds"),
     ("x float64", lambda x, y: sweep(x.astype(np.float64), y), "x of shape (300, 64) does not fit the model"),
-    ("validation labels", lambda x, y: sweep(x, y, validation=(x[:5], np.full(5, 12, np.int32))), "validation y must lie"),
+    (
+        "validation labels",
+        lambda x, y: sweep(x, y, validation=(x[:5], np.full(5, 12, np.int32))),
+        "validation y must lie",
+    ),
     ("batch_size > n", lambda x, y: sweep(x, y, batch_size=5000), "batch_size must be <= the number of examples"),
     ("unknown option", lambda x, y: sweep(x, y, epoch=3), "unknown fit option(s) ['epoch']"),
     ("missing epochs", lambda x, y: fnn.sweep(config, x, y, seeds=2, batch_size=BATCH), "epochs"),
     ("tol negative", lambda x, y: sweep(x, y, tol=-1.0), "tol must lie in"),
     ("key", lambda x, y: sweep(x, y, key=0), "key= is not a sweep option"),
-    ("config returns no trainer", lambda x, y: fnn.sweep(lambda lr=0.1: fnn.adam(lr), x, y, epochs=1, batch_size=BATCH), "config must return an fnn.Trainer"),
+    (
+        "config returns no trainer",
+        lambda x, y: fnn.sweep(lambda lr=0.1: fnn.adam(lr), x, y, epochs=1, batch_size=BATCH),
+        "config must return an fnn.Trainer",
+    ),
 ]
 
 EVALUATE = [
@@ -156,21 +212,40 @@ def _crafted(path):
 
 
 RESTORE = [
-    ("not a checkpoint", lambda p: checkpoint.restore(p.write_bytes(b"hello world" * 8) and p, like={}), checkpoint.CheckpointError),
+    (
+        "not a checkpoint",
+        lambda p: checkpoint.restore(p.write_bytes(b"hello world" * 8) and p, like={}),
+        checkpoint.CheckpointError,
+    ),
     ("truncated", lambda p: checkpoint.restore(_crafted(p), like={}), checkpoint.CheckpointError),
-    ("other structure", lambda p: checkpoint.save(p, {"w": np.zeros(3, np.float32)}) or checkpoint.restore(p, like={"v": jnp.zeros(3)}), checkpoint.CheckpointError),
-    ("other shape", lambda p: checkpoint.save(p, {"w": np.zeros(3, np.float32)}) or checkpoint.restore(p, like={"w": jnp.zeros(4, jnp.float32)}), checkpoint.CheckpointError),
+    (
+        "other structure",
+        lambda p: checkpoint.save(p, {"w": np.zeros(3, np.float32)}) or checkpoint.restore(p, like={"v": jnp.zeros(3)}),
+        checkpoint.CheckpointError,
+    ),
+    (
+        "other shape",
+        lambda p: (
+            checkpoint.save(p, {"w": np.zeros(3, np.float32)})
+            or checkpoint.restore(p, like={"w": jnp.zeros(4, jnp.float32)})
+        ),
+        checkpoint.CheckpointError,
+    ),
 ]
 
 
-@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in FIT])
-def test_fit_refuses(data, call, match):
+def rows(table, door):
+    return [pytest.param(call, match, id=f"{door}: {name}") for name, call, match in table]
+
+
+@pytest.mark.parametrize("call, match", rows(FIT, "fit") + rows(EVALUATE, "evaluate"))
+def test_fit_and_evaluate_refuse(data, call, match):
     with pytest.raises(ValueError) as info:
         call(*data)
     assert match in str(info.value)
 
 
-@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in SWEEP])
+@pytest.mark.parametrize("call, match", rows(SWEEP, "sweep"))
 def test_sweep_refuses_before_compiling(data, call, match, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("the sweep program ran although the input is bad")
@@ -181,21 +256,14 @@ def test_sweep_refuses_before_compiling(data, call, match, monkeypatch):
     assert match in str(info.value)
 
 
-@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in EVALUATE])
-def test_evaluate_refuses(data, call, match):
-    with pytest.raises(ValueError) as info:
-        call(*data)
-    assert match in str(info.value)
-
-
-@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in CONSTRUCTORS])
+@pytest.mark.parametrize("call, match", rows(CONSTRUCTORS, "constructor"))
 def test_constructors_refuse(call, match):
     with pytest.raises(ValueError) as info:
         call()
     assert match in str(info.value)
 
 
-@pytest.mark.parametrize("call, error", [pytest.param(c, e, id=i) for i, c, e in RESTORE])
+@pytest.mark.parametrize("call, error", rows(RESTORE, "restore"))
 def test_restore_refuses_naming_the_file(tmp_path, call, error):
     path = tmp_path / "run.ckpt"
     with pytest.raises(error) as info:

@@ -23,7 +23,9 @@ def test_permutation_is_uniform_and_keyed():
     assert np.array_equal(a, permutation(jax.random.key(1), 100)) and not np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("n, batch, drop_last, steps", [(10, 5, False, 2), (10, 3, False, 4), (10, 3, True, 3), (5, 5, True, 1)])
+@pytest.mark.parametrize(
+    "n, batch, drop_last, steps", [(10, 5, False, 2), (10, 3, False, 4), (10, 3, True, 3), (5, 5, True, 1)]
+)
 def test_epoch_batches_cover_every_example_once(n, batch, drop_last, steps):
     indices, weights = epoch_batches(jax.random.key(0), n, batch, drop_last)
     indices, weights = np.asarray(indices), np.asarray(weights)

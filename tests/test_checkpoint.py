@@ -94,7 +94,7 @@ def test_restore_refuses_a_leaf_count_other_than_the_structure(tmp_path):
     path = tmp_path / "run.ckpt"
     for leaves in (lambda entries: entries[:1], lambda entries: entries * 2):
         checkpoint.save(path, tree)
-        _rewrite_header(path, lambda header: {**header, "leaves": leaves(header["leaves"])})
+        _rewrite_header(path, lambda header, leaves=leaves: {**header, "leaves": leaves(header["leaves"])})
         with pytest.raises(checkpoint.CheckpointError, match="leaves, expected 2") as caught:
             checkpoint.restore(path, like=tree)
         assert str(path) in str(caught.value)
@@ -112,7 +112,7 @@ def _rewrite_header(path, edit, header_len=None):
     blob = path.read_bytes()
     magic, version, length = PREFIX.unpack_from(blob)
     start = PREFIX.size + length
-    new = edit(json.loads(blob[PREFIX.size:start]))
+    new = edit(json.loads(blob[PREFIX.size : start]))
     raw = new if isinstance(new, bytes) else json.dumps(new).encode()
     body = PREFIX.pack(magic, version, len(raw) if header_len is None else header_len) + raw + blob[start:-32]
     path.write_bytes(body + hashlib.sha256(body).digest())
@@ -306,7 +306,10 @@ def test_stale_temporaries_of_the_same_checkpoint_are_removed_by_the_next_save(t
     others = [
         _temporary_name(tmp_path / "other.ckpt", tree, monkeypatch),  # another checkpoint's
         _temporary_name(tmp_path / "run.ckpt.ckpt-x", tree, monkeypatch),  # a checkpoint whose name extends ours
-        stale[0] + "0", stale[0] + ".bak", stale[0][1:], "notes.txt",
+        stale[0] + "0",
+        stale[0] + ".bak",
+        stale[0][1:],
+        "notes.txt",
     ]
     for name in stale + others:
         (tmp_path / name).write_bytes(b"partial")

@@ -56,8 +56,9 @@ def _launch(path: Path, cache: Path, hang_at: int = 0) -> subprocess.Popen:
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
     with open(path.with_name("child.err"), "w") as err:
-        return subprocess.Popen([sys.executable, str(CHILD), str(path), str(hang_at)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, str(CHILD), str(path), str(hang_at)], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
 
 
 def _stderr(folder: Path) -> str:

@@ -50,12 +50,16 @@ def test_numeric_kinds_are_accepted(value):
         assert result is value
 
 
-@pytest.mark.parametrize("check", [
-    lambda v: checks.check_in_range("rate", v, 0, 1),
-    lambda v: checks.check_positive("rate", v),
-    lambda v: checks.check_nonnegative("rate", v),
-    lambda v: checks.hyperparameter("rate", v, 0),
-], ids=["check_in_range", "check_positive", "check_nonnegative", "hyperparameter"])
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda v: checks.check_in_range("rate", v, 0, 1),
+        lambda v: checks.check_positive("rate", v),
+        lambda v: checks.check_nonnegative("rate", v),
+        lambda v: checks.hyperparameter("rate", v, 0),
+    ],
+    ids=["check_in_range", "check_positive", "check_nonnegative", "hyperparameter"],
+)
 @pytest.mark.parametrize("value", REFUSED.values(), ids=REFUSED.keys())
 def test_other_kinds_are_refused_naming_the_argument_and_the_value(check, value):
     message = f"rate must be a number or a numeric array; got {value!r} ({type(value).__name__}"
@@ -70,19 +74,24 @@ def test_the_message_gives_the_dtype_of_an_array():
 
 @pytest.mark.parametrize("value", ["0.1", None, False], ids=["str", "None", "bool"])
 def test_a_schedule_argument_says_so_and_accepts_callables(value):
-    with pytest.raises(ValueError, match="^" + re.escape(f"lr must be a number, a numeric array or a schedule; got {value!r}")):
+    with pytest.raises(
+        ValueError, match="^" + re.escape(f"lr must be a number, a numeric array or a schedule; got {value!r}")
+    ):
         checks.hyperparameter("lr", value, 0, schedule=True)
     schedule = schedules.constant(0.1)
     assert checks.hyperparameter("lr", schedule, 0, schedule=True) is schedule
 
 
-@pytest.mark.parametrize("value, message", [
-    (-0.1, "rate must lie in [0, 1); got -0.1"),
-    (1.0, "rate must lie in [0, 1); got 1.0"),
-    (float("nan"), "rate must lie in [0, 1); got nan"),
-    (np.array([0.5, 2.0]), "rate must lie in [0, 1)"),
-    (jnp.asarray([0.5, -1.0]), "rate must lie in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (-0.1, "rate must lie in [0, 1); got -0.1"),
+        (1.0, "rate must lie in [0, 1); got 1.0"),
+        (float("nan"), "rate must lie in [0, 1); got nan"),
+        (np.array([0.5, 2.0]), "rate must lie in [0, 1)"),
+        (jnp.asarray([0.5, -1.0]), "rate must lie in [0, 1)"),
+    ],
+)
 def test_concrete_values_outside_the_interval_are_refused(value, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         checks.check_in_range("rate", value, 0, 1, high_open=True)
@@ -125,8 +134,12 @@ def test_check_fields_checks_and_normalizes_each_field():
     config = _Config(0, 2, np.bool_(True))
     assert (config.rate, config.scale, config.flag) == (0.0, 2.0, True)
     assert [type(v) for v in (config.rate, config.scale, config.flag)] == [float, float, bool]
-    for kwargs, name in [(dict(rate=1.0), "rate"), (dict(rate=0.5, scale=0), "scale"), (dict(rate="0.5"), "rate"),
-                         (dict(rate=0.5, flag="no"), "flag")]:
+    for kwargs, name in [
+        (dict(rate=1.0), "rate"),
+        (dict(rate=0.5, scale=0), "scale"),
+        (dict(rate="0.5"), "rate"),
+        (dict(rate=0.5, flag="no"), "flag"),
+    ]:
         with pytest.raises(ValueError, match=f"^{name} must"):
             _Config(**kwargs)
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import clipping
+from fnn import clipping, schedules
 from fnn import optimizers as opt
-from fnn import schedules
 
 PARAMS = {"w": jnp.array([[1.0, -2.0], [0.5, 0.0]]), "b": jnp.array([0.25, -0.75])}
 GRADS = {"w": jnp.array([[3.0, -4.0], [0.5, 12.0]]), "b": jnp.array([-0.2, 1.5])}  # global norm ~13.55
@@ -132,17 +131,30 @@ FACTORIES = {clipping.ClipByGlobalNorm: clipping.clip_by_global_norm, clipping.C
 LIMIT = {clipping.ClipByGlobalNorm: "max_norm", clipping.ClipByValue: "max_value"}
 NOT_OPTIMIZERS = [lambda g: g, None, "adam", opt.Adam, fnn.adam, 0.1]
 BAD = [
-    *[(cls, dict(optimizer=bad, **{LIMIT[cls]: 1.0}), "optimizer", "must be an fnn optimizer or gradient wrapper")
-      for cls in FACTORIES for bad in NOT_OPTIMIZERS],
-    *[(cls, dict(optimizer=fnn.sgd(0.1), **{LIMIT[cls]: bad}), LIMIT[cls], phrase)
-      for cls in FACTORIES
-      for bad, phrase in [(0.0, "must lie in (0, inf)"), (-1.0, "must lie in (0, inf)"), ("1", "must be a number"),
-                          (None, "must be a number"), (True, "must be a number"), (lambda: 1.0, "must be a number")]],
+    *[
+        (cls, dict(optimizer=bad, **{LIMIT[cls]: 1.0}), "optimizer", "must be an fnn optimizer or gradient wrapper")
+        for cls in FACTORIES
+        for bad in NOT_OPTIMIZERS
+    ],
+    *[
+        (cls, dict(optimizer=fnn.sgd(0.1), **{LIMIT[cls]: bad}), LIMIT[cls], phrase)
+        for cls in FACTORIES
+        for bad, phrase in [
+            (0.0, "must lie in (0, inf)"),
+            (-1.0, "must lie in (0, inf)"),
+            ("1", "must be a number"),
+            (None, "must be a number"),
+            (True, "must be a number"),
+            (lambda: 1.0, "must be a number"),
+        ]
+    ],
 ]
 
 
 @pytest.mark.parametrize("build", ["class", "factory"])
-@pytest.mark.parametrize("cls, kwargs, name, phrase", BAD, ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n, _) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "cls, kwargs, name, phrase", BAD, ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n, _) in enumerate(BAD)]
+)
 def test_bad_arguments_raise_value_error_naming_them(cls, kwargs, name, phrase, build):
     with pytest.raises(ValueError, match="^" + re.escape(f"{name} {phrase}")):
         (cls if build == "class" else FACTORIES[cls])(**kwargs)
@@ -150,6 +162,7 @@ def test_bad_arguments_raise_value_error_naming_them(cls, kwargs, name, phrase, 
 
 def test_limits_are_stored_as_floats_and_checked_only_when_concrete():
     assert type(clipping.ClipByValue(fnn.sgd(0.1), 1).max_value) is float
-    got = jax.vmap(lambda m: clipping.clip_by_value(fnn.sgd(1.0), m).update(GRADS, fnn.sgd(1.0).init(PARAMS), PARAMS)[0]["b"])(
-        jnp.array([-1.0, 1.0]))  # a traced limit, negative for one member: not read at construction
+    got = jax.vmap(
+        lambda m: clipping.clip_by_value(fnn.sgd(1.0), m).update(GRADS, fnn.sgd(1.0).init(PARAMS), PARAMS)[0]["b"]
+    )(jnp.array([-1.0, 1.0]))  # a traced limit, negative for one member: not read at construction
     np.testing.assert_allclose(got[1], PARAMS["b"] - np.clip(GRADS["b"], -1.0, 1.0), rtol=1e-15)

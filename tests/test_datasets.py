@@ -278,7 +278,9 @@ def test_mnist1d_default_cache_dir(monkeypatch, tmp_path, no_env_data):
 
 def test_missing_optional_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
-    with pytest.raises(ImportError, match=r"load_digits needs the 'scikit-learn' package: pip install 'fnn\[experiments\]'"):
+    with pytest.raises(
+        ImportError, match=r"load_digits needs the 'scikit-learn' package: pip install 'fnn\[experiments\]'"
+    ):
         datasets.load_digits()
 
 

@@ -59,8 +59,14 @@ class Launched:
 
     def __init__(self, runs: list[tuple[str, dict]]):
         self.runs = [
-            subprocess.Popen([sys.executable, str(CHECKS), mode], cwd=ROOT, env=_environment(**env), text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            subprocess.Popen(
+                [sys.executable, str(CHECKS), mode],
+                cwd=ROOT,
+                env=_environment(**env),
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             for mode, env in runs
         ]
         self.done: dict = {}
@@ -92,8 +98,13 @@ class Launched:
 def launched():
     """One 4-device run and two processes of a 2-process run, started together."""
     port = _free_port()
-    processes = [("processes", {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-                                "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    processes = [
+        (
+            "processes",
+            {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
+        )
+        for i in range(2)
+    ]
     runs = Launched([("devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}), *processes])
     yield runs
     runs.close()
@@ -106,7 +117,9 @@ def assert_passed(report: dict):
 # ---------------------------------------------------------------------------- 4 devices
 
 
-@pytest.mark.parametrize("check", ["sweep_parallel", "data_parallel_fit", "too_many_devices", "fit_checks_batch_divisible"])
+@pytest.mark.parametrize(
+    "check", ["sweep_parallel", "data_parallel_fit", "too_many_devices", "fit_checks_batch_divisible"]
+)
 def test_on_four_devices(launched, check):
     """sweep_parallel: members 2 per device, allclose(rtol 1e-5, atol 1e-6) to one device;
     data_parallel_fit: the same tolerance to one-device fit; too_many_devices: errors."""
@@ -116,7 +129,9 @@ def test_on_four_devices(launched, check):
 # ---------------------------------------------------------------------------- 2 processes
 
 
-@pytest.mark.parametrize("check", ["processes_initialized", "allgather_shards", "global_mesh_sum", "data_parallel_fit_over_processes"])
+@pytest.mark.parametrize(
+    "check", ["processes_initialized", "allgather_shards", "global_mesh_sum", "data_parallel_fit_over_processes"]
+)
 def test_two_processes_over_loopback(launched, check):
     reports = [launched.reports(i)[check] for i in (1, 2)]
     for report in reports:
@@ -259,4 +274,3 @@ def test_process_shard_defaults_to_this_process():
 def test_bad_shard_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
-

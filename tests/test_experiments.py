@@ -37,6 +37,11 @@ def check_outputs(out: Path, name: str, returned: dict) -> dict:
     return record
 
 
+def paths(out, data) -> list[str]:
+    """The options every Fashion-MNIST script takes here: results folder, data folder, no progress."""
+    return ["--out", str(out), "--data-dir", str(data), "--no-progress"]
+
+
 def test_mnist1d_seeds(tmp_path, capsys):
     returned = load("mnist1d_seeds").main(
         ["--out", str(tmp_path), "--seeds", "2", "--epochs", "2", "--n-train", "400", "--n-test", "200"]
@@ -53,21 +58,26 @@ def test_mnist1d_seeds(tmp_path, capsys):
 
 def test_fashion_mlp(tmp_path, shared_data):
     returned = load("fashion_mlp").main(
-        ["--out", str(tmp_path), "--data-dir", str(shared_data), "--n-train", "1200", "--holdout", "200",
-         "--n-test", "300", "--epochs", "2", "--hidden", "32", "--no-progress"]
+        [*paths(tmp_path, shared_data), *"--n-train 1200 --holdout 200 --n-test 300 --epochs 2 --hidden 32".split()]
     )
     m = check_outputs(tmp_path, "fashion_mlp", returned)["metrics"]
-    for key in ("test_accuracy", "heldout_accuracy_best", "train_accuracy_best", "seconds_per_epoch", "time_to_result_s"):
+    for key in (
+        "test_accuracy",
+        "heldout_accuracy_best",
+        "train_accuracy_best",
+        "seconds_per_epoch",
+        "time_to_result_s",
+    ):
         assert finite(m[key]), key
     assert 0.2 < m["test_accuracy"] <= 1  # two epochs already learn something
     assert m["best_epoch"] in (1, 2)
 
 
 def test_optimizers(tmp_path, shared_data):
-    returned = load("optimizers").main(
-        ["--out", str(tmp_path), "--data-dir", str(shared_data), "--n-train", "512", "--n-test", "200", "--epochs", "2",
-         "--hidden", "32", "--lrs", "2", "--optimizers", "Adam", "--no-progress"]  # one optimizer: one compile
+    options = (
+        "--n-train 512 --n-test 200 --epochs 2 --hidden 32 --lrs 2 --optimizers Adam"  # one optimizer: one compile
     )
+    returned = load("optimizers").main([*paths(tmp_path, shared_data), *options.split()])
     m = check_outputs(tmp_path, "optimizers", returned)["metrics"]
     assert set(m["best"]) == {"Adam"}
     for best in m["best"].values():
@@ -77,8 +87,8 @@ def test_optimizers(tmp_path, shared_data):
 
 def test_regularization(tmp_path, shared_data):
     returned = load("regularization").main(
-        ["--out", str(tmp_path), "--data-dir", str(shared_data), "--n-train", "400", "--n-test", "200", "--epochs", "2",
-         "--hidden", "32", "--seeds", "2", "--settings", "none", "dropout+l2", "--no-progress"]
+        [*paths(tmp_path, shared_data), *"--n-train 400 --n-test 200 --epochs 2 --hidden 32 --seeds 2".split()]
+        + "--settings none dropout+l2".split()
     )  # the settings of the first phase only: one compiled program (the batch-norm phase is a second one)
     m = check_outputs(tmp_path, "regularization", returned)["metrics"]
     assert set(m) == {"none", "dropout 0.3 + L2 0.0005"}

@@ -219,7 +219,9 @@ def test_vmap_over_learning_rates_with_early_stopping(digits):
     for i, lr in enumerate([1e-2, 0.0]):
         single = run(lr)
         assert int(batched.stop_epoch[i]) == int(single.stop_epoch)
-        np.testing.assert_allclose(batched.train_state.params[0]["w"][i], single.train_state.params[0]["w"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            batched.train_state.params[0]["w"][i], single.train_state.params[0]["w"], rtol=1e-5, atol=1e-6
+        )
     assert int(batched.stop_epoch[1]) == 2  # lr 0: no improvement after epoch 0
 
 
@@ -254,8 +256,17 @@ def test_progress_under_vmap_prints_one_summary_line_per_epoch(digits, capsys):
     x, y, _, _ = digits
 
     def run(lr):
-        return fnn.fit(trainer(optimizer=adam(lr)), x[:200], y[:200], key=0, epochs=4, batch_size=BATCH,
-                       patience=1, tol=1e-3, progress=True)
+        return fnn.fit(
+            trainer(optimizer=adam(lr)),
+            x[:200],
+            y[:200],
+            key=0,
+            epochs=4,
+            batch_size=BATCH,
+            patience=1,
+            tol=1e-3,
+            progress=True,
+        )
 
     result = jax.vmap(run)(jnp.array([1e-2, 0.0]))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]

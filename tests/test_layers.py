@@ -12,8 +12,19 @@ import numpy as np
 import pytest
 
 from fnn import init as init_lib
-from fnn.layers import Activation, BatchNorm, Dense, Dropout, Function, Layer, LayerNorm, Serial
-from fnn.layers import as_model, check_params, mlp
+from fnn.layers import (
+    Activation,
+    BatchNorm,
+    Dense,
+    Dropout,
+    Function,
+    Layer,
+    LayerNorm,
+    Serial,
+    as_model,
+    check_params,
+    mlp,
+)
 
 # One set of sizes throughout ([3, 5, 2]): drawing random numbers compiles a program per
 # shape (~0.6 s on CPU), and equal shapes share it.
@@ -296,10 +307,10 @@ def test_function_wraps_a_user_function():
 def describe(model):
     """Each layer as a short tuple: its kind and its configuration."""
     kinds = {
-        Dense: lambda l: ("Dense", l.in_features, l.out_features, l.w_init),
-        BatchNorm: lambda l: ("BatchNorm", l.features),
-        Activation: lambda l: ("Activation", l.fn),
-        Dropout: lambda l: ("Dropout", l.rate),
+        Dense: lambda layer: ("Dense", layer.in_features, layer.out_features, layer.w_init),
+        BatchNorm: lambda layer: ("BatchNorm", layer.features),
+        Activation: lambda layer: ("Activation", layer.fn),
+        Dropout: lambda layer: ("Dropout", layer.rate),
     }
     return [kinds[type(layer)](layer) for layer in model.layers]
 
@@ -327,8 +338,10 @@ def test_mlp_layer_structure(kwargs, expected):
 def test_mlp_depth_and_initializer():
     assert describe(mlp([3, 2])) == [("Dense", 3, 2, "glorot_uniform")]
     deep = mlp([3, 5, 4, 2], batchnorm=True, dropout=0.2)
-    assert [type(l).__name__ for l in deep.layers] == ["Dense", "BatchNorm", "Activation", "Dropout"] * 2 + ["Dense"]
-    assert [(l.in_features, l.out_features) for l in deep.layers if isinstance(l, Dense)] == [(3, 5), (5, 4), (4, 2)]
+    assert [type(layer).__name__ for layer in deep.layers] == ["Dense", "BatchNorm", "Activation", "Dropout"] * 2 + [
+        "Dense"
+    ]
+    assert [(d.in_features, d.out_features) for d in deep.layers if isinstance(d, Dense)] == [(3, 5), (5, 4), (4, 2)]
     params, state = jax.eval_shape(deep.init, KEY)  # shapes only: nothing compiled
     assert [p["w"].shape for p in params if "w" in p] == [(3, 5), (5, 4), (4, 2)]
     chex.assert_shape(
@@ -407,7 +420,9 @@ def test_vmap_over_init_keys_and_jit_of_apply(name):
     params, state = jax.vmap(model.init)(keys)
     for i in range(3):  # each member is the model initialized from its own key
         p_i, s_i = model.init(keys[i])
-        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], (params, state)), (p_i, s_i), rtol=1e-6, atol=1e-9)
+        chex.assert_trees_all_close(
+            jax.tree.map(operator.itemgetter(i), (params, state)), (p_i, s_i), rtol=1e-6, atol=1e-9
+        )
     assert not np.allclose(params[0]["w"][0], params[0]["w"][1])
     p0, s0 = jax.tree.map(lambda a: a[0], (params, state))
     y = jax.jit(model.apply)(p0, X, state=s0)

@@ -53,18 +53,24 @@ CASES = {
     "ce_one_hot": (cross_entropy, LOGITS, ONE_HOT, {}, np_cross_entropy(LOGITS, ONE_HOT)),
     "ce_soft": (cross_entropy, LOGITS, SOFT, {}, np_cross_entropy(LOGITS, SOFT)),
     "ce_smooth_int": (
-        cross_entropy, LOGITS, LABELS, {"label_smoothing": 0.1}, np_cross_entropy(LOGITS, np_smooth(ONE_HOT, 0.1))
+        cross_entropy,
+        LOGITS,
+        LABELS,
+        {"label_smoothing": 0.1},
+        np_cross_entropy(LOGITS, np_smooth(ONE_HOT, 0.1)),
     ),
     "ce_smooth_soft": (
-        cross_entropy, LOGITS, SOFT, {"label_smoothing": 0.3}, np_cross_entropy(LOGITS, np_smooth(SOFT, 0.3))
+        cross_entropy,
+        LOGITS,
+        SOFT,
+        {"label_smoothing": 0.3},
+        np_cross_entropy(LOGITS, np_smooth(SOFT, 0.3)),
     ),
     "bce": (binary_cross_entropy, *BINARY, {}, np_bce(*BINARY)),
     "bce_1d": (binary_cross_entropy, BINARY[0][:, 0], BINARY[1][:, 0], {}, np_bce(BINARY[0][:, :1], BINARY[1][:, :1])),
     "accuracy_int": (accuracy, LOGITS, LABELS, {}, (LOGITS.argmax(1) == LABELS).astype(float)),
     "accuracy_one_hot": (accuracy, LOGITS, ONE_HOT, {}, (LOGITS.argmax(1) == LABELS).astype(float)),
-    "binary_accuracy": (
-        binary_accuracy, *BINARY, {}, ((BINARY[0] > 0) == (BINARY[1] > 0.5)).mean(axis=1)
-    ),
+    "binary_accuracy": (binary_accuracy, *BINARY, {}, ((BINARY[0] > 0) == (BINARY[1] > 0.5)).mean(axis=1)),
 }
 
 
@@ -149,7 +155,9 @@ class TestStability(chex.TestCase):
     def test_cross_entropy_stability(self):
         z = [[1e4, 0.0, -1e4]]
         assert self.value_and_grad_f32(cross_entropy, z, [0])[0] == 0.0  # confident and right
-        np.testing.assert_allclose(self.value_and_grad_f32(cross_entropy, z, [1])[0], 1e4, rtol=1e-6)  # confident, wrong
+        np.testing.assert_allclose(
+            self.value_and_grad_f32(cross_entropy, z, [1])[0], 1e4, rtol=1e-6
+        )  # confident, wrong
         value, grad = self.value_and_grad_f32(cross_entropy, z, [2])
         np.testing.assert_allclose(value, 2e4, rtol=1e-6)
         np.testing.assert_allclose(grad, [[1, 0, -1]], atol=1e-6)  # softmax - one_hot
@@ -231,7 +239,9 @@ FLOAT_LABELS, WIDE = LABELS.astype(float), np.eye(C + 1)[LABELS]
 NAN_SOFT, BIG_PROBS = SOFT.copy(), BINARY[1].copy()
 NAN_SOFT[1, 2], BIG_PROBS[3, 1], BIG_PROBS[0, 0] = np.nan, 1.5, -0.25
 OUT_OF_RANGE = np.where(LABELS == 3, C, LABELS)
-LABELS_EXPECTED = r"y must be integer class labels of shape \[n\] in \[0, 4\), or one-hot/soft targets of shape \[n, 4\]"
+LABELS_EXPECTED = (
+    r"y must be integer class labels of shape \[n\] in \[0, 4\), or one-hot/soft targets of shape \[n, 4\]"
+)
 HINT = r"if your loss takes integer class labels, declare it with fnn.losses.Loss\(loss, targets='labels'\)"
 SMOOTHED = functools.partial(cross_entropy, label_smoothing=0.1)
 # id -> (loss, targets, output shape, regex of the ValueError or None when accepted)
@@ -240,7 +250,12 @@ TARGETS = {
     "ce_one_hot": (cross_entropy, ONE_HOT, OUT, None),
     "ce_int_one_hot": (cross_entropy, ONE_HOT.astype(int), OUT, None),
     "ce_soft": (cross_entropy, SOFT, OUT, None),
-    "ce_out_of_range": (cross_entropy, OUT_OF_RANGE, OUT, r"^y must lie in \[0, 4\) for 4 classes; got values in \[0, 4\]$"),
+    "ce_out_of_range": (
+        cross_entropy,
+        OUT_OF_RANGE,
+        OUT,
+        r"^y must lie in \[0, 4\) for 4 classes; got values in \[0, 4\]$",
+    ),
     "ce_negative": (cross_entropy, LABELS - 1, OUT, r"^y must lie in \[0, 4\).*\[-1, 2\]$"),
     "ce_float_labels": (cross_entropy, FLOAT_LABELS, OUT, rf"^{LABELS_EXPECTED}; got float64 of shape \(6,\)$"),
     "ce_soft_too_wide": (cross_entropy, WIDE, OUT, rf"^{LABELS_EXPECTED}; got float64 of shape \(6, 5\)$"),
@@ -254,10 +269,18 @@ TARGETS = {
     "bce": (binary_cross_entropy, BINARY[1], BIN_OUT, None),
     "bce_hard": (binary_cross_entropy, (BINARY[1] > 0.5).astype(np.int32), BIN_OUT, None),
     "bce_outside_0_1": (
-        binary_cross_entropy, BIG_PROBS, BIN_OUT, r"^y must lie in \[0, 1\] \(probabilities\); got values in \[-0.25, 1.5\]$"
+        binary_cross_entropy,
+        BIG_PROBS,
+        BIN_OUT,
+        r"^y must lie in \[0, 1\] \(probabilities\); got values in \[-0.25, 1.5\]$",
     ),
     "bce_not_finite": (binary_cross_entropy, np.where(BIG_PROBS > 1, np.inf, 0.5), BIN_OUT, r"^y holds 1 non-finite"),
-    "bce_labels": (binary_cross_entropy, LABELS, BIN_OUT, r"^y must have shape \[n, 3\] to match the model's output; got"),
+    "bce_labels": (
+        binary_cross_entropy,
+        LABELS,
+        BIN_OUT,
+        r"^y must have shape \[n, 3\] to match the model's output; got",
+    ),
     "mse": (mse, REGRESSION[1], BIN_OUT, None),
     "mse_1d": (mse, REGRESSION[1][:, 0], (), None),
     "mse_not_finite": (mse, np.where(BIG_PROBS > 1, np.nan, 0.5), BIN_OUT, r"^y holds 1 non-finite"),
@@ -327,7 +350,10 @@ def test_a_loss_pickles():
     "kwargs, match",
     [
         (dict(fn=3), "fn must be a function"),
-        (dict(fn=mse.fn, targets="classes"), r"targets must be one of \['labels', 'probabilities', 'same_shape'\]; got 'cl"),
+        (
+            dict(fn=mse.fn, targets="classes"),
+            r"targets must be one of \['labels', 'probabilities', 'same_shape'\]; got 'cl",
+        ),
         (dict(fn=mse.fn, metrics={"r2": 0.5}), "metrics must map names to functions"),
     ],
 )

@@ -12,9 +12,8 @@ import pytest
 from absl.testing import parameterized
 
 import fnn
-from fnn import clipping
+from fnn import clipping, schedules
 from fnn import optimizers as opt
-from fnn import schedules
 
 STEPS = 50
 
@@ -133,7 +132,9 @@ def reference_run(case, params, grad_seq, dtype):
     return [ref(p, [gs[i] for gs in leaves_seq], **hp) for i, p in enumerate(jax.tree.leaves(params))]
 
 
-@pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-12, 1e-13), (np.float32, 1e-5, 1e-6)], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "dtype, rtol, atol", [(np.float64, 1e-12, 1e-13), (np.float32, 1e-5, 1e-6)], ids=["f64", "f32"]
+)
 @pytest.mark.parametrize("case", CASES)
 def test_matches_numpy_reference(case, dtype, rtol, atol):
     rng = np.random.default_rng(0)
@@ -221,7 +222,9 @@ class TestStepWithAndWithoutJit(chex.TestCase):
         optimizer = opt.adam(lr, b1=b1, b2=b2)
         new, _ = self.variant(lambda o, g, s, p: o.update(g, s, p))(optimizer, grads, optimizer.init(params), params)
         steps = jax.tree.map(lambda p, q: q - p, params, new)
-        chex.assert_trees_all_close(steps, jax.tree.map(lambda g: -lr * jnp.sign(g), grads), rtol=1e-4)  # eps / |g| <= 1e-5
+        chex.assert_trees_all_close(
+            steps, jax.tree.map(lambda g: -lr * jnp.sign(g), grads), rtol=1e-4
+        )  # eps / |g| <= 1e-5
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.product(lr=["constant", "schedule"], dtype=["float64", "float32"])
@@ -357,7 +360,13 @@ def test_state_structure_does_not_depend_on_values():
 
 # ----------------------------------------------------------------------------- construction and bad input
 
-FACTORIES = {opt.SGD: opt.sgd, opt.RMSProp: opt.rmsprop, opt.AdaGrad: opt.adagrad, opt.Adam: opt.adam, opt.AdamW: opt.adamw}
+FACTORIES = {
+    opt.SGD: opt.sgd,
+    opt.RMSProp: opt.rmsprop,
+    opt.AdaGrad: opt.adagrad,
+    opt.Adam: opt.adam,
+    opt.AdamW: opt.adamw,
+}
 
 
 def test_public_names():
@@ -419,7 +428,9 @@ TYPE_CASES = [(cls, name, bad) for cls, names in NUMERIC.items() for name in nam
 
 
 @pytest.mark.parametrize("build", ["class", "factory"])
-@pytest.mark.parametrize("cls, name, bad", TYPE_CASES, ids=[f"{c.__name__}-{n}-{type(b).__name__}" for c, n, b in TYPE_CASES])
+@pytest.mark.parametrize(
+    "cls, name, bad", TYPE_CASES, ids=[f"{c.__name__}-{n}-{type(b).__name__}" for c, n, b in TYPE_CASES]
+)
 def test_non_numeric_hyperparameter_is_refused(cls, name, bad, build):
     kinds = "a number, a numeric array or a schedule" if name == "lr" else "a number or a numeric array"
     message = f"{name} must be {kinds}; got {bad!r} ({type(bad).__name__}"
@@ -436,14 +447,21 @@ def test_non_bool_flag_is_refused(cls, name, bad, build):
 
 
 def test_the_issues_examples_are_refused_with_the_documented_message():
-    with pytest.raises(ValueError, match=re.escape("lr must be a number, a numeric array or a schedule; got '0.1' (str)")):
+    with pytest.raises(
+        ValueError, match=re.escape("lr must be a number, a numeric array or a schedule; got '0.1' (str)")
+    ):
         fnn.sgd("0.1")
-    with pytest.raises(ValueError, match=re.escape("lr must be a number, a numeric array or a schedule; got None (NoneType)")):
+    with pytest.raises(
+        ValueError, match=re.escape("lr must be a number, a numeric array or a schedule; got None (NoneType)")
+    ):
         fnn.adam(None)
 
 
-@pytest.mark.parametrize("lr", [1, 0.5, np.float32(0.5), np.int64(2), np.array(0.5), jnp.asarray(0.5), schedules.constant(0.5),
-                                lambda step: 0.5], ids=["int", "float", "np.float32", "np.int64", "np.array", "jax.Array", "schedule", "callable"])
+@pytest.mark.parametrize(
+    "lr",
+    [1, 0.5, np.float32(0.5), np.int64(2), np.array(0.5), jnp.asarray(0.5), schedules.constant(0.5), lambda step: 0.5],
+    ids=["int", "float", "np.float32", "np.int64", "np.array", "jax.Array", "schedule", "callable"],
+)
 def test_accepted_learning_rates(lr):
     optimizer = opt.sgd(lr)
     assert isinstance(optimizer.lr, schedules.Schedule)
@@ -452,7 +470,9 @@ def test_accepted_learning_rates(lr):
 
 def test_values_are_not_read_when_traced_nor_checked_when_jax_rebuilds():
     # built under vmap: the lr is a tracer, negative for one member, and only its kind is checked
-    lrs = jax.vmap(lambda lr: opt.adam(lr).learning_rate(opt.adam(lr).init({"w": jnp.zeros(2)})))(jnp.array([-0.1, 0.2]))
+    lrs = jax.vmap(lambda lr: opt.adam(lr).learning_rate(opt.adam(lr).init({"w": jnp.zeros(2)})))(
+        jnp.array([-0.1, 0.2])
+    )
     np.testing.assert_allclose(lrs, [-0.1, 0.2])
     # JAX rebuilds an optimizer without __init__: tree.map may put any value in its leaves
     rebuilt = jax.tree.map(lambda leaf: -1.0, opt.sgd(0.1, momentum=0.5))

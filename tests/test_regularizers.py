@@ -99,8 +99,11 @@ BAD = [
     (lambda: reg.L1(0.1, select=None), "select"),
     (lambda: reg.L1L2(0.1, -1.0), "l2_strength"),
     # not numbers
-    *[(lambda bad=bad, build=build: build(bad), "strength") for build in (reg.l1, reg.l2, reg.L2)
-      for bad in ["1e-4", None, True, np.array([True]), [0.1]]],
+    *[
+        (lambda bad=bad, build=build: build(bad), "strength")
+        for build in (reg.l1, reg.l2, reg.L2)
+        for bad in ["1e-4", None, True, np.array([True]), [0.1]]
+    ],
     (lambda: reg.l1_l2("0.1", 0.1), "l1_strength"),
     (lambda: reg.L1L2(0.1, None), "l2_strength"),
 ]
@@ -117,7 +120,9 @@ def test_the_kind_message_names_the_value_and_its_type():
         reg.l2("1e-4")
 
 
-@pytest.mark.parametrize("cls, factory, args", [(reg.L2, reg.l2, (1,)), (reg.L1, reg.l1, (1,)), (reg.L1L2, reg.l1_l2, (1, 0))])
+@pytest.mark.parametrize(
+    "cls, factory, args", [(reg.L2, reg.l2, (1,)), (reg.L1, reg.l1, (1,)), (reg.L1L2, reg.l1_l2, (1, 0))]
+)
 def test_class_built_directly_equals_the_factorys(cls, factory, args):
     made = factory(*args)
     assert cls(*args) == made and type(made) is cls

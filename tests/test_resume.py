@@ -44,7 +44,10 @@ def test_a_finished_run_extended_with_more_epochs_equals_the_longer_run(tmp_path
         (dict(epochs=1), r"written for epochs=2; this call has epochs=1: pass epochs >= 2"),
         (dict(batch_size=32), r"written for batch_size=64; this call has batch_size=32"),
         (dict(validation=None), r"written for validation examples=100; this call has validation examples=0"),
-        (dict(model=fnn.mlp([64, 8, 10], dropout=0.1)), r"the model's parameters differ .*: params\[0\]\['b'\] is float32\[16\] in the checkpoint, float32\[8\] in this call"),
+        (
+            dict(model=fnn.mlp([64, 8, 10], dropout=0.1)),
+            r"the model's parameters differ .*: params\[0\]\['b'\] is float32\[16\] in the checkpoint, float32\[8\] in this call",
+        ),
         (dict(optimizer=fnn.sgd(0.1)), r"the optimizer's state differs"),
         (dict(patience=3), r"written for patience=None; this call has patience=3"),
     ],
@@ -55,7 +58,9 @@ def test_resuming_with_other_settings_says_what_differs(tmp_path, setup, change,
     fnn.fit(trainer, x, y, **OPTIONS, epochs=2, validation=validation, checkpoint=path)
     change = dict(change)
     if "model" in change or "optimizer" in change:
-        trainer = fnn.Trainer(change.pop("model", trainer.model), change.pop("optimizer", trainer.optimizer), fnn.cross_entropy)
+        trainer = fnn.Trainer(
+            change.pop("model", trainer.model), change.pop("optimizer", trainer.optimizer), fnn.cross_entropy
+        )
     kwargs = dict(OPTIONS, epochs=2, validation=validation) | change
     with pytest.raises(ValueError, match=match):
         fnn.fit(trainer, x, y, **kwargs, checkpoint=path, resume=True)

@@ -78,18 +78,36 @@ def test_warmup_is_continuous_and_shifts_the_schedule():
 # id: (factory of one traced value, 8 values, NumPy formula at step STEP of one value)
 STEP = 11
 VMAP_CASES = {
-    "exponential_decay_rate": (lambda x: sch.exponential_decay(0.1, x, 7), np.linspace(0.1, 0.9, 8),
-                               lambda x: 0.1 * x ** (STEP / 7)),
-    "inverse_time_decay_steps": (lambda x: sch.inverse_time_decay(0.1, 0.5, x), np.arange(1.0, 9.0),
-                                 lambda x: 0.1 / (1 + 0.5 * STEP / x)),
-    "cosine_init_value": (lambda x: sch.cosine_decay(x, 20, alpha=0.1), np.linspace(0.01, 0.08, 8),
-                          lambda x: np_cosine(STEP, x, 20, 0.1)),
-    "step_decay_every": (lambda x: sch.step_decay(0.1, 0.5, x), np.arange(1.0, 9.0),
-                         lambda x: 0.1 * 0.5 ** (STEP // x)),
-    "warmup_steps": (lambda x: sch.warmup(0.1, x), np.arange(9.0, 17.0),
-                     lambda x: np.where(STEP < x, 0.1 * STEP / x, 0.1)),
-    "piecewise_values": (lambda x: sch.piecewise_constant([5, 10], jnp.stack([x, x / 2, x / 4])),
-                         np.linspace(0.1, 0.8, 8), lambda x: x / 4),
+    "exponential_decay_rate": (
+        lambda x: sch.exponential_decay(0.1, x, 7),
+        np.linspace(0.1, 0.9, 8),
+        lambda x: 0.1 * x ** (STEP / 7),
+    ),
+    "inverse_time_decay_steps": (
+        lambda x: sch.inverse_time_decay(0.1, 0.5, x),
+        np.arange(1.0, 9.0),
+        lambda x: 0.1 / (1 + 0.5 * STEP / x),
+    ),
+    "cosine_init_value": (
+        lambda x: sch.cosine_decay(x, 20, alpha=0.1),
+        np.linspace(0.01, 0.08, 8),
+        lambda x: np_cosine(STEP, x, 20, 0.1),
+    ),
+    "step_decay_every": (
+        lambda x: sch.step_decay(0.1, 0.5, x),
+        np.arange(1.0, 9.0),
+        lambda x: 0.1 * 0.5 ** (STEP // x),
+    ),
+    "warmup_steps": (
+        lambda x: sch.warmup(0.1, x),
+        np.arange(9.0, 17.0),
+        lambda x: np.where(STEP < x, 0.1 * STEP / x, 0.1),
+    ),
+    "piecewise_values": (
+        lambda x: sch.piecewise_constant([5, 10], jnp.stack([x, x / 2, x / 4])),
+        np.linspace(0.1, 0.8, 8),
+        lambda x: x / 4,
+    ),
 }
 
 
@@ -193,12 +211,17 @@ ARGUMENTS = {
     sch.cosine_decay: dict(init_value=0.1, decay_steps=10, alpha=0.1),
     sch.warmup: dict(schedule=0.1, warmup_steps=5, init_value=0.0),
 }
-TYPE_CASES = [(factory, name, bad) for factory, kwargs in ARGUMENTS.items() for name in kwargs
-              for bad in ["1", None, True, np.array([True])]]
+TYPE_CASES = [
+    (factory, name, bad)
+    for factory, kwargs in ARGUMENTS.items()
+    for name in kwargs
+    for bad in ["1", None, True, np.array([True])]
+]
 
 
-@pytest.mark.parametrize("factory, name, bad", TYPE_CASES,
-                         ids=[f"{f.__name__}-{n}-{type(b).__name__}" for f, n, b in TYPE_CASES])
+@pytest.mark.parametrize(
+    "factory, name, bad", TYPE_CASES, ids=[f"{f.__name__}-{n}-{type(b).__name__}" for f, n, b in TYPE_CASES]
+)
 def test_non_numeric_arguments_are_refused(factory, name, bad):
     kinds = "a number, a numeric array or a schedule" if name == "schedule" else "a number or a numeric array"
     with pytest.raises(ValueError, match="^" + re.escape(f"{name} must be {kinds}; got {bad!r} ({type(bad).__name__}")):

@@ -6,6 +6,7 @@ of a 6-member chunk is built once and shared by the tests (only the chunked swee
 """
 
 import contextlib
+import operator
 import sys
 
 import chex
@@ -54,7 +55,9 @@ def swept(run):
 def assert_members_close(batched, i, single, rtol=1e-5, atol=1e-6):
     """Member ``i`` of a stacked FitResult equals a single FitResult."""
     pick = jax.tree.map(lambda a: a[i], (batched.train_state.params, batched.best_params, batched.history))
-    chex.assert_trees_all_close(pick, (single.train_state.params, single.best_params, single.history), rtol=rtol, atol=atol)
+    chex.assert_trees_all_close(
+        pick, (single.train_state.params, single.best_params, single.history), rtol=rtol, atol=atol
+    )
     for name in ("stop_epoch", "best_epoch", "stopped_early", "diverged"):
         assert getattr(batched, name)[i] == getattr(single, name), name
 
@@ -94,7 +97,7 @@ def test_chunks_smaller_than_the_sweep_give_the_same_numbers(run, swept):
     chunked = run(seeds=SEEDS, grid={"lr": LRS}, chunk_size=4)
     chex.assert_shape(chunked.results.history["loss"], (6, EPOCHS))
     for i in range(6):
-        assert_members_close(chunked.results, i, jax.tree.map(lambda a: a[i], swept.results))
+        assert_members_close(chunked.results, i, jax.tree.map(operator.itemgetter(i), swept.results))
 
 
 def test_early_stopping_per_member_and_no_recompilation(run, swept):
@@ -110,7 +113,7 @@ def test_early_stopping_per_member_and_no_recompilation(run, swept):
     assert np.all(np.isnan(result.history["loss"][stopped, 3:])) and list(result.best_epoch[stopped]) == [0] * 3
     assert list(result.stop_epoch[going]) == [EPOCHS] * 3 and not any(result.stopped_early[going])
     for i in range(3):
-        assert_members_close(result, i, jax.tree.map(lambda a: a[i], swept.results), rtol=0, atol=0)
+        assert_members_close(result, i, jax.tree.map(operator.itemgetter(i), swept.results), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------- the table
