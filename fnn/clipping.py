@@ -4,9 +4,9 @@ A wrapper is not an optimizer: it has no update rule and no state of its own. It
 an ``optimizer`` (any object with ``init``, ``update``, ``learning_rate`` and ``lr``: an
 fnn optimizer, another wrapper, or a user's optimizer) and presents the same protocol::
 
-    state = wrapper.init(params)                          # the optimizer's state
-    params, state = wrapper.update(grads, state, params)  # optimizer.update(transform(grads), ...)
-    lr = wrapper.learning_rate(state)                     # the optimizer's learning rate
+    opt_state = wrapper.init(params)                              # the optimizer's state
+    params, opt_state = wrapper.update(grads, opt_state, params)  # optimizer.update(transform(grads), ...)
+    lr = wrapper.learning_rate(opt_state)                         # the optimizer's learning rate
 
 so wrappers compose (``clip_by_value(clip_by_global_norm(adam(1e-3), 1.0), 0.5)``) and
 ``fnn.Trainer`` takes them wherever it takes an optimizer. The limits (``max_norm``,
@@ -77,22 +77,22 @@ class _GradientWrapper:
         """The wrapped optimizer's initial state."""
         return self.optimizer.init(params)
 
-    def learning_rate(self, state: Any) -> jax.Array:
+    def learning_rate(self, opt_state: Any) -> jax.Array:
         """The learning rate the next ``update`` uses (the wrapped optimizer's)."""
-        return self.optimizer.learning_rate(state)
+        return self.optimizer.learning_rate(opt_state)
 
-    def update(self, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    def update(self, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
         """One step of the wrapped optimizer on the transformed gradients.
 
         Returns:
-          ``optimizer.update(transformed_grads, state, params)``: ``(new_params, new_state)``.
+          ``optimizer.update(transformed_grads, opt_state, params)``: ``(new_params, new_opt_state)``.
 
         Raises:
           ValueError: if ``grads`` and ``params`` differ in tree structure or leaf shapes,
-            or the wrapped optimizer refuses ``state``.
+            or the wrapped optimizer refuses ``opt_state``.
         """
         check_same_structure("grads", grads, "params", params)
-        return self.optimizer.update(self._transform(grads), state, params)
+        return self.optimizer.update(self._transform(grads), opt_state, params)
 
     def _transform(self, grads):
         raise NotImplementedError  # each subclass's transformation

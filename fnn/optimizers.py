@@ -2,11 +2,11 @@
 
 Every optimizer is a frozen pytree with three methods::
 
-    state = opt.init(params)                            # NamedTuple: count + buffers
-    params, state = opt.update(grads, state, params)    # one step of the published rule
-    lr = opt.learning_rate(state)                       # the lr the next update uses
+    opt_state = opt.init(params)                                # NamedTuple: count + buffers
+    params, opt_state = opt.update(grads, opt_state, params)    # one step of the published rule
+    lr = opt.learning_rate(opt_state)                           # the lr the next update uses
 
-``opt.lr`` is always a schedule (:mod:`fnn.schedules`) evaluated at ``state.count``, the
+``opt.lr`` is always a schedule (:mod:`fnn.schedules`) evaluated at ``opt_state.count``, the
 number of updates already applied (0 at the first). Numeric hyperparameters are pytree
 leaves, so a compiled step does not recompile for new values and ``jax.vmap`` maps over
 them; only flags (``nesterov``, ``centered``) are static. The state's structure never
@@ -100,32 +100,32 @@ class Optimizer:
     def _initial_buffer(self, p):
         return jnp.zeros_like(p)
 
-    def learning_rate(self, state: Any) -> jax.Array:
-        """The learning rate the next ``update`` uses: ``lr(state.count)``."""
-        return self.lr(state.count)
+    def learning_rate(self, opt_state: Any) -> jax.Array:
+        """The learning rate the next ``update`` uses: ``lr(opt_state.count)``."""
+        return self.lr(opt_state.count)
 
-    def update(self, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
-        """One step, ``(new_params, new_state)``, by the rule in the class docstring.
+    def update(self, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+        """One step, ``(new_params, new_opt_state)``, by the rule in the class docstring.
 
         Raises:
           ValueError: if ``grads``, ``params`` and the state's buffers differ in tree
-            structure or leaf shapes, or ``state`` is not this optimizer's state type.
+            structure or leaf shapes, or ``opt_state`` is not this optimizer's state type.
         """
-        self._check(grads, state, params)
-        rule = partial(self._leaf_rule, self.lr(state.count), state.count)
-        new_params, *buffers = _map_leaves(rule, params, grads, *state[1:])
-        return new_params, self.State(state.count + 1, *buffers)
+        self._check(grads, opt_state, params)
+        rule = partial(self._leaf_rule, self.lr(opt_state.count), opt_state.count)
+        new_params, *buffers = _map_leaves(rule, params, grads, *opt_state[1:])
+        return new_params, self.State(opt_state.count + 1, *buffers)
 
     def _leaf_rule(self, lr, count, p, g, *buffers):
         return self._rule(lr, count, p, *_cast(p, g), *buffers)
 
-    def _check(self, grads, state, params):
+    def _check(self, grads, opt_state, params):
         check_same_structure("grads", grads, "params", params)
-        if not isinstance(state, self.State):
-            expected, kind = self.State.__name__, type(state).__name__
-            raise ValueError(f"state must be the {expected} made by this optimizer's init(params); got {kind}")
+        if not isinstance(opt_state, self.State):
+            expected, kind = self.State.__name__, type(opt_state).__name__
+            raise ValueError(f"opt_state must be the {expected} made by this optimizer's init(params); got {kind}")
         for name in self.State._fields[1:]:
-            check_same_structure(f"state.{name}", getattr(state, name), "params", params)
+            check_same_structure(f"opt_state.{name}", getattr(opt_state, name), "params", params)
 
 
 # ----------------------------------------------------------------------------- optimizers
