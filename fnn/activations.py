@@ -2,7 +2,9 @@
 
 Each is an elementwise (softmax and log_softmax: along ``axis``) pure function, written
 in a numerically stable form: no NaN or inf in the value or the gradient for inputs as
-large as |x| = 1e4 in float32. ``get(name)`` looks one up by name.
+large as |x| = 1e4 in float32. NaN in gives NaN out (softmax and log_softmax: for the
+whole slice along ``axis``), so a diverged input is never hidden as a finite output.
+``get(name)`` looks one up by name.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ def identity(x: _X) -> _X:
 def relu(x: jax.Array) -> jax.Array:
     """f(x) = max(x, 0) (Nair & Hinton 2010).
 
-    At the kink x = 0 the derivative is taken as 0 (the x <= 0 side).
+    At the kink x = 0 the derivative is taken as 0 (the x <= 0 side). NaN maps to NaN
+    (``jnp.where(x > 0, x, 0)`` would turn it into 0 and hide a diverged input), as
+    ``jax.nn.relu`` does, whose custom derivative is this one.
     """
-    return jnp.where(x > 0, x, 0)
+    return jax.nn.relu(x)
 
 
 def leaky_relu(x: jax.Array, negative_slope: ArrayLike = 0.01) -> jax.Array:

@@ -10,14 +10,22 @@ File layout (all integers little-endian)::
     payload                       every leaf's bytes, C order, one after another
     sha256                        32 bytes: digest of everything above
 
-Writing. ``save`` writes to a temporary file beside the target, named after it —
-``.<name>.ckpt-<16 hex digits>`` for a target ``<name>`` — flushes and fsyncs it, renames
-it over the target (atomic on POSIX) and fsyncs the folder, so a crash mid-write leaves
-the previous checkpoint intact. A save that fails with an exception removes its
-temporary; one that is killed cannot, so every save first removes the temporaries that
-earlier saves of the same target left behind (names of exactly that form, never another
-file). A checkpoint file must therefore have one writer at a time: two processes saving
-to the same path could remove each other's temporary mid-write.
+Writing. ``save`` writes to a temporary file beside the target, named after it and its
+writer — ``.<name>.ckpt-<host>-<pid>-<16 hex digits>`` for a target ``<name>``, where
+``<host>`` is the writer's host name (characters other than ``A-Za-z0-9_.-`` replaced by
+``_``, at most 64) and ``<pid>`` its process id — flushes and fsyncs it, renames it over
+the target (atomic on POSIX) and fsyncs the folder, so a crash mid-write leaves the
+previous checkpoint intact. A save that fails with an exception removes its temporary;
+one that is killed cannot, so every save first removes the temporaries that killed
+saves of the same target left behind: names of exactly that form, written on this host
+by a process that no longer exists (never another file, never a temporary of this
+process or of a live one, which may be mid-write). Several writers of one path — threads,
+processes, or the hosts of a multi-host run on a shared filesystem — therefore never
+remove each other's temporaries (the last rename wins). Temporaries written on other
+hosts are left alone, since whether their writer lives cannot be told from here: a
+killed save on another host leaves its temporary until a save from that host (or a
+person) removes it; likewise one whose process id has since been reused. This relies on
+each host sharing the filesystem having its own host name.
 
 ``check_destination(path)`` says, before a long run and without writing anything,
 whether ``save`` could write there: ``fit`` calls it at the door, ``save`` before
@@ -49,6 +57,7 @@ import os
 import re
 import reprlib
 import secrets
+import socket
 import struct
 from typing import Any
 
@@ -65,7 +74,8 @@ _TEMP_RANDOM_BYTES = 8  # written as 16 hex digits
 _PLAIN_DTYPES = frozenset(np.dtype(c).str for c in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"])
 _ENTRY_KEYS = ("dtype", "shape", "key_impl")
 _MAX_NDIM = 64  # NumPy's limit
-_MAX_ELEMENTS = 2**62  # product of the non-zero dimensions: NumPy's sizes are signed 64-bit
+_MAX_BYTES = 2**62  # bound on (product of the non-zero dims) * itemsize; NumPy's limit is 2**63 - 1 bytes
+_MAX_HOST_CHARS = 64  # Linux's HOST_NAME_MAX
 
 
 class CheckpointError(ValueError):
@@ -157,18 +167,38 @@ def save(path: str | os.PathLike[str], tree: Any, metadata: dict[str, Any] | Non
     _write_atomically(path, body + hashlib.sha256(body).digest())
 
 
+def _host() -> str:
+    """This host's name as it appears in temporaries' names: ``[A-Za-z0-9_.-]``, at most 64 characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:_MAX_HOST_CHARS] or "_"
+
+
 def _temporary_prefix(path) -> tuple[str, str]:
-    """``(folder, ".<name>.ckpt-")``: where the temporaries of ``<folder>/<name>`` go, how their names start."""
+    """``(folder, ".<name>.ckpt-<host>-")``: where this host's temporaries of ``<folder>/<name>`` go, how
+    their names start."""
     folder, name = os.path.split(os.path.abspath(path))
-    return folder, f".{name}{_TEMP_MARK}"
+    return folder, f".{name}{_TEMP_MARK}{_host()}-"
+
+
+def _process_is_gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists on this host (a process we may not signal exists)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):  # PermissionError: it exists; others: cannot tell
+        return False
+    return False
 
 
 def _remove_stale_temporaries(path):
-    """Remove the temporaries that killed saves of ``path`` left behind (and no other file)."""
+    """Remove the temporaries that killed saves of ``path`` on this host left behind (and no other file)."""
     folder, prefix = _temporary_prefix(path)
-    pattern = re.compile(re.escape(prefix) + f"[0-9a-f]{{{2 * _TEMP_RANDOM_BYTES}}}")
+    pattern = re.compile(re.escape(prefix) + f"([1-9][0-9]*)-[0-9a-f]{{{2 * _TEMP_RANDOM_BYTES}}}")
     for entry in os.listdir(folder):
-        if pattern.fullmatch(entry):
+        match = pattern.fullmatch(entry)
+        if match and _process_is_gone(int(match[1])):
             _remove(os.path.join(folder, entry))
 
 
@@ -181,7 +211,7 @@ def _remove(path):
 def _write_atomically(path, blob: bytes):
     """Write ``blob`` to a new temporary beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
     folder, prefix = _temporary_prefix(path)
-    tmp = os.path.join(folder, prefix + secrets.token_hex(_TEMP_RANDOM_BYTES))
+    tmp = os.path.join(folder, f"{prefix}{os.getpid()}-{secrets.token_hex(_TEMP_RANDOM_BYTES)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -288,8 +318,10 @@ def _entry_problem(entry) -> str | None:
         return f"dtype {reprlib.repr(dtype)} is not a plain bool or numeric NumPy dtype"
     if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM and all(type(d) is int and d >= 0 for d in shape)):
         return f"shape {reprlib.repr(shape)} is not a list of at most {_MAX_NDIM} non-negative ints"
-    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
-        return f"shape {reprlib.repr(shape)} is too large for an array"
+    # NumPy refuses a shape whose non-zero dims and item size multiply past 2**63 - 1 bytes, even when another
+    # dim is 0 (an empty array); each dim is at most that product, so this bounds each dim too
+    if math.prod(d for d in shape if d) * np.dtype(dtype).itemsize >= _MAX_BYTES:
+        return f"shape {reprlib.repr(shape)} is too large for an array of dtype {dtype}"
     if impl is not None and not isinstance(impl, str):
         return f"key_impl {reprlib.repr(impl)} is neither null nor a PRNG implementation name"
     return None
@@ -297,12 +329,18 @@ def _entry_problem(entry) -> str | None:
 
 def _leaf(path, i: int, entry: dict, body: bytes, offset: int):
     """Leaf ``i``, decoded from ``body`` at ``offset``: a NumPy array, or a JAX key array."""
-    data = np.frombuffer(body, np.dtype(entry["dtype"]), math.prod(entry["shape"]), offset).reshape(entry["shape"])
+    try:  # the header was validated; this turns whatever NumPy still refuses into a CheckpointError
+        data = np.frombuffer(body, np.dtype(entry["dtype"]), math.prod(entry["shape"]), offset)
+        data = data.reshape(entry["shape"])
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: leaf {i}: cannot read {entry['dtype']} {reprlib.repr(entry['shape'])} data ({e})"
+        ) from e
     if entry["key_impl"] is None:
         return data.copy()
     try:
         return jax.random.wrap_key_data(data, impl=entry["key_impl"])  # type: ignore[arg-type]  # takes NumPy too
-    except (ValueError, TypeError) as e:
+    except Exception as e:
         raise CheckpointError(
             f"{path}: leaf {i}: this JAX cannot read {entry['dtype']} {entry['shape']} data as keys of PRNG "
             f"implementation {reprlib.repr(entry['key_impl'])} (an unknown implementation, or data of another shape)"

@@ -188,7 +188,10 @@ def as_key(key):
         raise ValueError(f"key must be an int seed or a jax.random key; got {type(key).__name__} {key!r}")
     dtype, shape = jnp.result_type(key), jnp.shape(key)
     if shape == () and jnp.issubdtype(dtype, jnp.integer):
-        return jax.random.key(key)
+        try:
+            return jax.random.key(key)
+        except OverflowError:
+            raise ValueError(f"key must be an int seed that fits in 64 bits; got {key}") from None
     if jnp.issubdtype(dtype, jax.dtypes.prng_key):
         return key
     if shape == (2,) and dtype == jnp.uint32:

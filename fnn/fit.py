@@ -36,10 +36,9 @@ from jax.sharding import NamedSharding
 from jax.typing import ArrayLike
 
 from fnn import checkpoint as checkpoint_lib
-from fnn import losses as losses_lib
 from fnn import progress as progress_lib
 from fnn import resume as resume_lib
-from fnn.checks import as_key, check_finite, check_int, check_nonnegative, check_positive, is_concrete
+from fnn.checks import as_key, check_bool, check_int, check_nonnegative, check_positive, is_concrete
 from fnn.distributed import check_batch_divisible
 from fnn.layers import check_params
 from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_names, initial_loop, run_epochs
@@ -106,13 +105,16 @@ def fit(
       x, y: [n, ...] training inputs and targets (kept on the device).
       key: int seed or PRNG key of the run: params init, data order and dropout all
         derive from it. Required unless ``train_state`` is given.
-      epochs: number of epochs (static).
+      epochs: number of epochs (static); the total, counted from epoch 0, also when
+        continuing from a ``train_state`` that has run some (its history has
+        ``epochs`` entries).
       batch_size: examples per update (static), 1 <= batch_size <= n.
       validation: optional pair ``(x_val, y_val)`` of non-empty arrays, evaluated after
         every epoch.
       drop_last: drop the last partial mini-batch (else it is used, padded with
         weight-0 rows, so no example is lost).
-      train_state: continue from this TrainState instead of a fresh one.
+      train_state: continue from this TrainState (``result.train_state`` of an earlier
+        run) instead of a fresh one; ``epochs`` must exceed the epochs it has run.
       params, model_state: initial params (needed for a plain-function model) and the
         model's state (batch-norm running statistics; needed with ``params`` when the
         model has state). Both are checked against the model's structure.
@@ -202,7 +204,7 @@ def prepare(
         raise ValueError(f"trainer must be an fnn.Trainer(model, optimizer, loss); got {type(trainer).__name__}")
     every = _check_checkpoint_options(checkpoint, checkpoint_every, resume, epochs)
     x, y, validation = _as_arrays(x, y, validation)
-    state = _initial_state(trainer, key, train_state, params, model_state)
+    state = _initial_state(trainer, key, train_state, params, model_state, epochs)
     _check_data(trainer, x, y, validation, batch_size, state)
     names = history_names(trainer, validation is not None)
     monitor = monitor or ("val_loss" if validation is not None else "loss")
@@ -210,17 +212,17 @@ def prepare(
         raise ValueError(f"monitor must be one of {names}; got {monitor!r}")
     settings = Settings(
         batch_size=batch_size,
-        drop_last=bool(drop_last),
-        eval_batch_size=min(check_int("eval_batch_size", eval_batch_size), len(validation[0])) if validation else 1,
+        drop_last=check_bool("drop_last", drop_last),
+        eval_batch_size=min(check_int("eval_batch_size", eval_batch_size), len(validation[0]) if validation else 1),
         patience=None if patience is None else check_int("patience", patience),
         monitor=monitor,
         maximize=monitor.endswith("accuracy"),
-        progress=bool(progress),
+        progress=check_bool("progress", progress),
         batch_sharding=batch_sharding,
     )
     data = RunData(x, y, validation, _scalar("tol", tol, check_nonnegative), _threshold(divergence_threshold))
     loop = initial_loop(trainer, state, epochs, validation is not None, settings.maximize)
-    return _Run(trainer, loop, data, settings, epochs, checkpoint, every, bool(resume))
+    return _Run(trainer, loop, data, settings, epochs, checkpoint, every, check_bool("resume", resume))
 
 
 def _check_checkpoint_options(path, every, resume, epochs: int) -> int:
@@ -268,18 +270,10 @@ def _array(name: str, value):
     return array
 
 
-def _initial_state(trainer: Trainer, key, train_state, params, model_state) -> TrainState:
-    """The run's first TrainState: the given one, or ``trainer.init`` from ``key``."""
+def _initial_state(trainer: Trainer, key, train_state, params, model_state, epochs: int) -> TrainState:
+    """The run's first TrainState: the given one (checked), or ``trainer.init`` from ``key``."""
     if train_state is not None:
-        if not isinstance(train_state, TrainState):
-            raise ValueError(f"train_state must be an fnn.TrainState; got {type(train_state).__name__}")
-        check_params(
-            trainer.model,
-            train_state.params,
-            train_state.model_state,
-            names=("train_state.params", "train_state.model_state"),
-        )
-        return train_state
+        return _check_train_state(trainer, train_state, epochs)
     if key is None:
         raise ValueError("key is required (an int seed or a jax.random key) unless train_state= is given")
     key = as_key(key)
@@ -292,45 +286,44 @@ def _initial_state(trainer: Trainer, key, train_state, params, model_state) -> T
     return trainer.init(key, params, model_state)
 
 
+def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:
+    """A given TrainState: params and model state fit the model, counters are int32
+    scalars, the key is a key, and epochs still remain (``epochs`` counts the total)."""
+    if not isinstance(state, TrainState):
+        raise ValueError(f"train_state must be an fnn.TrainState; got {type(state).__name__}")
+    check_params(
+        trainer.model, state.params, state.model_state, names=("train_state.params", "train_state.model_state")
+    )
+    for name in ("step", "epoch"):
+        value = getattr(state, name)
+        if jnp.shape(value) != () or jnp.result_type(value) != jnp.int32:
+            raise ValueError(f"train_state.{name} must be an int32 scalar; got {value!r}")
+    if not jnp.issubdtype(jnp.result_type(state.key), jax.dtypes.prng_key):
+        raise ValueError(f"train_state.key must be a typed jax.random key; got {state.key!r}")
+    if is_concrete(state.epoch) and int(state.epoch) >= epochs:
+        raise ValueError(
+            f"train_state has run {int(state.epoch)} epochs and epochs={epochs} counts the total (history has "
+            f"one entry per epoch): pass epochs > {int(state.epoch)} to train on"
+        )
+    return state
+
+
 def _check_data(trainer: Trainer, x, y, validation, batch_size: int, state: TrainState):
     """Eager checks of the data before anything is compiled; a ValueError names the argument."""
-    if jnp.ndim(x) < 1 or jnp.shape(x)[0] == 0:
-        raise ValueError(f"x must be a non-empty array of examples [n, ...]; got shape {jnp.shape(x)}")
-    if jnp.ndim(y) < 1 or jnp.shape(y)[0] != jnp.shape(x)[0]:
-        raise ValueError(f"x and y must have the same number of examples; got x {jnp.shape(x)} and y {jnp.shape(y)}")
+    trainer.check_data(state.params, state.model_state, x, y)
     n = jnp.shape(x)[0]
     if batch_size > n:
         raise ValueError(
             f"batch_size must be <= the number of examples ({n}); got {batch_size}: use a smaller batch_size"
         )
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        raise ValueError(
-            f"x must be floating point; got dtype {x.dtype} (scale integer pixels with fnn.prepare_images)"
-        )
-    check_finite("x", x)
-    out = _output_shape(trainer, x, state, "x")
-    losses_lib.check_targets(trainer.loss, "y", y, out)
     if validation is not None:
         xv, yv = validation
-        if jnp.shape(xv)[1:] != jnp.shape(x)[1:] or jnp.shape(yv)[0] != jnp.shape(xv)[0]:
+        if jnp.shape(xv)[1:] != jnp.shape(x)[1:]:
             raise ValueError(
-                f"validation must be (x_val, y_val) with x_val of shape [m, {', '.join(map(str, jnp.shape(x)[1:]))}] and "
-                f"as many y_val; got x_val {jnp.shape(xv)} and y_val {jnp.shape(yv)}"
+                f"validation must be (x_val, y_val) with x_val of shape [m, {', '.join(map(str, jnp.shape(x)[1:]))}]; "
+                f"got x_val {jnp.shape(xv)} and y_val {jnp.shape(yv)}"
             )
-        check_finite("validation x", xv)
-        _output_shape(trainer, xv, state, "validation x")  # its dtype too (strict promotion: x's may differ)
-        losses_lib.check_targets(trainer.loss, "validation y", yv, out)
-
-
-def _output_shape(trainer: Trainer, x, state: TrainState, name: str) -> tuple:
-    """The model's output shape for one example, found by abstract evaluation (no compute)."""
-    try:
-        out = jax.eval_shape(
-            lambda p, s, xb: trainer.model.apply(p, xb, state=s), state.params, state.model_state, x[:1]
-        )
-    except ValueError as error:
-        raise ValueError(f"{name} of shape {jnp.shape(x)} does not fit the model: {error}") from None
-    return tuple(out.shape[1:])
+        trainer.check_data(state.params, state.model_state, xv, yv, names=("validation x", "validation y"))
 
 
 def _execute(run: _Run) -> Loop:
@@ -341,7 +334,7 @@ def _execute(run: _Run) -> Loop:
         raise ValueError(
             "checkpoint= cannot be used under an outer jit or vmap (nothing can be saved from inside a trace)"
         )
-    description = resume_lib.describe(run.loop, run.settings, run.data, run.epochs)
+    description = resume_lib.describe(run.trainer, run.loop, run.settings, run.data, run.epochs)
     loop = run.loop
     if run.resume and os.path.exists(run.checkpoint):
         loop = resume_lib.restore(run.checkpoint, run.loop, description)

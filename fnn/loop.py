@@ -246,15 +246,16 @@ def running(loop: Loop, end_epoch_index) -> jax.Array:
     return (r.train_state.epoch < end_epoch_index) & ~r.stopped_early & ~r.diverged
 
 
-def _report(before: Loop, after: Loop, end_epoch_index) -> Loop:
+def _report(names: list[str], before: Loop, after: Loop, end_epoch_index) -> Loop:
     """Plant the progress report of the epoch just run (see ``fnn.progress``).
 
-    The report's acknowledgement (always 0) is added to the epoch counter, which the
+    ``names``: the history entries in the order to print (the carry's dict comes back
+    sorted by key). The report's acknowledgement (always 0) is added to the epoch counter, which the
     loop's condition reads: a callback whose result could be pruned would be dropped
     by the compiler (an outer ``jit`` keeps only the carry it returns).
     """
     epoch = before.result.train_state.epoch
-    values = {k: h[epoch] for k, h in after.result.history.items()}
+    values = {k: after.result.history[k][epoch] for k in names}
     epochs = len(after.result.history["loss"])
     ack = progress_lib.report(epoch, epochs, values, running(before, end_epoch_index))
     state = after.result.train_state
@@ -268,6 +269,8 @@ def run_epochs(trainer: Trainer, loop: Loop, data: RunData, end_epoch_index, set
     def epoch(loop: Loop) -> Loop:
         result, means = train_epoch(trainer, loop.result, data, settings)
         after = end_epoch(trainer, loop._replace(result=result), means, data, settings)
-        return _report(loop, after, end_epoch_index) if settings.progress else after
+        if not settings.progress:
+            return after
+        return _report(history_names(trainer, data.validation is not None), loop, after, end_epoch_index)
 
     return jax.lax.while_loop(lambda loop: running(loop, end_epoch_index), epoch, loop)

@@ -38,7 +38,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from fnn.activations import log_softmax, softplus
-from fnn.checks import check_finite, is_concrete
+from fnn.checks import check_finite, check_in_range, is_concrete
 
 
 def weighted_mean(per_example: jax.Array, weights: ArrayLike | None = None) -> jax.Array:
@@ -146,14 +146,35 @@ def _probability_targets(name: str, targets, output_shape: tuple):
     _check_range(name, targets, 0, 1, "[0, 1] (probabilities)")
 
 
+def _check_distributions(name: str, targets):
+    """Raise ``ValueError`` unless concrete ``targets`` hold probability distributions
+    along the last axis: every value in [0, 1] and every row summing to 1, to within
+    max(1e-3, the dtype's epsilon); skipped when traced or empty."""
+    if not (is_concrete(targets) and np.size(targets)):
+        return
+    host = np.asarray(targets)
+    dtype = host.dtype
+    tol = max(1e-3, float(jnp.finfo(dtype).eps)) if jnp.issubdtype(dtype, jnp.floating) else 1e-3
+    host = host.astype(np.float64)
+    sums = host.sum(axis=-1)
+    lo, hi, low_sum, high_sum = host.min(), host.max(), sums.min(), sums.max()
+    if lo < -tol or hi > 1 + tol or low_sum < 1 - tol or high_sum > 1 + tol:
+        raise ValueError(
+            f"{name} must hold probabilities: each row in [0, 1] summing to 1 (to within {tol:g}) along the "
+            f"last (class) axis; got values in [{lo:g}, {hi:g}] and row sums in [{low_sum:g}, {high_sum:g}]"
+        )
+
+
 def _label_targets(name: str, targets, output_shape: tuple):
-    """Integer labels [n, *output_shape[:-1]] in [0, classes), or finite one-hot / soft
-    targets of the output's shape [n, *output_shape] (classes on the last axis)."""
+    """Integer labels [n, *output_shape[:-1]] in [0, classes), or one-hot / soft targets
+    of the output's shape [n, *output_shape] (classes on the last axis): finite, each row
+    a probability distribution."""
     if not output_shape:
         raise ValueError(f"{name} cannot be class labels: the model's output per example has no class axis (shape ())")
     shape, classes = jnp.shape(targets), output_shape[-1]
     if len(shape) >= 1 and shape[1:] == output_shape:
         check_finite(name, targets)
+        _check_distributions(name, targets)
     elif len(shape) >= 1 and shape[1:] == output_shape[:-1] and jnp.issubdtype(jnp.result_type(targets), jnp.integer):
         check_labels(name, targets, classes)
     else:
@@ -179,8 +200,9 @@ class Loss:
       targets: the targets ``fn`` takes, for a model whose output per example has shape S:
         ``"same_shape"`` (default): [n, *S], finite (regression).
         ``"probabilities"``: [n, *S], each in [0, 1] (sigmoid outputs).
-        ``"labels"``: integer class indices [n, *S[:-1]] in [0, S[-1]), or finite
-        one-hot / soft targets [n, *S] (softmax outputs, classes on the last axis).
+        ``"labels"``: integer class indices [n, *S[:-1]] in [0, S[-1]), or one-hot /
+        soft targets [n, *S] (softmax outputs, classes on the last axis), each row in
+        [0, 1] summing to 1 (to within 1e-3).
       metrics: ``{name: metric(predictions, targets, weights)}`` reported with this loss
         by default (a dict or (name, metric) pairs; kept as a tuple of pairs).
 
@@ -242,8 +264,8 @@ def check_targets(loss: Callable[..., Any], name: str, targets: ArrayLike, outpu
     """Check ``targets`` against what ``loss`` declares it takes (see :class:`Loss`),
     eagerly, before any tracing.
 
-    Shapes and dtypes are always checked; values (label range, finiteness, [0, 1]) only
-    when ``targets`` is concrete, not a tracer. An undeclared loss takes targets of the
+    Shapes and dtypes are always checked; values (label range, finiteness, [0, 1], rows
+    of soft targets summing to 1) only when ``targets`` is concrete, not a tracer. An undeclared loss takes targets of the
     output's shape.
 
     Args:
@@ -327,7 +349,12 @@ def cross_entropy(
         (Szegedy et al. 2016). May be traced.
     Returns:
       scalar weighted mean over the batch.
+    Raises:
+      ValueError: for logits not [batch, classes], labels of the wrong shape or (when
+        concrete) outside the classes, or a ``label_smoothing`` that is not a number in
+        [0, 1) (its value is not read when traced).
     """
+    check_in_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
     if jnp.ndim(logits) != 2:
         raise ValueError(f"logits must have shape [batch, classes]; got {jnp.shape(logits)}")
     targets = _soft_targets(logits, labels, label_smoothing)

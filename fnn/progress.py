@@ -16,6 +16,19 @@ Members that stopped (early or by divergence) still ride the batched loop; they 
 left out of the summary. The callback is traced into the program when it compiles, so
 progress costs no recompilation once a run is cached. Elapsed time counts from the last
 ``start()`` (``fit`` and ``sweep`` call it).
+
+``start`` also takes host-side settings for the run, read by the callback when the
+program runs (not when it is traced), so one compiled program serves runs with different
+settings: ``start(members=k, label="chunk 2/3")`` summarizes only the FIRST ``k`` members
+of the batch (the others are padding: a sweep pads its last chunk, and a chunk sharded
+over devices, with copies of real members at the end) and prefixes every line with the
+label; the count then reads ``running/k``::
+
+    chunk 2/3  epoch  3/20  loss 0.4521 [0.4102–0.4876]  lr 1.000e-03  3/4 running  [9.1 s]
+
+``fit`` calls ``start()`` with the defaults (every member, no label); ``finish()``
+restores them. The settings are global to the process: a caller that changes them must
+wait for its program to finish (``jax.block_until_ready``) before it changes them again.
 """
 
 from __future__ import annotations
@@ -28,12 +41,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_clock = {"start": 0.0}
+_run: dict = {"start": 0.0, "members": None, "label": ""}  # read by the host callback
 
 
-def start():
-    """Start the clock of a new run."""
-    _clock["start"] = time.perf_counter()
+def start(members: int | None = None, label: str = "", *, restart_clock: bool = True) -> None:
+    """Start a new run: restart the clock and set how its progress lines read.
+
+    Args:
+      members: summarize only the first ``members`` members of a vmapped batch (the rest
+        are padding); ``None``: all of them.
+      label: printed at the start of every line (e.g. ``"chunk 2/3"``); ``""``: none.
+      restart_clock: ``False`` keeps counting the elapsed time from the previous
+        ``start`` (a sweep's later chunks).
+    """
+    if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 1):
+        raise ValueError(f"members must be an int >= 1 or None; got {members!r}")
+    if restart_clock:
+        _run["start"] = time.perf_counter()
+    _run.update(members=members, label=str(label))
+
+
+def finish() -> None:
+    """Restore the default settings (every member, no label); the clock keeps running."""
+    _run.update(members=None, label="")
 
 
 def report(epoch, epochs: int, values: dict, running) -> jax.Array:
@@ -65,17 +95,19 @@ def _print_line(names, epoch, epochs, values, running):
     """Host side: print one line for the epoch over the running members; return zeros."""
     epoch, running = np.asarray(epoch), np.asarray(running, bool)
     zeros = np.zeros(epoch.shape, np.int32)
-    active = running.reshape(-1)
+    real = running.size if _run["members"] is None else min(_run["members"], running.size)
+    active = running.reshape(-1)[:real]  # padding members sit at the end of the batch
     if not active.any():
         return zeros
-    members = active.size
-    index = int(epoch.reshape(-1)[active][0])
-    fields = "  ".join(_field(k, np.asarray(v).reshape(-1)[active]) for k, v in zip(names, values))
-    count = f"  {int(active.sum())}/{members} running" if members > 1 else ""
-    elapsed = time.perf_counter() - _clock["start"]
+    index = int(epoch.reshape(-1)[:real][active][0])
+    fields = "  ".join(_field(k, np.asarray(v).reshape(-1)[:real][active]) for k, v in zip(names, values))
+    count = f"  {int(active.sum())}/{real} running" if running.size > 1 or _run["members"] is not None else ""
+    elapsed = time.perf_counter() - _run["start"]
     epochs = int(np.ravel(epochs)[0])  # under vmap every argument gains a member axis
     width = len(str(epochs))
-    print(f"epoch {index + 1:>{width}}/{epochs}  {fields}{count}  [{elapsed:.1f} s]", file=sys.stdout, flush=True)
+    label = f"{_run['label']}  " if _run["label"] else ""
+    line = f"{label}epoch {index + 1:>{width}}/{epochs}  {fields}{count}  [{elapsed:.1f} s]"
+    print(line, file=sys.stdout, flush=True)
     return zeros
 
 

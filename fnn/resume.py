@@ -3,8 +3,10 @@
 A run's checkpoint (written by ``fit(checkpoint=...)``, see :mod:`fnn.checkpoint`)
 holds the whole epoch-loop carry and, in its metadata, a *description* of the run: the
 settings that decide its numbers (``batch_size``, ``drop_last``, the number of training
-and validation examples, ``monitor``, ``patience``, the history entries, ``epochs``) and
-the shape of every array it carries (params, model state, optimizer state, ...).
+and validation examples, ``monitor``, ``patience``, ``tol``, ``divergence_threshold``, the
+history entries, ``epochs``, the loss's name, every number in the trainer — learning
+rate, momentum, dropout rate, L2 strength, ... —, the run key and a SHA-256 digest of the
+data) and the shape of every array it carries (params, model state, optimizer state, ...).
 
 Resuming compares the call's description with the file's before reading any array, so
 a mismatch is reported as what the user changed — "the checkpoint was written for
@@ -20,12 +22,15 @@ run that stopped early or diverged stays stopped.
 
 from __future__ import annotations
 
+import hashlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fnn import checkpoint as checkpoint_lib
 from fnn.loop import Loop, RunData, Settings
+from fnn.train import Trainer
 
 # where a carried array lives -> how to name a difference there
 _PARTS = (
@@ -35,12 +40,14 @@ _PARTS = (
 )
 
 
-def describe(loop: Loop, settings: Settings, data: RunData, epochs: int) -> dict:
+def describe(trainer: Trainer, loop: Loop, settings: Settings, data: RunData, epochs: int) -> dict:
     """The run's description, stored as the checkpoint's metadata (JSON).
 
     Returns:
-      ``{"settings": {name: value}, "arrays": {path: "dtype[shape]"}}`` — the arrays of
-      the carry outside the histories, by key path.
+      ``{"settings": {name: value}, "arrays": {path: "dtype[shape]"}}``: the settings
+      that decide the run's numbers — structure, the loss, every number in the trainer
+      (``trainer.optimizer.lr.value``, ...), the run key, a digest of the data, the
+      convergence thresholds — and the arrays of the carry outside the histories.
     """
     settings_used = {
         "epochs": epochs,
@@ -51,12 +58,29 @@ def describe(loop: Loop, settings: Settings, data: RunData, epochs: int) -> dict
         "monitor": settings.monitor,
         "patience": settings.patience,
         "history": sorted(loop.result.history),
+        "loss": getattr(trainer.loss, "__name__", type(trainer.loss).__name__),
+        "tol": repr(float(data.tol)),
+        "divergence_threshold": repr(float(data.divergence_threshold)),
+        "key": np.asarray(jax.random.key_data(loop.result.train_state.key)).tolist(),
+        "data (SHA-256)": _digest((data.x, data.y, data.validation)),
     }
+    for path, leaf in jax.tree_util.tree_leaves_with_path(trainer):
+        settings_used["trainer" + jax.tree_util.keystr(path)] = np.asarray(leaf).tolist()
     without_history = loop._replace(result=loop.result._replace(history={}))
     arrays = {
         jax.tree_util.keystr(path): _spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)
     }
     return {"settings": settings_used, "arrays": arrays}
+
+
+def _digest(arrays) -> str:
+    """A short SHA-256 of the arrays' dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(arrays):
+        host = np.ascontiguousarray(leaf)
+        digest.update(f"{host.dtype}{host.shape}".encode())
+        digest.update(host.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _spec(leaf) -> str:
@@ -92,16 +116,8 @@ def restore(path, like: Loop, description: dict) -> Loop:
 
 
 def _compare(path, saved: dict, call: dict):
-    """Raise ValueError for the first difference between the saved run and this call."""
-    for name, value in call["settings"].items():
-        was = saved["settings"].get(name)
-        if name == "epochs" and isinstance(was, int) and was <= value:
-            continue  # extending a run is allowed
-        if was != value:
-            hint = f": pass epochs >= {was} to resume it" if name == "epochs" else ""
-            raise ValueError(
-                f"cannot resume from {path}: the checkpoint was written for {name}={was!r}; this call has {name}={value!r}{hint}"
-            )
+    """Raise ValueError for the first difference between the saved run and this call:
+    the carried arrays first (another model or optimizer), then the settings."""
     for key in [*call["arrays"], *(k for k in saved["arrays"] if k not in call["arrays"])]:  # tree order
         was, now = saved["arrays"].get(key, "nothing"), call["arrays"].get(key, "nothing")
         if was != now:
@@ -109,6 +125,16 @@ def _compare(path, saved: dict, call: dict):
             where = key.replace(".result.train_state.", "")
             raise ValueError(
                 f"cannot resume from {path}: {reason}: {where} is {was} in the checkpoint, {now} in this call"
+            )
+    for name, value in call["settings"].items():
+        was = saved["settings"].get(name)
+        if name == "epochs" and isinstance(was, int) and was <= value:
+            continue  # extending a run is allowed
+        if was != value:
+            hint = f": pass epochs >= {was} to resume it" if name == "epochs" else ""
+            raise ValueError(
+                f"cannot resume from {path}: the checkpoint was written for {name}={was!r}; "
+                f"this call has {name}={value!r}{hint}"
             )
 
 

@@ -14,7 +14,10 @@ Because fnn's hyperparameters are pytree leaves, ``config`` called on traced val
 builds a Trainer whose numbers are traced: every member (grid point × seed) runs the same
 compiled program, vmapped over the member axis. Members run in chunks of at most
 ``chunk_size`` per compiled call (the same program serves every chunk; a last, smaller
-chunk is padded by repeating members and the extra results dropped). With several
+chunk is padded by repeating members at its end and the extra results dropped).
+Hyperparameters reach ``config`` as traced float scalars, so a configuration must use
+them as numbers, not as Python values (``int(hidden)``, ``if lr < 1``): the sweep traces
+it once abstractly first and refuses such a configuration with a ValueError. With several
 devices, each chunk's member axis is sharded over them (see ``fnn.distributed``).
 
 Each member's seed is its seed index ``s`` (``0 .. seeds-1``, or the given seed values),
@@ -28,7 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -41,6 +44,14 @@ from fnn.checks import check_int
 from fnn.distributed import member_sharding
 from fnn.fit import check_fit, fit
 from fnn.train import Trainer
+
+# fit's options in a sweep (one place). Per-run options are refused: members take their
+# keys from seeds. Array options are passed to the compiled program as traced data, shared
+# by every member (tol and divergence_threshold too, when not None: a new value reuses
+# the compiled program); every other option is static (hashable) and part of its key.
+_PER_RUN_OPTIONS = ("key", "train_state", "checkpoint", "checkpoint_every", "resume")
+_ARRAY_OPTIONS = ("validation", "params", "model_state", "tol", "divergence_threshold")
+_SCALAR_OPTIONS = ("tol", "divergence_threshold")  # as fit's float dtype: 0.1 and np.array(0.1) share a program
 
 
 class SweepResult(NamedTuple):
@@ -125,6 +136,8 @@ def grid_points(config: Callable[..., Any], grid: dict[str, Any], product: bool 
     Returns:
       ``{name: [points] float array}``.
     """
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"grid must be a dict {{hyperparameter: values}}; got {type(grid).__name__}: {grid!r}")
     parameters = inspect.signature(config).parameters
     for name in grid:
         if name not in parameters:
@@ -160,18 +173,58 @@ def check_configurations(config: Callable[..., Trainer], table: dict[str, np.nda
     """Build the configuration once at every grid point of ``table``, with concrete values.
 
     Under the sweep's ``vmap`` the configuration is built from traced values, which skip
-    the constructors' range checks; building it here first makes those checks run.
+    the constructors' range checks; building it here first makes those checks run. It is
+    then traced once abstractly (``jax.eval_shape``), as the sweep will call it, so that a
+    configuration that needs its hyperparameters as Python values is refused here.
 
     Returns:
       the Trainer of the first member (for the data checks).
     Raises:
       ValueError: naming the grid point (every key and value) that the configuration
-        refuses, and why; or a configuration that does not return an fnn.Trainer.
+        refuses, and why; a configuration that does not return an fnn.Trainer; or one
+        that uses hyperparameters as Python values (``int(h)``, ``if lr < 1``).
     """
     names = [k for k in table if k != "seed"]
     points = dict.fromkeys(tuple(float(table[k][i]) for k in names) for i in range(len(table["seed"])))
     trainers = [_build(config, dict(zip(names, point))) for point in points]
+    _check_traceable(config, dict(zip(names, next(iter(points)))))
     return trainers[0]
+
+
+def _check_traceable(config: Callable, first: dict) -> None:
+    """Trace ``config`` with the hyperparameters as abstract float scalars, as the sweep does.
+
+    ``first`` is a grid point (``{name: float}``); when the trace fails, each hyperparameter
+    is traced alone (the others at ``first``) to name the ones used as Python values.
+    """
+    if not first:
+        return
+    failure = _trace_error(config, first, list(first))
+    if failure is None:
+        return
+    culprits = [k for k in first if _trace_error(config, first, [k]) is not None] or list(first)
+    if isinstance(failure, (jax.errors.JAXTypeError, jax.errors.JAXIndexError)):
+        reason = "as Python values (int(), float(), if, range(), NumPy, ...)"
+    else:
+        reason = "in a way that fails when they are traced"
+    detail = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+    raise ValueError(
+        f"the configuration uses hyperparameter(s) {culprits} {reason}: a sweep passes them as traced "
+        f"float scalars (one compiled program for every member); sweep only numeric hyperparameters "
+        f"(learning rates, l2, dropout, ...) and set the others in the configuration (grid keys: {list(first)}). "
+        f"{type(failure).__name__}: {detail}"
+    ) from None
+
+
+def _trace_error(config: Callable, point: dict, traced: list) -> Exception | None:
+    """The error tracing ``config`` at ``point`` with the ``traced`` names abstract, or None."""
+    fixed = {k: v for k, v in point.items() if k not in traced}
+    abstract = {k: jax.ShapeDtypeStruct((), jnp.result_type(float)) for k in traced}
+    try:
+        jax.eval_shape(lambda h: config(**fixed, **h), abstract)
+    except (jax.errors.JAXTypeError, jax.errors.JAXIndexError, TypeError, ValueError) as error:
+        return error
+    return None
 
 
 def _build(config: Callable, hyperparameters: dict) -> Trainer:
@@ -230,28 +283,42 @@ def sweep(
         ``key``, ``train_state`` and checkpoints are per-run options and are refused here.
         Everything ``fit`` checks is checked first, eagerly (``fnn.fit.check_fit``),
         and the configuration is built once at every grid point with concrete values
-        (``check_configurations``), so a sweep refuses what ``fit`` refuses.
+        and traced once abstractly (``check_configurations``), so a sweep refuses what
+        ``fit`` refuses. ``tol`` and ``divergence_threshold`` are traced: new values
+        reuse the compiled program. With ``progress=True`` each chunk prints its lines
+        labelled ``chunk i/m``, summarizing only its real members (not the padding).
     Returns:
       a ``SweepResult`` with one row per member.
     Raises:
       ValueError: for bad input, before anything is compiled; a refused grid point is
         named with its keys and values.
     """
-    for name in ("key", "train_state", "checkpoint", "checkpoint_every", "resume"):
+    for name in _PER_RUN_OPTIONS:
         if name in fit_kwargs:
             raise ValueError(f"{name}= is not a sweep option: members take their keys from seeds")
-    table = members(config, grid or {}, seeds, product)
+    table = members(config, {} if grid is None else grid, seeds, product)
     check_fit(check_configurations(config, table), x, y, key=int(table["seed"][0]), **fit_kwargs)
-    if fit_kwargs.get("progress"):
-        progress_lib.start()
     n = len(table["seed"])
     chunk = n if chunk_size is None else check_int("chunk_size", chunk_size)
     sharding = member_sharding(devices, min(chunk, n))
     chunk = sharding.num_devices * -(-min(chunk, n) // sharding.num_devices) if sharding else min(chunk, n)
-    pieces = [
-        _run_chunk(config, fit_kwargs, x, y, _take(table, range(start, start + chunk), n), sharding)
-        for start in range(0, n, chunk)
-    ]
+    starts = range(0, n, chunk)
+    if fit_kwargs.get("progress"):
+        progress_lib.start()  # the clock counts compilation too, as in fit
+    program = _program(config, fit_kwargs, x, y, _place(_take(table, range(chunk), n), sharding))
+    pieces = []
+    try:
+        for i, start in enumerate(starts):
+            members_table = _place(_take(table, range(start, start + chunk), n), sharding)  # padding at the end
+            if fit_kwargs.get("progress"):
+                label = f"chunk {i + 1}/{len(starts)}" if len(starts) > 1 else ""
+                progress_lib.start(members=min(chunk, n - start), label=label, restart_clock=False)
+                pieces.append(jax.block_until_ready(program(members_table)))  # its lines before the next chunk's
+            else:
+                pieces.append(program(members_table))
+    finally:
+        if fit_kwargs.get("progress"):
+            progress_lib.finish()
     results = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
     return SweepResult(hyperparameters=table, results=results)
 
@@ -260,9 +327,6 @@ def _take(table: dict, index, n: int) -> dict:
     """Rows ``index`` of the member table (indices past the end wrap round: padding)."""
     rows = np.asarray(list(index)) % n
     return {k: v[rows] for k, v in table.items()}
-
-
-_ARRAY_OPTIONS = ("validation", "params", "model_state")  # fit options passed as traced data
 
 
 @functools.partial(jax.jit, static_argnames=("config", "options"))
@@ -280,13 +344,26 @@ def _run_members(config: Callable, options: tuple, x, y, arrays: dict, chunk: di
     return jax.vmap(one)(chunk)
 
 
-def _run_chunk(config, fit_kwargs: dict, x, y, chunk: dict, sharding):
-    """Place a chunk's member table (sharded over devices if asked) and run it."""
+def _place(chunk: dict, sharding) -> dict:
+    """A chunk's member table as arrays, sharded over devices if asked."""
     chunk = {k: jnp.asarray(v, jnp.int32 if k == "seed" else jnp.result_type(float)) for k, v in chunk.items()}
-    if sharding is not None:
-        chunk = jax.device_put(chunk, sharding)
-    arrays = {k: jax.tree.map(jnp.asarray, v) for k, v in fit_kwargs.items() if k in _ARRAY_OPTIONS and v is not None}
-    options = tuple(sorted((k, v) for k, v in fit_kwargs.items() if k not in _ARRAY_OPTIONS))
+    return chunk if sharding is None else jax.device_put(chunk, sharding)
+
+
+def _program(config, fit_kwargs: dict, x, y, chunk: dict) -> Callable[[dict], Any]:
+    """The compiled sweep program for chunks shaped and placed like ``chunk``: ``run(chunk)``.
+
+    It is compiled here, ahead of the first chunk (from the cache when a sweep of the same
+    configuration, options and shapes ran before), so that tracing ``fit`` — whose
+    ``progress.start()`` runs at trace time — is over before a chunk's progress settings
+    are set.
+    """
+    arrays = {
+        k: jnp.asarray(v, jnp.result_type(float)) if k in _SCALAR_OPTIONS else jax.tree.map(jnp.asarray, v)
+        for k, v in fit_kwargs.items()
+        if k in _ARRAY_OPTIONS and v is not None
+    }
+    options = tuple(sorted((k, v) for k, v in fit_kwargs.items() if k not in arrays))
     for name, value in options:
         try:
             hash(value)
@@ -294,4 +371,6 @@ def _run_chunk(config, fit_kwargs: dict, x, y, chunk: dict, sharding):
             raise ValueError(
                 f"sweep option {name}= must be a hashable (static) value; got {type(value).__name__}"
             ) from None
-    return _run_members(config, options, jnp.asarray(x), jnp.asarray(y), arrays, chunk)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    compiled = _run_members.lower(config, options, x, y, arrays, chunk).compile()
+    return lambda members_table: compiled(x, y, arrays, members_table)

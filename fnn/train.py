@@ -35,7 +35,7 @@ from jax.typing import ArrayLike
 
 from fnn import losses as losses_lib
 from fnn.batching import eval_batches
-from fnn.checks import as_key, check_int
+from fnn.checks import as_key, check_finite, check_int, is_concrete
 from fnn.layers import as_model, check_params
 from fnn.pytree import pytree_dataclass, static_field
 
@@ -51,6 +51,27 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
+_RESERVED = ("loss", "lr", "weight")  # history entries the engine writes itself
+
+
+def _checked_metrics(metrics) -> tuple:
+    """``metrics`` as ``((name, metric), ...)``: string names (not a reserved history entry
+    nor ``val_*``) mapped to functions; a ValueError names what is wrong."""
+    pairs = metrics.items() if isinstance(metrics, dict) else metrics
+    try:
+        pairs = tuple((name, metric) for name, metric in pairs)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"metrics must be a dict {{name: metric(predictions, targets, weights)}}; got {metrics!r}"
+        ) from None
+    for name, metric in pairs:
+        if not isinstance(name, str) or not callable(metric):
+            raise ValueError(f"metrics must map string names to functions; got {name!r}: {metric!r}")
+        if name in _RESERVED or name.startswith("val_"):
+            raise ValueError(f"metric name {name!r} is taken by the history ({', '.join(_RESERVED)}, val_*): rename it")
+    return pairs
+
+
 @pytree_dataclass
 class Trainer:
     """What a training step needs: ``model``, ``optimizer``, ``loss``, ``regularizer``.
@@ -61,8 +82,9 @@ class Trainer:
       optimizer: an fnn optimizer, e.g. ``fnn.adam(1e-3)``.
       loss: ``loss(predictions, targets, weights) -> scalar`` (see ``fnn.losses``).
       regularizer: optional ``reg(params) -> scalar`` added to the loss (``fnn.l2``).
-      metrics: ``{name: metric(predictions, targets, weights)}``; by default accuracy for
-        the classification losses, nothing otherwise.
+      metrics: ``{name: metric(predictions, targets, weights)}``; by default the loss's
+        declared metrics (accuracy for the classification losses, nothing for mse). Names
+        must not be "loss", "lr", "weight" or start with "val_" (history entries).
     """
 
     model: Any
@@ -80,10 +102,8 @@ class Trainer:
                 raise ValueError(
                     f"optimizer must be an fnn optimizer (with .{name}); got {type(self.optimizer).__name__}"
                 )
-        if self.metrics is None:
-            object.__setattr__(self, "metrics", tuple(losses_lib.default_metrics(self.loss).items()))
-        elif isinstance(self.metrics, dict):
-            object.__setattr__(self, "metrics", tuple(self.metrics.items()))
+        metrics = losses_lib.default_metrics(self.loss) if self.metrics is None else self.metrics
+        object.__setattr__(self, "metrics", _checked_metrics(metrics))
 
     def init(self, key: ArrayLike, params: Any = None, model_state: Any = None) -> TrainState:
         """A fresh TrainState: params from ``model.init`` (unless given), optimizer state,
@@ -102,6 +122,12 @@ class Trainer:
             params, model_state = self.model.init(jax.random.fold_in(run_key, 2))
         else:
             model_state = check_params(self.model, params, model_state, names=("params", "model_state"))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+                if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+                    where = "params" + jax.tree_util.keystr(path)
+                    raise ValueError(
+                        f"{where} must be floating point (it is trained); got dtype {jnp.result_type(leaf)}"
+                    )
         opt_state = self.optimizer.init(params)
         zero = jnp.zeros((), jnp.int32)
         return TrainState(params, model_state, opt_state, zero, zero, run_key)
@@ -156,6 +182,53 @@ class Trainer:
         """The trainer's metrics on one batch: ``{name: scalar}``."""
         return {name: metric(predictions, y, weights) for name, metric in self.metrics}
 
+    def check_data(
+        self, params: Any, model_state: Any, x: ArrayLike, y: ArrayLike, *, names: tuple[str, str] = ("x", "y")
+    ) -> tuple:
+        """Eager checks of a dataset against the model and the loss, before any tracing.
+
+        x must be a non-empty floating array [n, ...] of finite values that the model
+        accepts; y must have n rows of the targets the loss declares
+        (:func:`fnn.losses.check_targets`), and the loss must accept the model's output
+        with them (abstract evaluation: nothing is computed). Value checks are skipped
+        for traced arrays.
+
+        Args:
+          params, model_state: the model's parameters and state (their shapes only).
+          x, y: [n, ...] inputs and targets.
+          names: the names of x and y in messages, e.g. ``("validation x", "validation y")``.
+        Returns:
+          the model's output shape for one example.
+        Raises:
+          ValueError: naming the argument and what was expected.
+        """
+        name_x, name_y = names
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if jnp.ndim(x) < 1 or jnp.shape(x)[0] == 0:
+            raise ValueError(f"{name_x} must be a non-empty array of examples [n, ...]; got shape {jnp.shape(x)}")
+        if jnp.ndim(y) < 1 or jnp.shape(y)[0] != jnp.shape(x)[0]:
+            raise ValueError(
+                f"{name_x} and {name_y} must have the same number of examples; got {jnp.shape(x)} and {jnp.shape(y)}"
+            )
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise ValueError(
+                f"{name_x} must be floating point (real, not complex); got dtype {jnp.result_type(x)} "
+                "(scale integer pixels with fnn.prepare_images)"
+            )
+        check_finite(name_x, x)
+        try:
+            out = jax.eval_shape(lambda p, s, xb: self.model.apply(p, xb, state=s), params, model_state, x[:1])
+        except ValueError as error:
+            raise ValueError(f"{name_x} of shape {jnp.shape(x)} does not fit the model: {error}") from None
+        losses_lib.check_targets(self.loss, name_y, y, tuple(out.shape[1:]))
+        try:
+            jax.eval_shape(lambda o, t: self.loss(o, t, None), out, y[:1])
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"{name_y} of shape {jnp.shape(y)} does not fit the loss for the model's output: {error}"
+            ) from None
+        return tuple(out.shape[1:])
+
     def evaluate(
         self, params: Any, model_state: Any, x: ArrayLike, y: ArrayLike, batch_size: int = 1024
     ) -> dict[str, jax.Array]:
@@ -173,6 +246,8 @@ class Trainer:
         """
         batch_size = check_int("batch_size", batch_size)
         x, y = jnp.asarray(x), jnp.asarray(y)
+        if is_concrete((x, y)):
+            self.check_data(params, model_state, x, y)
         n = x.shape[0]
         indices, weights = eval_batches(n, min(batch_size, n))
 

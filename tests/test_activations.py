@@ -152,6 +152,28 @@ def test_derivative_at_a_kink_is_the_documented_one(f, derivative):
         assert jax.grad(f)(jnp.zeros((), dtype)) == derivative
 
 
+@DTYPES
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_nan_in_is_nan_out(name, dtype):
+    # A diverged input must stay visible: relu as jnp.where(x > 0, x, 0) turned NaN into 0.
+    x = jnp.asarray([np.nan, -1.0, 0.0, 1.0], dtype)
+    f = act.get(name)
+    for y in (f(x), jax.jit(f)(x)):
+        assert np.isnan(y[0])
+        chex.assert_tree_all_finite(y[1:])
+
+
+@DTYPES
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_a_row_with_a_nan_gives_a_nan_row(name, dtype):
+    x = jnp.asarray([[0.5, np.nan, -1.0], [0.5, 2.0, -1.0]], dtype)
+    f = act.get(name)
+    for y in (f(x), jax.jit(f)(x)):
+        assert np.all(np.isnan(y[0]))
+        chex.assert_tree_all_finite(y[1])  # the other rows are untouched
+        np.testing.assert_allclose(y[1], REFERENCE[name](np.asarray(x[1:]))[0], rtol=TOL[dtype])
+
+
 @pytest.mark.parametrize("name", list(REFERENCE) + ["linear"])
 def test_lookup_by_name_and_by_function(name):
     f = act.get(name)

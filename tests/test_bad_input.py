@@ -7,6 +7,7 @@ The doors: ``fit``, ``sweep`` (which traces ``fit`` inside, so it must check fir
 program is never called.
 """
 
+import functools
 import sys
 
 import jax
@@ -37,6 +38,14 @@ def config(lr=1e-2, dropout=0.0):
 
 def fit(x, y, tr=None, **change):
     return fnn.fit(tr or trainer(), x, y, **(dict(key=0, epochs=1, batch_size=BATCH) | change))
+
+
+@functools.cache
+def done_state():
+    """The train state of a run that has done 1 epoch (built on first use)."""
+    x, y = load_digits()
+    x, y = (x[:N] / 16.0).astype(np.float32), y[:N].astype(np.int32)
+    return fit(x, y).train_state
 
 
 def sweep(x, y, **change):
@@ -107,6 +116,36 @@ FIT = [
         "validation x of shape (5, 64) does not fit the model",
     ),
     ("eval_batch_size 0", lambda x, y: fit(x, y, validation=(x, y), eval_batch_size=0), "eval_batch_size must be >= 1"),
+    ("eval_batch_size 0, no validation", lambda x, y: fit(x, y, eval_batch_size=0), "eval_batch_size must be >= 1"),
+    ("drop_last string", lambda x, y: fit(x, y, drop_last="no"), "drop_last must be a bool"),
+    ("progress string", lambda x, y: fit(x, y, progress="yes"), "progress must be a bool"),
+    ("complex x", lambda x, y: fit(x.astype(np.complex64), y), "x must be floating point (real, not complex)"),
+    ("key too large", lambda x, y: fit(x, y, key=2**70), "key must be an int seed that fits in 64 bits"),
+    (
+        "integer params",
+        lambda x, y: fit(x, y, params=jax.tree.map(lambda a: a.astype(jnp.int32), PARAMS)),
+        "must be floating point",
+    ),
+    (
+        "targets the loss refuses",
+        lambda x, y: fit(x.reshape(N, 2, 32), y[:, None].repeat(2, 1), trainer(fnn.mlp([32, 10]))),
+        "y of shape (300, 2) does not fit the loss",
+    ),
+    (
+        "train_state done",
+        lambda x, y: fit(x, y, train_state=done_state(), epochs=1),
+        "train_state has run 1 epochs",
+    ),
+    (
+        "train_state counters",
+        lambda x, y: fit(x, y, train_state=done_state()._replace(epoch=1.0), epochs=3),
+        "train_state.epoch must be an int32 scalar",
+    ),
+    (
+        "train_state key",
+        lambda x, y: fit(x, y, train_state=done_state()._replace(key=0), epochs=3),
+        "train_state.key must be a typed jax.random key",
+    ),
     ("params count", lambda x, y: fit(x, y, params=PARAMS[:2]), "params has 2 entries"),
     (
         "params leaf",
@@ -168,12 +207,40 @@ SWEEP = [
         lambda x, y: fnn.sweep(lambda lr=0.1: fnn.adam(lr), x, y, epochs=1, batch_size=BATCH),
         "config must return an fnn.Trainer",
     ),
+    (
+        "config int(hidden)",
+        lambda x, y: fnn.sweep(
+            lambda lr=1e-2, hidden=8.0: fnn.Trainer(fnn.mlp([64, int(hidden), 10]), fnn.adam(lr), fnn.cross_entropy),
+            *(x, y),
+            grid={"lr": [1e-2], "hidden": [8.0, 16.0]},
+            epochs=1,
+            batch_size=BATCH,
+        ),
+        "the configuration uses hyperparameter(s) ['hidden'] as Python values",
+    ),
+    (
+        "config if lr < 1",
+        lambda x, y: fnn.sweep(
+            lambda lr=1e-2: fnn.Trainer(
+                fnn.mlp([64, 16, 10]), fnn.sgd(lr) if lr < 1 else fnn.adam(lr), fnn.cross_entropy
+            ),
+            *(x, y),
+            grid={"lr": [1e-2, 2.0]},
+            epochs=1,
+            batch_size=BATCH,
+        ),
+        "the configuration uses hyperparameter(s) ['lr'] as Python values",
+    ),
+    ("grid not a dict", lambda x, y: sweep(x, y, grid=[("lr", [1e-2])]), "grid must be a dict"),
 ]
 
 EVALUATE = [
     ("batch_size 0", lambda x, y: trainer().evaluate(PARAMS, STATE, x, y, batch_size=0), "batch_size must be >= 1"),
     ("params", lambda x, y: trainer().evaluate(PARAMS[:1], STATE, x, y), "params has 1 entries"),
     ("state with BN", lambda x, y: trainer(BN).evaluate(BN_PARAMS, (), x, y), "state has 0 entries"),
+    ("labels out of range", lambda x, y: trainer().evaluate(PARAMS, STATE, x, y + 10), "y must lie in [0, 10)"),
+    ("NaN in x", lambda x, y: trainer().evaluate(PARAMS, STATE, np.full_like(x, np.nan), y), "x holds"),
+    ("empty x", lambda x, y: trainer().evaluate(PARAMS, STATE, x[:0], y[:0]), "x must be a non-empty array"),
 ]
 
 CONSTRUCTORS = [
@@ -203,6 +270,21 @@ CONSTRUCTORS = [
     ("Trainer optimizer", lambda: fnn.Trainer(fnn.mlp([4, 2]), "adam", fnn.mse), "optimizer must be an fnn optimizer"),
     ("Trainer loss", lambda: fnn.Trainer(fnn.mlp([4, 2]), fnn.adam(1e-3), "mse"), "loss must be a function"),
     ("Loss targets", lambda: fnn.losses.Loss(fnn.mse, targets="classes"), "targets must be one of"),
+    (
+        "metric named loss",
+        lambda: fnn.Trainer(fnn.mlp([4, 2]), fnn.adam(1e-3), fnn.mse, metrics={"loss": fnn.mse}),
+        "metric name 'loss' is taken",
+    ),
+    (
+        "metric named val_x",
+        lambda: fnn.Trainer(fnn.mlp([4, 2]), fnn.adam(1e-3), fnn.mse, metrics={"val_acc": fnn.mse}),
+        "is taken by the history",
+    ),
+    (
+        "metrics a string",
+        lambda: fnn.Trainer(fnn.mlp([4, 2]), fnn.adam(1e-3), fnn.mse, metrics="accuracy"),
+        "metrics must be",
+    ),
 ]
 
 

@@ -3,7 +3,10 @@
 import hashlib
 import json
 import os
+import re
 import struct
+import subprocess
+import sys
 
 import chex
 import jax
@@ -143,6 +146,10 @@ HOSTILE_HEADERS = {  # each keeps the payload's size unless said otherwise, so o
     "negative dim read as the rest": _set("['w']", shape=[-1]),
     "overflowing dims": _set("['nested'][0]", shape=[2**32, 2**32, 2]),  # int64 product wraps to 0 bytes
     "huge dims of an empty leaf": _set("['nested'][0]", shape=[0, 2**70]),
+    "empty leaf past NumPy's byte limit": _set("['nested'][0]", shape=[0, 2**61, 2]),  # 2**62 items of 4+ bytes
+    "empty leaf with one huge dim": _set("['nested'][0]", shape=[0, 2**62 - 1]),
+    "empty leaf with huge dims last": _set("['nested'][0]", shape=[2**31, 2**31, 0]),
+    "empty bool leaf past NumPy's limit": _set("['nested'][0]", dtype="|b1", shape=[2**63, 0]),
     "too many dims": _set("['step']", shape=[1] * 65),
     "float dims": _set("['w']", shape=[3.0, 4]),
     "bool dims": _set("['b']", shape=[True, 4]),
@@ -187,6 +194,27 @@ def test_hostile_headers_are_refused_naming_the_file(tmp_path, tree, edit):
     with pytest.raises(checkpoint.CheckpointError) as caught:
         checkpoint.read(path)
     assert str(path) in str(caught.value)
+
+
+def test_an_empty_leaf_with_a_large_dim_is_read(tmp_path, tree):
+    path = tmp_path / "run.ckpt"
+    checkpoint.save(path, tree)
+    index = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)].index("['nested'][0]")
+    _rewrite_header(path, lambda header: _set("['nested'][0]", shape=[0, 2**40])(header, {"['nested'][0]": index}))
+    assert checkpoint.read(path)[1][index].shape == (0, 2**40)
+
+
+def test_what_numpy_refuses_while_decoding_becomes_a_checkpoint_error(tmp_path, tree, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    checkpoint.save(path, tree)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("array is too big (simulated)")
+
+    monkeypatch.setattr(np, "frombuffer", refuse)
+    with pytest.raises(checkpoint.CheckpointError, match="simulated") as caught:
+        checkpoint.read(path)
+    assert str(caught.value).startswith(f"{path}: leaf 0")
 
 
 @pytest.mark.parametrize("header_len", [10**6, 2**64 - 1])
@@ -294,21 +322,48 @@ def _temporary_name(target, tree, monkeypatch):
     return names[0]
 
 
-def test_temporaries_are_named_after_their_target_and_removed_on_failure(tmp_path, tree, monkeypatch):
+def _written_by(name, pid=None, host=None):
+    """The temporary's ``name`` (``.<target>.ckpt-<host>-<pid>-<hex>``) as process ``pid`` on ``host`` would name it."""
+    head, old_pid, random = name.rsplit("-", 2)
+    prefix, old_host = re.fullmatch(r"(\..*?\.ckpt-)(.*)", head).groups()
+    return f"{prefix}{old_host if host is None else host}-{old_pid if pid is None else pid}-{random}"
+
+
+@pytest.fixture
+def dead_pid():
+    """The pid of a process that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def live_pid():
+    """The pid of another live process (a sleeping child)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_temporaries_are_named_after_their_target_and_writer_and_removed_on_failure(tmp_path, tree, monkeypatch):
     name = _temporary_name(tmp_path / "run.ckpt", tree, monkeypatch)
-    assert name.startswith(".run.ckpt.ckpt-")
+    assert re.fullmatch(rf"\.run\.ckpt\.ckpt-[A-Za-z0-9_.-]+-{os.getpid()}-[0-9a-f]{{16}}", name), name
     assert list(tmp_path.iterdir()) == []  # the failed save removed it
 
 
-def test_stale_temporaries_of_the_same_checkpoint_are_removed_by_the_next_save(tmp_path, tree, monkeypatch):
+def test_stale_temporaries_of_the_same_checkpoint_are_removed_by_the_next_save(tmp_path, tree, monkeypatch, dead_pid):
     path = tmp_path / "run.ckpt"
-    stale = [_temporary_name(path, tree, monkeypatch) for _ in range(2)]  # what two killed saves would leave
+    # what two killed saves on this host would leave
+    stale = [_written_by(_temporary_name(path, tree, monkeypatch), pid=dead_pid) for _ in range(2)]
     others = [
-        _temporary_name(tmp_path / "other.ckpt", tree, monkeypatch),  # another checkpoint's
-        _temporary_name(tmp_path / "run.ckpt.ckpt-x", tree, monkeypatch),  # a checkpoint whose name extends ours
+        _written_by(_temporary_name(tmp_path / "other.ckpt", tree, monkeypatch), pid=dead_pid),  # another's
+        # a checkpoint whose name extends ours
+        _written_by(_temporary_name(tmp_path / "run.ckpt.ckpt-x", tree, monkeypatch), pid=dead_pid),
         stale[0] + "0",
         stale[0] + ".bak",
         stale[0][1:],
+        _written_by(stale[0], pid=f"0{dead_pid}"),
         "notes.txt",
     ]
     for name in stale + others:
@@ -316,6 +371,38 @@ def test_stale_temporaries_of_the_same_checkpoint_are_removed_by_the_next_save(t
     checkpoint.save(path, tree)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + ["run.ckpt"])
     checkpoint.restore(path, like=tree)
+
+
+def test_temporaries_of_live_writers_and_other_hosts_survive_a_save(tmp_path, tree, monkeypatch, live_pid, dead_pid):
+    path = tmp_path / "run.ckpt"
+    name = _temporary_name(path, tree, monkeypatch)
+    host = name.rsplit("-", 2)[0].removeprefix(".run.ckpt.ckpt-")  # this host's, as the name gives it
+    survivors = [
+        _written_by(name, pid=live_pid),  # another live process on this host, maybe mid-write
+        _written_by(_temporary_name(path, tree, monkeypatch)),  # this process's own
+        _written_by(name, pid=dead_pid, host=host + "x"),  # another host's: whether its writer lives is unknown
+        _written_by(name, pid=dead_pid, host="other-host.example"),
+    ]
+    for survivor in survivors:
+        (tmp_path / survivor).write_bytes(b"partial")
+    checkpoint.save(path, tree)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(survivors + ["run.ckpt"])
+
+
+def test_a_save_between_another_writers_write_and_rename_leaves_it_intact(tmp_path, tree, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    real_replace, renamed = os.replace, []
+
+    def save_in_between(src, dst):  # the first writer paused with its temporary written: a second one saves
+        if not renamed:
+            renamed.append(src)
+            checkpoint.save(path, {**tree, "step": jnp.asarray(8, jnp.int32)})
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", save_in_between)
+    checkpoint.save(path, tree)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]
+    chex.assert_trees_all_equal(checkpoint.restore(path, like=tree), tree, strict=True)  # the last rename wins
 
 
 # ---------------------------------------------------------------------------- resume

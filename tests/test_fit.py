@@ -124,6 +124,18 @@ def test_warm_start_from_init_params_trains_the_model(digits):
     chex.assert_shape(result.train_state.params[0]["w"], (64, 8))
 
 
+def test_continuing_from_a_train_state_runs_the_remaining_epochs(digits):
+    """epochs counts the total: a state after 2 epochs, continued with epochs=4, runs 2 more
+    and ends where an uninterrupted 4-epoch run ends (the same program, the same keys)."""
+    x, y, _, _ = digits
+    first = fnn.fit(trainer(), x, y, key=0, epochs=4, batch_size=BATCH)
+    two = fnn.fit(trainer(), x, y, key=0, epochs=2, batch_size=BATCH)
+    rest = fnn.fit(trainer(), x, y, train_state=two.train_state, epochs=4, batch_size=BATCH)
+    chex.assert_trees_all_equal(rest.train_state, first.train_state)
+    assert np.all(np.isnan(rest.history["loss"][:2])) and np.all(np.isfinite(rest.history["loss"][2:]))
+    np.testing.assert_array_equal(rest.history["loss"][2:], first.history["loss"][2:])
+
+
 def test_warm_start_of_a_model_with_state_needs_its_state(digits):
     x, y, _, _ = digits
     model = fnn.mlp([64, 8, 10], batchnorm=True)

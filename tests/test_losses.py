@@ -133,6 +133,24 @@ def test_label_smoothing_may_be_traced():
         np.testing.assert_allclose(value, np_cross_entropy(LOGITS, np_smooth(ONE_HOT, s)).mean(), rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "smoothing, error",
+    [
+        (1.5, r"^label_smoothing must lie in \[0, 1\); got 1.5"),
+        (1.0, r"^label_smoothing must lie in \[0, 1\); got 1.0"),
+        (-0.1, r"^label_smoothing must lie in \[0, 1\)"),
+        (np.nan, r"^label_smoothing must lie in \[0, 1\)"),
+        ("0.1", r"^label_smoothing must be a number or a numeric array; got '0.1' \(str\)"),
+        (None, r"^label_smoothing must be a number or a numeric array; got None"),
+    ],
+)
+def test_label_smoothing_outside_0_1_is_refused(smoothing, error):
+    with pytest.raises(ValueError, match=error):
+        cross_entropy(jnp.asarray(LOGITS), jnp.asarray(LABELS), label_smoothing=smoothing)
+    with pytest.raises(ValueError, match=error):  # a partial's value stays concrete under jit
+        jax.jit(functools.partial(cross_entropy, label_smoothing=smoothing))(jnp.asarray(LOGITS), jnp.asarray(LABELS))
+
+
 # --- stability at +-1e4 in float32 -------------------------------------------------------
 
 
@@ -239,6 +257,9 @@ FLOAT_LABELS, WIDE = LABELS.astype(float), np.eye(C + 1)[LABELS]
 NAN_SOFT, BIG_PROBS = SOFT.copy(), BINARY[1].copy()
 NAN_SOFT[1, 2], BIG_PROBS[3, 1], BIG_PROBS[0, 0] = np.nan, 1.5, -0.25
 OUT_OF_RANGE = np.where(LABELS == 3, C, LABELS)
+SIGNED_SOFT = ONE_HOT.copy()  # rows sum to 1, but one holds a negative "probability"
+SIGNED_SOFT[2] = [1.25, -0.25, 0.0, 0.0]
+PROBABILITIES = r"^y must hold probabilities: each row in \[0, 1\] summing to 1 \(to within 0.001\) along the last"
 LABELS_EXPECTED = (
     r"y must be integer class labels of shape \[n\] in \[0, 4\), or one-hot/soft targets of shape \[n, 4\]"
 )
@@ -260,12 +281,25 @@ TARGETS = {
     "ce_float_labels": (cross_entropy, FLOAT_LABELS, OUT, rf"^{LABELS_EXPECTED}; got float64 of shape \(6,\)$"),
     "ce_soft_too_wide": (cross_entropy, WIDE, OUT, rf"^{LABELS_EXPECTED}; got float64 of shape \(6, 5\)$"),
     "ce_soft_not_finite": (cross_entropy, NAN_SOFT, OUT, r"^y holds 1 non-finite values"),
+    "ce_soft_float32": (cross_entropy, SOFT.astype(np.float32), OUT, None),
+    "ce_soft_within_tolerance": (cross_entropy, SOFT + 1e-4 / C, OUT, None),
+    "ce_soft_all_negative": (  # fit(trainer, x, np.full((n, 3), -1.0)) trained to a loss of -3.71
+        cross_entropy,
+        np.full((B, C), -1.0),
+        OUT,
+        rf"{PROBABILITIES} \(class\) axis; got values in \[-1, -1\] and row sums in \[-4, -4\]$",
+    ),
+    "ce_soft_negative": (cross_entropy, SIGNED_SOFT, OUT, rf"{PROBABILITIES}.*values in \[-0.25, 1.25\]"),
+    "ce_soft_rows_not_summing_to_1": (cross_entropy, 0.9 * SOFT, OUT, rf"{PROBABILITIES}.*row sums in \[0.9, 0.9\]$"),
+    "ce_int_one_hot_doubled": (cross_entropy, 2 * ONE_HOT.astype(int), OUT, rf"{PROBABILITIES}.*row sums in \[2, 2\]$"),
+    "ce_smoothed_soft_not_summing_to_1": (SMOOTHED, SOFT + 0.1, OUT, PROBABILITIES),
     "ce_no_class_axis": (cross_entropy, LABELS, (), r"^y cannot be class labels: .* no class axis"),
     "ce_smoothed_int": (SMOOTHED, LABELS, OUT, None),
     "ce_smoothed_out_of_range": (SMOOTHED, OUT_OF_RANGE, OUT, r"^y must lie in \[0, 4\)"),
     "ce_smoothed_soft_not_finite": (SMOOTHED, NAN_SOFT, OUT, r"^y holds 1 non-finite values"),
     "user_labels_int": (declared_hinge, LABELS, OUT, None),
     "user_labels_out_of_range": (declared_hinge, OUT_OF_RANGE, OUT, r"^y must lie in \[0, 4\)"),
+    "user_labels_soft_negative": (declared_hinge, SIGNED_SOFT, OUT, PROBABILITIES),
     "bce": (binary_cross_entropy, BINARY[1], BIN_OUT, None),
     "bce_hard": (binary_cross_entropy, (BINARY[1] > 0.5).astype(np.int32), BIN_OUT, None),
     "bce_outside_0_1": (
@@ -307,7 +341,11 @@ def test_check_targets_names_the_argument():
         losses.check_targets(cross_entropy, "validation y", OUT_OF_RANGE, [C])
 
 
-@pytest.mark.parametrize("case", ["ce_out_of_range", "ce_soft_not_finite", "bce_outside_0_1", "mse_not_finite"])
+@pytest.mark.parametrize(
+    "case",
+    ["ce_out_of_range", "ce_soft_not_finite", "ce_soft_negative", "ce_soft_rows_not_summing_to_1"]
+    + ["bce_outside_0_1", "mse_not_finite"],
+)
 def test_check_targets_checks_shapes_but_not_values_of_traced_targets(case):
     loss, targets, output_shape, _ = TARGETS[case]
 

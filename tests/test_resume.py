@@ -50,6 +50,13 @@ def test_a_finished_run_extended_with_more_epochs_equals_the_longer_run(tmp_path
         ),
         (dict(optimizer=fnn.sgd(0.1)), r"the optimizer's state differs"),
         (dict(patience=3), r"written for patience=None; this call has patience=3"),
+        (
+            dict(optimizer=fnn.adam(1e-1)),
+            r"trainer\.optimizer\.lr\.value=0\.01; this call has trainer\.optimizer\.lr\.value=0\.1",
+        ),
+        (dict(key=7), r"written for key="),
+        (dict(x="shifted"), r"written for data \(SHA-256\)="),
+        (dict(tol=0.5), r"written for tol='0\.0'; this call has tol='0\.5'"),
     ],
 )
 def test_resuming_with_other_settings_says_what_differs(tmp_path, setup, change, match):
@@ -61,6 +68,8 @@ def test_resuming_with_other_settings_says_what_differs(tmp_path, setup, change,
         trainer = fnn.Trainer(
             change.pop("model", trainer.model), change.pop("optimizer", trainer.optimizer), fnn.cross_entropy
         )
+    if change.pop("x", None):
+        x = x + 1e-3  # same shape, other data
     kwargs = dict(OPTIONS, epochs=2, validation=validation) | change
     with pytest.raises(ValueError, match=match):
         fnn.fit(trainer, x, y, **kwargs, checkpoint=path, resume=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import fnn
+from fnn import progress
 from fnn.datasets import load_digits
 from fnn.sweep import members, sweep
 
@@ -184,3 +185,41 @@ def test_bad_input_raises_before_compiling(run, change, match, monkeypatch):
     monkeypatch.setattr(sys.modules["fnn.sweep"], "_run_members", never)  # fnn.sweep is the function
     with pytest.raises(ValueError, match=match):
         run(**({"seeds": 2, "grid": {"lr": LRS}} | change))
+
+
+def test_tol_is_traced_data_a_new_value_reuses_the_program(data, options, run, swept):
+    """tol (here a NumPy scalar, which fit accepts) is passed to the compiled program as
+    data: a new value compiles nothing, and member 0 still matches fit run alone."""
+    with count_compiles() as compiles:
+        result = run(seeds=SEEDS, grid={"lr": LRS}, tol=np.array(0.5)).results
+    assert compiles == []
+    single = fnn.fit(config(LRS[0]), data[0], data[1], key=0, **(options | {"tol": 0.5}))
+    assert_members_close(result, 0, single)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+def test_progress_summarizes_each_chunks_real_members_only(run, capsys):
+    """3 members in chunks of 2: the second chunk is padded with a copy of member 0
+    (lr 1e-2). Every line is labelled with its chunk, counts only the chunk's real
+    members still running, and its mean is theirs (the padding would move it)."""
+    lrs = [1e-2, 3e-3, 1e-3]
+    result = run(seeds=1, grid={"lr": lrs}, chunk_size=2, progress=True).results
+    lines = [line for line in capsys.readouterr().out.splitlines() if "epoch" in line]
+    loss = np.asarray(result.history["loss"])
+    expected = []
+    for label, real in (("chunk 1/2", [0, 1]), ("chunk 2/2", [2])):
+        for epoch in range(EPOCHS):
+            going = [i for i in real if np.isfinite(loss[i, epoch])]
+            if going:
+                expected.append((label, epoch, going, len(real)))
+    assert len(lines) == len(expected)
+    for line, (label, epoch, going, total) in zip(lines, expected):
+        assert line.startswith(f"{label}  epoch {epoch + 1}/{EPOCHS}  "), line
+        assert f"  {len(going)}/{total} running  " in line, line
+        mean = float(line.split("  loss ")[1].split()[0])
+        assert mean == pytest.approx(float(np.mean(loss[going, epoch])), abs=2e-4), line
+        lr = float(line.split("  lr ")[1].split()[0])
+        assert lr == pytest.approx(float(np.mean([lrs[i] for i in going])), rel=1e-3), line
+    assert progress._run["members"] is None and progress._run["label"] == ""  # restored after the sweep

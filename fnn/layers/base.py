@@ -15,6 +15,11 @@ from jax.typing import ArrayLike
 from fnn.pytree import pytree_dataclass, static_field
 
 
+class NoInitializer(ValueError):
+    """Raised by ``init`` of a layer whose params the user builds (``Function``): its
+    params and state are not checked against an initializer."""
+
+
 class Layer:
     """Base class: ``init``, ``forward`` (to implement) and ``apply`` / ``apply_train``."""
 
@@ -59,7 +64,7 @@ class Layer:
         ``init`` raises (no initializer); kept on the instance: computed once per model."""
         try:
             return jax.eval_shape(lambda: self.init(jax.random.key(0)))
-        except (ValueError, NotImplementedError):
+        except (NoInitializer, NotImplementedError):
             return None
 
 
@@ -134,7 +139,7 @@ class Function(Layer):
     fn: Callable = static_field()
 
     def init(self, key: ArrayLike) -> tuple[Any, Any]:
-        raise ValueError("Function(fn) has no initializer: build its params yourself and pass params=")
+        raise NoInitializer("Function(fn) has no initializer: build its params yourself and pass params=")
 
     def forward(
         self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
