@@ -144,7 +144,7 @@ def fit(
       DivergenceError: when the run diverged (only when called eagerly).
     """
     run = prepare(**locals())  # every argument, checked before anything is traced
-    if progress:
+    if progress and is_concrete(run.loop):  # a run of its own; a caller that traces fit (a sweep) starts its own
         progress_lib.start()
     result = _execute(run).result
     if is_concrete(result.diverged) and np.ndim(result.diverged) == 0 and bool(result.diverged):

@@ -305,7 +305,7 @@ def sweep(
     starts = range(0, n, chunk)
     if fit_kwargs.get("progress"):
         progress_lib.start()  # the clock counts compilation too, as in fit
-    program = _program(config, fit_kwargs, x, y, _place(_take(table, range(chunk), n), sharding))
+    program = _program(config, fit_kwargs, x, y)
     pieces = []
     try:
         for i, start in enumerate(starts):
@@ -350,13 +350,11 @@ def _place(chunk: dict, sharding) -> dict:
     return chunk if sharding is None else jax.device_put(chunk, sharding)
 
 
-def _program(config, fit_kwargs: dict, x, y, chunk: dict) -> Callable[[dict], Any]:
-    """The compiled sweep program for chunks shaped and placed like ``chunk``: ``run(chunk)``.
+def _program(config, fit_kwargs: dict, x, y) -> Callable[[dict], Any]:
+    """The sweep program for this configuration and options: ``run(chunk)``, compiled
+    once (on the first chunk) and cached across sweeps of the same shapes.
 
-    It is compiled here, ahead of the first chunk (from the cache when a sweep of the same
-    configuration, options and shapes ran before), so that tracing ``fit`` — whose
-    ``progress.start()`` runs at trace time — is over before a chunk's progress settings
-    are set.
+    Array-valued fit options are passed as traced data, the others as static options.
     """
     arrays = {
         k: jnp.asarray(v, jnp.result_type(float)) if k in _SCALAR_OPTIONS else jax.tree.map(jnp.asarray, v)
@@ -372,5 +370,4 @@ def _program(config, fit_kwargs: dict, x, y, chunk: dict) -> Callable[[dict], An
                 f"sweep option {name}= must be a hashable (static) value; got {type(value).__name__}"
             ) from None
     x, y = jnp.asarray(x), jnp.asarray(y)
-    compiled = _run_members.lower(config, options, x, y, arrays, chunk).compile()
-    return lambda members_table: compiled(x, y, arrays, members_table)
+    return functools.partial(_run_members, config, options, x, y, arrays)
