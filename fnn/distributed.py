@@ -1,5 +1,16 @@
-"""Devices: runs and mini-batches sharded over a mesh with ``jax.sharding``; many hosts
-with ``jax.distributed``.
+"""Devices: every CPU core as a device; runs and mini-batches sharded over a mesh with
+``jax.sharding``; many hosts with ``jax.distributed``.
+
+**Every core.** XLA:CPU runs a program of small operations (a sweep of small models) on
+one core; JAX's CPU backend starts with one device. ``use_cpu_cores()``, called first
+thing in a script, gives JAX one CPU device per core, and a sweep then trains its members
+on all of them (below). ``fnn.sweep`` warns once (``UnusedCoresWarning``) when it runs on
+a single CPU device of a machine with more cores. A lone ``fit`` runs on one device
+whatever the count: large matrix products still use every core there (the threads
+are shared by the devices; see ``experiments/bench_fit.py`` for the measurement)::
+
+    import fnn
+    fnn.distributed.use_cpu_cores()      # before any JAX computation
 
 Three ways to use more than one device, all on JAX's own engine (no ``pmap``, no
 home-made protocol):
@@ -38,6 +49,8 @@ Fake devices for testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_devic
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -48,6 +61,81 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
+_FORCED_COUNT = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
+
+
+# ---------------------------------------------------------------------------- CPU cores
+
+
+class UnusedCoresWarning(UserWarning):
+    """A sweep runs on one CPU device while the process may use more cores."""
+
+
+def cpu_cores() -> int:
+    """The number of CPU cores this process may run on (its affinity mask; ``os.cpu_count()``
+    where the platform has none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def use_cpu_cores(n: int | None = None) -> int:
+    """Give JAX ``n`` CPU devices (default: one per core), before any JAX computation.
+
+    Sets ``jax_num_cpu_devices``; call it first thing in a script, after the imports. A
+    sweep then shards its members over the devices (one program per device, each on its
+    own core); a lone ``fit`` runs on the first device and its large matrix products still
+    use every core, because the devices share one pool of compute threads. Where
+    ``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count`` and ``n`` is not
+    given, that count is kept. Accelerators (GPU, TPU) are not affected: this only sets how
+    many devices the CPU backend has.
+
+    Args:
+      n: the number of CPU devices (>= 1); default ``cpu_cores()``.
+    Returns:
+      the number of CPU devices JAX will have.
+    Raises:
+      ValueError: naming ``n`` when it is not an int >= 1.
+      RuntimeError: when JAX has already run a computation with another number of CPU
+        devices (the count is fixed once the backend starts): move the call up.
+    """
+    if n is None:
+        forced = _FORCED_COUNT.search(os.environ.get("XLA_FLAGS", ""))
+        n = int(forced.group(1)) if forced else cpu_cores()
+    elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an int >= 1 (CPU devices); got {n!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n))
+    except RuntimeError:  # the backend has started: fine if it already has n CPU devices
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise RuntimeError(
+                f"use_cpu_cores({n}) came after JAX started its CPU backend with {have} device(s): call "
+                "fnn.distributed.use_cpu_cores() first thing in the script, before any JAX computation"
+            ) from None
+    return int(n)
+
+
+_warned_cores: list[bool] = []  # one warning per process
+
+
+def warn_unused_cores(where: str, devices: int | Sequence[jax.Device] | None) -> None:
+    """Warn once per process (``UnusedCoresWarning``) when ``where`` runs on a single CPU
+    device although the process may use more cores and ``devices`` was left to fnn."""
+    if _warned_cores or devices is not None:
+        return
+    local = jax.local_devices()
+    cores = cpu_cores()
+    if len(local) == 1 and local[0].platform == "cpu" and cores > 1:
+        _warned_cores.append(True)
+        warnings.warn(
+            f"{where} runs on 1 CPU device of the {cores} cores this process may use: call "
+            "fnn.distributed.use_cpu_cores() first thing in the script (before any JAX computation) to train "
+            f"members on every core, or pass devices=1 to {where} to keep one",
+            UnusedCoresWarning,
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------- meshes

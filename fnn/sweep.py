@@ -39,10 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from fnn import memory as memory_lib
 from fnn import progress as progress_lib
 from fnn.checks import check_int
-from fnn.distributed import member_sharding
+from fnn.distributed import member_sharding, resolve_devices, warn_unused_cores
 from fnn.fit import check_fit, fit
+from fnn.loop import history_names, whole_run_program
 from fnn.train import Trainer
 
 # fit's options in a sweep (one place). Per-run options are refused: members take their
@@ -61,10 +63,13 @@ class SweepResult(NamedTuple):
       hyperparameters: ``{name: [members] array}`` — each member's hyperparameters and ``seed``.
       results: the stacked ``FitResult`` (every field with a leading [members] axis,
         histories [members, epochs]).
+      chunk_size: members per compiled call, as it ran (padded to a multiple of the
+        devices it was sharded over).
     """
 
     hyperparameters: dict[str, np.ndarray]
     results: Any
+    chunk_size: int = 0
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per member: hyperparameters, seed, stop epoch, best epoch, divergence,
@@ -98,7 +103,8 @@ class SweepResult(NamedTuple):
         ]
 
     def summary(self, metric: str = "final_loss") -> str:
-        """A markdown table of ``aggregate(metric)``: one line per grid point."""
+        """A markdown table of ``aggregate(metric)``: one line per grid point, then how
+        the members ran (members per compiled call)."""
         rows = self.aggregate(metric)
         head = [k for k in rows[0] if k not in ("seeds", "mean", "std", "min", "max")]
         lines = [
@@ -113,6 +119,10 @@ class SweepResult(NamedTuple):
                 f"{r['max']:.4f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        members = len(self.hyperparameters["seed"])
+        if self.chunk_size:
+            calls = -(-members // self.chunk_size)
+            lines.append(f"\n{members} members in {calls} compiled call(s) of up to {self.chunk_size} members")
         return "\n".join(lines)
 
 
@@ -263,7 +273,8 @@ def sweep(
     seeds: int | Sequence[int] = 1,
     grid: dict[str, Any] | None = None,
     product: bool = True,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = None,
+    memory_budget: int | None = None,
     devices: int | Sequence[jax.Device] | None = None,
     **fit_kwargs: Any,
 ) -> SweepResult:
@@ -275,10 +286,16 @@ def sweep(
       seeds: number of seeds (0..seeds-1) or a sequence of int seeds.
       grid: ``{hyperparameter: values}``; keys must be parameters of ``config``.
       product: Cartesian product of the grid (default) or zip of equal-length lists.
-      chunk_size: at most this many members per compiled call (bounds memory); default all.
+      chunk_size: at most this many members per compiled call (bounds memory); default
+        all; ``"auto"``: the largest chunk whose estimated live memory fits
+        ``memory_budget`` (see ``fnn.memory``). The chunk that ran is in the result.
+      memory_budget: bytes for ``chunk_size="auto"`` (per device on accelerators, for all
+        CPU devices together on the host); default half of the memory free now.
       devices: shard each chunk's members over these devices: ``None`` (all local
         devices), a count (the first that many) or a list; ``[jax.devices()[0]]`` or ``1``
-        runs on one. See ``fnn.distributed.member_sharding``.
+        runs on one. See ``fnn.distributed.member_sharding``. Left at ``None`` on a single
+        CPU device of a machine with more cores, the sweep warns once how to use them
+        (``fnn.distributed.use_cpu_cores``).
       **fit_kwargs: passed to ``fit`` (epochs, batch_size, validation, patience, ...).
         ``key``, ``train_state`` and checkpoints are per-run options and are refused here.
         Everything ``fit`` checks is checked first, eagerly (``fnn.fit.check_fit``),
@@ -297,9 +314,11 @@ def sweep(
         if name in fit_kwargs:
             raise ValueError(f"{name}= is not a sweep option: members take their keys from seeds")
     table = members(config, {} if grid is None else grid, seeds, product)
-    check_fit(check_configurations(config, table), x, y, key=int(table["seed"][0]), **fit_kwargs)
+    trainer = check_configurations(config, table)
+    check_fit(trainer, x, y, key=int(table["seed"][0]), **fit_kwargs)
+    warn_unused_cores("fnn.sweep", devices)
     n = len(table["seed"])
-    chunk = n if chunk_size is None else check_int("chunk_size", chunk_size)
+    chunk = _chunk_size(chunk_size, memory_budget, devices, n, trainer, x, y, fit_kwargs)
     sharding = member_sharding(devices, min(chunk, n))
     chunk = sharding.num_devices * -(-min(chunk, n) // sharding.num_devices) if sharding else min(chunk, n)
     starts = range(0, n, chunk)
@@ -320,7 +339,32 @@ def sweep(
         if fit_kwargs.get("progress"):
             progress_lib.finish()
     results = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
-    return SweepResult(hyperparameters=table, results=results)
+    return SweepResult(hyperparameters=table, results=results, chunk_size=chunk)
+
+
+def _chunk_size(chunk_size, memory_budget, devices, n: int, trainer: Trainer, x, y, fit_kwargs: dict) -> int:
+    """Members per compiled call: all, the given count, or the largest that fits the budget."""
+    if memory_budget is not None and chunk_size != "auto":
+        raise ValueError(f"memory_budget= is used only with chunk_size='auto'; got chunk_size={chunk_size!r}")
+    if chunk_size is None:
+        return n
+    if chunk_size != "auto":
+        if isinstance(chunk_size, str):
+            raise ValueError(f"chunk_size must be an int >= 1, 'auto' or None; got {chunk_size!r}")
+        return check_int("chunk_size", chunk_size)
+    used = resolve_devices(devices, jax.local_devices())[:n]
+    budget = (
+        memory_lib.DEFAULT_FRACTION * memory_lib.free_memory(used[0])
+        if memory_budget is None
+        else check_int("memory_budget", memory_budget)
+    )
+    epochs = fit_kwargs["epochs"]
+    entries = len(history_names(trainer, fit_kwargs.get("validation") is not None))
+    per_member = memory_lib.member_bytes(
+        trainer, x, y, batch_size=fit_kwargs["batch_size"], epochs=epochs, history_entries=entries
+    )
+    shared = memory_lib.nbytes((jnp.asarray(x), jnp.asarray(y), fit_kwargs.get("validation")))
+    return memory_lib.chunk_for_budget(per_member, shared, int(budget), n, used)
 
 
 def _take(table: dict, index, n: int) -> dict:
@@ -329,8 +373,7 @@ def _take(table: dict, index, n: int) -> dict:
     return {k: v[rows] for k, v in table.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "options"))
-def _run_members(config: Callable, options: tuple, x, y, arrays: dict, chunk: dict):
+def _one_chunk(config: Callable, options: tuple, x, y, arrays: dict, chunk: dict):
     """One vmapped ``fit`` over a chunk of members (compiled once per configuration).
 
     ``options`` are fit's static options (hashable); ``arrays`` its array-valued ones,
@@ -342,6 +385,9 @@ def _run_members(config: Callable, options: tuple, x, y, arrays: dict, chunk: di
         return fit(config(**hyper), x, y, key=member["seed"], **arrays, **dict(options))
 
     return jax.vmap(one)(chunk)
+
+
+_run_members = whole_run_program(_one_chunk, ("config", "options"))
 
 
 def _place(chunk: dict, sharding) -> dict:

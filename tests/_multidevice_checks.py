@@ -5,6 +5,7 @@ subprocesses so that the main test session keeps its single device.
         python tests/_multidevice_checks.py devices
     JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=i \\
         python tests/_multidevice_checks.py processes        # once per process i = 0, 1
+    JAX_PLATFORMS=cpu python tests/_multidevice_checks.py cores   # use_cpu_cores(3) first
 
 Each check prints one JSON line ``{"check": name, "ok": bool, ...}``: a failed check
 carries its traceback, a passed one what it measured (largest differences seen).
@@ -14,6 +15,7 @@ import json
 import sys
 import time
 import traceback
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +25,13 @@ from jax.experimental import multihost_utils
 import fnn
 from fnn.datasets import load_digits
 from fnn.distributed import (
+    UnusedCoresWarning,
     check_batch_divisible,
     data_parallel,
     initialize_from_env,
     member_sharding,
     shard_for_process,
+    use_cpu_cores,
 )
 from fnn.sweep import sweep
 
@@ -68,6 +72,44 @@ def compare(a, b) -> dict:
         "max_rel_diff_where_abs_ge_1e-3": max(float(r.max(initial=0.0)) for r in relative),
         "bitwise_equal": all(np.array_equal(u, v, equal_nan=True) for u, v in pairs),
     }
+
+
+# ---------------------------------------------------------------------------- use_cpu_cores
+
+
+STARTED: dict = {}  # what main's first call of use_cpu_cores returned
+
+
+def forced_count_kept():
+    """use_cpu_cores() where XLA_FLAGS forces 4 devices keeps those 4."""
+    assert STARTED["count"] == 4 == len(jax.devices()), (STARTED, jax.devices())
+
+
+def three_devices(count):
+    assert count == 3 and len(jax.devices()) == 3 and jax.devices()[0].platform == "cpu", (count, jax.devices())
+
+
+def sweep_on_every_core(count):
+    """A 3-member sweep shards one member per device, warns nothing, equals one device."""
+    x, y = digits()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        every = sweep(config, x, y, seeds=3, **OPTIONS)
+    assert not [w for w in caught if w.category is UnusedCoresWarning], [str(w.message) for w in caught]
+    leaf = every.results.train_state.params[0]["w"]
+    assert len(leaf.sharding.device_set) == 3, leaf.sharding
+    single = sweep(config, x, y, seeds=3, devices=1, **OPTIONS)
+    return compare(every.results, single.results)
+
+
+def late_call_refused(count):
+    assert use_cpu_cores(3) == 3  # the count it has: fine
+    try:
+        use_cpu_cores(2)
+    except RuntimeError as error:
+        assert "first thing in the script" in str(error), error
+    else:
+        raise AssertionError("use_cpu_cores(2) after the backend started with 3 devices was accepted")
 
 
 # ---------------------------------------------------------------------------- 4 devices, one process
@@ -178,8 +220,9 @@ def data_parallel_fit_over_processes(info):
 
 
 CHECKS = {
-    "devices": [sweep_parallel, data_parallel_fit, too_many_devices, fit_checks_batch_divisible],
+    "devices": [sweep_parallel, data_parallel_fit, too_many_devices, fit_checks_batch_divisible, forced_count_kept],
     "processes": [processes_initialized, allgather_shards, global_mesh_sum, data_parallel_fit_over_processes],
+    "cores": [three_devices, sweep_on_every_core, late_call_refused],
 }
 
 
@@ -187,6 +230,10 @@ def main(mode: str):
     args = ()
     if mode == "processes":
         args = (initialize_from_env(),)  # before any computation
+    if mode == "cores":
+        args = (use_cpu_cores(3),)
+    if mode == "devices":
+        STARTED["count"] = use_cpu_cores()  # keeps the 4 devices XLA_FLAGS forces
     for check in CHECKS[mode]:
         start = time.perf_counter()
         try:

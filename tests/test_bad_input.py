@@ -232,6 +232,15 @@ SWEEP = [
         "the configuration uses hyperparameter(s) ['lr'] as Python values",
     ),
     ("grid not a dict", lambda x, y: sweep(x, y, grid=[("lr", [1e-2])]), "grid must be a dict"),
+    ("chunk_size word", lambda x, y: sweep(x, y, chunk_size="max"), "chunk_size must be an int >= 1, 'auto' or None"),
+    ("chunk_size 0", lambda x, y: sweep(x, y, chunk_size=0), "chunk_size must be >= 1"),
+    ("memory_budget alone", lambda x, y: sweep(x, y, memory_budget=10**9), "memory_budget= is used only with"),
+    (
+        "memory_budget too small",
+        lambda x, y: sweep(x, y, chunk_size="auto", memory_budget=1000),
+        "more than the memory budget of",
+    ),
+    ("memory_budget float", lambda x, y: sweep(x, y, chunk_size="auto", memory_budget=1e9), "memory_budget must be"),
 ]
 
 EVALUATE = [

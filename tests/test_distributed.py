@@ -3,6 +3,8 @@
 The checks that need several devices or processes run in subprocesses (see
 ``tests/_multidevice_checks.py``), so this session keeps its single CPU device:
 
+- 3 CPU devices from ``use_cpu_cores(3)``: a sweep runs on all three without a warning and
+  equals the one-device sweep; a later call with another count is refused.
 - 4 fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=4``): a sweep
   sharded over them equals the one-device sweep; data-parallel ``fit`` equals one-device
   ``fit`` up to float reassociation; asking for 5 devices is an error.
@@ -18,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -25,14 +28,18 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+import fnn
+from fnn import distributed
 from fnn.distributed import (
     ProcessInfo,
+    UnusedCoresWarning,
     check_batch_divisible,
     data_parallel,
     initialize_from_env,
     member_sharding,
     process_shard,
     shard_for_process,
+    use_cpu_cores,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +103,7 @@ class Launched:
 
 @pytest.fixture(scope="module")
 def launched():
-    """One 4-device run and two processes of a 2-process run, started together."""
+    """One 4-device run, two processes of a 2-process run and a 3-core run, started together."""
     port = _free_port()
     processes = [
         (
@@ -105,7 +112,7 @@ def launched():
         )
         for i in range(2)
     ]
-    runs = Launched([("devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}), *processes])
+    runs = Launched([("devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}), *processes, ("cores", {})])
     yield runs
     runs.close()
 
@@ -147,6 +154,63 @@ def test_two_processes_over_loopback(launched, check):
         for report in reports:
             for a, b in zip(report["numbers"], reference, strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- every core
+
+
+@pytest.mark.parametrize("check", ["three_devices", "sweep_on_every_core", "late_call_refused"])
+def test_use_cpu_cores(launched, check):
+    """three_devices: use_cpu_cores(3) gives 3 (and use_cpu_cores() keeps a forced XLA_FLAGS
+    count, in the 4-device run); sweep_on_every_core: a 3-device sweep, no warning, equal
+    to one device; late_call_refused: another count after the start is an error."""
+    assert_passed(launched.reports(3)[check])
+    if check == "three_devices":
+        assert_passed(launched.reports(0)["forced_count_kept"])
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch):
+    """The once-per-process warning not yet given, on a machine said to have 4 cores."""
+    monkeypatch.setattr(distributed, "_warned_cores", [])
+    monkeypatch.setattr(distributed, "cpu_cores", lambda: 4)
+
+
+def tiny_sweep(**options):
+    x, y = np.random.default_rng(0).random((40, 4), np.float32), np.arange(40) % 3
+    config = lambda lr=1e-2: fnn.Trainer(fnn.mlp([4, 3]), fnn.sgd(lr), fnn.cross_entropy)  # noqa: E731
+    return fnn.sweep(config, x, y, seeds=2, epochs=1, batch_size=20, **options)
+
+
+def test_sweep_on_one_cpu_device_says_once_how_to_use_the_cores(fresh_warning):
+    with pytest.warns(UnusedCoresWarning, match=r"1 CPU device of the 4 cores.*use_cpu_cores\(\)") as caught:
+        tiny_sweep()
+    assert caught[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        tiny_sweep()
+    assert not [w for w in later if w.category is UnusedCoresWarning]  # once per process
+
+
+def test_sweep_with_devices_chosen_does_not_warn(fresh_warning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_sweep(devices=1)
+    assert not [w for w in caught if w.category is UnusedCoresWarning]
+
+
+def test_use_cpu_cores_after_start():
+    """This session's backend has started with one CPU device: asking for that is fine,
+    asking for another count says to move the call up."""
+    assert use_cpu_cores(len(jax.devices("cpu"))) == 1
+    with pytest.raises(RuntimeError, match="call fnn.distributed.use_cpu_cores\\(\\) first thing"):
+        use_cpu_cores(2)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
+def test_use_cpu_cores_names_a_bad_count(n):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        use_cpu_cores(n)
 
 
 # ---------------------------------------------------------------------------- shardings on one device

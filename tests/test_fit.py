@@ -10,7 +10,7 @@ import pytest
 
 import fnn
 from fnn.datasets import load_digits, load_fashion_mnist
-from fnn.loop import run_epochs
+from fnn.loop import compiler_options, run_epochs
 from fnn.optimizers import adam, sgd
 from fnn.schedules import piecewise_constant
 
@@ -243,6 +243,27 @@ def test_new_learning_rate_does_not_recompile(digits):
     before = run_epochs._cache_size()
     fnn.fit(trainer(lr=3e-3), x, y, key=1, epochs=1, batch_size=BATCH)
     assert run_epochs._cache_size() == before
+
+
+def test_compiler_options_follow_xla_flags(monkeypatch):
+    """fnn's programs compile at LLVM level 1 on CPU unless XLA_FLAGS sets a level (as
+    tests/conftest.py does)."""
+    assert compiler_options() == {}  # conftest's --xla_backend_optimization_level=0 wins
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    assert compiler_options() == {"xla_backend_optimization_level": 1}
+
+
+def test_level_1_gives_the_bits_of_level_3(digits):
+    """The claim behind compiler_options: the same run compiled at level 1 and at XLA's
+    default level 3 trains bit-identically (dropout and Adam included); evaluation sums
+    may be added up in another order (last bits of the history). fit also runs nested
+    in a user's jit, where its own program takes no options."""
+    x, y, _, _ = digits
+    tr = trainer(model=fnn.mlp([64, 16, 10], dropout=0.2))
+    run = lambda k: fnn.fit(tr, x[:300], y[:300], key=k, epochs=2, batch_size=BATCH)  # noqa: E731
+    level = {n: jax.jit(run, compiler_options={"xla_backend_optimization_level": n})(0) for n in (1, 3)}
+    chex.assert_trees_all_equal(level[1].train_state, level[3].train_state)
+    chex.assert_trees_all_close(level[1].history, level[3].history, rtol=1e-6, atol=0)
 
 
 def test_batchnorm_model_trains_and_evaluates_with_running_statistics(digits):

@@ -143,9 +143,10 @@ def test_aggregate_and_summary_over_seeds(swept):
         )
     lines = swept.summary("final_val_accuracy").splitlines()
     assert lines[0] == "| lr | seeds | final_val_accuracy mean ± std | min | max |"
-    assert lines[1] == "|---|---|---|---|---|" and len(lines) == 4
+    assert lines[1] == "|---|---|---|---|---|" and len(lines) == 6
     assert lines[2].startswith("| 0.01 | 3 | ") and f"{final[0].mean():.4f} ± {final[0].std():.4f}" in lines[2]
     assert lines[3].startswith("| 0.003 | 3 | ")
+    assert lines[5] == f"6 members in 1 compiled call(s) of up to {swept.chunk_size} members" and swept.chunk_size == 6
 
 
 def test_product_and_zip_of_the_grid():
