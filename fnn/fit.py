@@ -42,6 +42,7 @@ from fnn.checks import as_key, check_bool, check_int, check_nonnegative, check_p
 from fnn.distributed import check_batch_divisible
 from fnn.layers import check_params
 from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_names, initial_loop, run_epochs
+from fnn.programs import jit_program
 from fnn.train import Trainer, TrainState
 
 __all__ = ["DivergenceError", "FitResult", "check_fit", "fit"]
@@ -282,8 +283,13 @@ def _initial_state(trainer: Trainer, key, train_state, params, model_state, epoc
             raise ValueError(
                 "model_state= goes with params= (a warm start); without params the model is initialized from key"
             )
-        return trainer.init(key)
+        return _init_program(trainer, key)
     return trainer.init(key, params, model_state)
+
+
+# The initial state as one compiled program (params drawn for every layer at once): run
+# eagerly, each initializer would compile its own small program at XLA's default options.
+_init_program = jit_program(lambda trainer, key: trainer.init(key), ())
 
 
 def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:

@@ -44,7 +44,8 @@ from fnn import progress as progress_lib
 from fnn.checks import check_int
 from fnn.distributed import member_sharding, resolve_devices, warn_unused_cores
 from fnn.fit import check_fit, fit
-from fnn.loop import history_names, whole_run_program
+from fnn.loop import history_names
+from fnn.programs import jit_program
 from fnn.train import Trainer
 
 # fit's options in a sweep (one place). Per-run options are refused: members take their
@@ -387,7 +388,7 @@ def _one_chunk(config: Callable, options: tuple, x, y, arrays: dict, chunk: dict
     return jax.vmap(one)(chunk)
 
 
-_run_members = whole_run_program(_one_chunk, ("config", "options"))
+_run_members = jit_program(_one_chunk, ("config", "options"))
 
 
 def _place(chunk: dict, sharding) -> dict:

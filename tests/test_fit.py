@@ -10,8 +10,9 @@ import pytest
 
 import fnn
 from fnn.datasets import load_digits, load_fashion_mnist
-from fnn.loop import compiler_options, run_epochs
+from fnn.loop import run_epochs
 from fnn.optimizers import adam, sgd
+from fnn.programs import compiler_options
 from fnn.schedules import piecewise_constant
 
 BATCH = 50
