@@ -1,9 +1,12 @@
 """Layers and models: forward propagation as pure functions over a params pytree.
 
 One layer family per module: :mod:`~fnn.layers.base` (the convention, ``Serial``,
-``Function``, ``check_params``), :mod:`~fnn.layers.dense` (``Dense``, ``Activation``),
-:mod:`~fnn.layers.dropout`, :mod:`~fnn.layers.norm` (``BatchNorm``, ``LayerNorm``) and
-:mod:`~fnn.layers.mlp`.
+``Function``, ``Residual``, ``check_params``), :mod:`~fnn.layers.dense` (``Dense``,
+``Activation``), :mod:`~fnn.layers.conv` (``Conv1D``, ``Conv2D``), :mod:`~fnn.layers.pool`
+(``MaxPool1D/2D``, ``AvgPool1D/2D``, ``GlobalAvgPool``), :mod:`~fnn.layers.reshape`
+(``Flatten``, ``Reshape``), :mod:`~fnn.layers.dropout`, :mod:`~fnn.layers.norm`
+(``BatchNorm``, ``LayerNorm``) and :mod:`~fnn.layers.mlp`; :mod:`~fnn.layers.window` holds
+the sliding-window geometry (sizes, padding) that convolutions and pools share.
 
 The convention, used by every layer, by ``Serial`` and by the training engine:
 
@@ -27,25 +30,42 @@ numeric hyperparameters such as the dropout rate or the batch-norm momentum are 
 so a sweep can ``vmap`` over them; sizes and names are static. A user-written pure
 function ``f(params, x)`` becomes a layer with ``Function(f)`` and trains like any other.
 
-Shapes: inputs are ``[..., features]``; batch norm needs a batch axis, ``[batch, features]``.
+Shapes: ``Dense``, ``LayerNorm`` and activations take ``[..., features]``; convolutions and
+pools are channels-last, ``[batch, length, channels]`` (1-D) and ``[batch, height, width,
+channels]`` (2-D), kernels ``[*kernel_size, in_channels, out_channels]`` (WIO / HWIO);
+``Flatten`` gives ``[batch, features]``; batch norm needs a batch axis, ``[batch, features]``
+or ``[batch, *spatial, channels]`` (statistics per channel, over the other axes).
 """
 
-from fnn.layers.base import Function, Layer, Serial, as_model, check_params
+from fnn.layers.base import Function, Layer, Residual, Serial, as_model, check_params
+from fnn.layers.conv import Conv1D, Conv2D
 from fnn.layers.dense import Activation, Dense
 from fnn.layers.dropout import Dropout
 from fnn.layers.mlp import mlp
 from fnn.layers.norm import BatchNorm, LayerNorm
+from fnn.layers.pool import AvgPool1D, AvgPool2D, GlobalAvgPool, MaxPool1D, MaxPool2D
+from fnn.layers.reshape import Flatten, Reshape
 
 __all__ = [
     "Activation",
     "as_model",
+    "AvgPool1D",
+    "AvgPool2D",
     "BatchNorm",
     "check_params",
+    "Conv1D",
+    "Conv2D",
     "Dense",
     "Dropout",
+    "Flatten",
     "Function",
+    "GlobalAvgPool",
     "Layer",
     "LayerNorm",
+    "MaxPool1D",
+    "MaxPool2D",
     "mlp",
+    "Reshape",
+    "Residual",
     "Serial",
 ]

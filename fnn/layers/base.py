@@ -1,5 +1,5 @@
 """The layer convention and composition: ``Layer``, ``check_params``, ``Function``,
-``Serial``, ``as_model`` (see :mod:`fnn.layers` for the convention)."""
+``Serial``, ``Residual``, ``as_model`` (see :mod:`fnn.layers` for the convention)."""
 
 from __future__ import annotations
 
@@ -200,6 +200,53 @@ class Serial(Layer):
 
     def _state_shapes(self):
         return tuple(layer._state_shapes() for layer in self.layers)
+
+
+@pytree_dataclass
+class Residual(Layer):
+    """A skip connection around ``layer`` (He et al. 2016): ``y = x + layer(x)``.
+
+    Its params and state are the inner layer's, unwrapped (``Residual(Serial(...))`` has the
+    Serial's tuples); the key goes to the inner layer as given, so dropout and batch norm
+    inside behave as they do outside, and the new state comes back from the inner layer.
+
+    Args:
+      layer: an fnn Layer whose output has the shape of its input (e.g. a ``Serial`` of
+        ``"SAME"``-padded, stride-1 convolutions keeping the channel count).
+
+    Shapes:
+      x [...] -> y of the same shape.
+
+    Raises:
+      ValueError: for a ``layer`` that is not an fnn Layer; naming the shapes when the
+        inner layer's output shape differs from its input's (at trace time under ``jit``).
+    """
+
+    layer: Layer
+
+    def __post_init__(self):
+        if not isinstance(self.layer, Layer):
+            raise ValueError(f"layer must be an fnn Layer; got {type(self.layer).__name__}")
+
+    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+        return self.layer.init(key)
+
+    def forward(
+        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]:
+        y, new_state = self.layer.forward(params, state, x, key=key, train=train)
+        if jnp.shape(y) != jnp.shape(x):
+            raise ValueError(
+                f"Residual needs its layer ({type(self.layer).__name__}) to keep the input's shape for x + layer(x): "
+                f"x has shape {jnp.shape(x)}, the layer's output {jnp.shape(y)}"
+            )
+        return jnp.asarray(x) + y, new_state
+
+    def _check(self, params, state, names):
+        self.layer._check(params, state, names)
+
+    def _state_shapes(self):
+        return self.layer._state_shapes()
 
 
 def as_model(model: Layer | Callable[..., Any]) -> Layer:

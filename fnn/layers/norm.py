@@ -26,16 +26,24 @@ def _norm_params(features):
 
 @pytree_dataclass
 class BatchNorm(Layer):
-    """Batch normalization (Ioffe & Szegedy 2015) over the batch axis of [batch, features].
+    """Batch normalization (Ioffe & Szegedy 2015) of [batch, features] or, after a
+    convolution, [batch, *spatial, channels]: per feature (channel, the last axis).
 
-    Training: ``y = (x - mean_B) / sqrt(var_B + eps) * scale + offset`` with the batch's
-    mean and (biased) variance, and the running statistics move towards them:
+    Training: ``y = (x - mean_B) / sqrt(var_B + eps) * scale + offset`` with the mean and
+    (biased) variance over every axis but the last — the batch and, after a convolution,
+    the spatial axes, as PyTorch's ``BatchNorm1d/2d`` and Flax's ``BatchNorm`` do for
+    channels — and the running statistics (one per feature) move towards them:
     ``running = momentum * running + (1 - momentum) * batch_statistic``.
     Evaluation: the same formula with the running statistics.
 
     The running statistics are the layer's *state*: ``{"mean": zeros, "var": ones}`` at
     init (variance starts at 1, not 0). ``momentum`` (weight on the old value, 0.99 as in
-    Keras/Flax; PyTorch's momentum=0.1 is 0.9 here) and ``eps`` are leaves.
+    Keras/Flax; PyTorch's momentum=0.1 is 0.9 here) and ``eps`` are leaves. The running
+    variance moves towards the biased batch variance, as in Flax (PyTorch uses the
+    unbiased one there, n / (n - 1) times larger).
+
+    Args:
+      features: the size of the last axis (the channels after a convolution).
     """
 
     features: int = static_field()
@@ -59,9 +67,13 @@ class BatchNorm(Layer):
             raise ValueError("BatchNorm needs its running statistics: pass state= (from model.init)")
         if not train:
             return _normalize(x, state["mean"], state["var"], self.eps, params), state
-        if jnp.ndim(x) != 2:
-            raise ValueError(f"BatchNorm in training mode expects x of shape [batch, features]; got {jnp.shape(x)}")
-        mean, var = jnp.mean(x, axis=0), jnp.var(x, axis=0)
+        if jnp.ndim(x) < 2:
+            raise ValueError(
+                f"BatchNorm in training mode expects x of shape [batch, features] or [batch, *spatial, "
+                f"{self.features}] (rank >= 2); got {jnp.shape(x)}"
+            )
+        axes = tuple(range(jnp.ndim(x) - 1))  # all but the features (channels)
+        mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
         # in the running statistics' dtype, which they keep (momentum may be a traced float64)
         m = jnp.asarray(self.momentum, jnp.result_type(state["mean"]))
         new_state = {
