@@ -1,23 +1,31 @@
-"""Benchmark: ``fit`` (one compiled program per run) against a Python loop over a
-jit-compiled training step, and against the matmul throughput of the same shapes.
+"""Benchmark W1: one epoch of ``fit`` against PyTorch eager, a Python loop over a
+jit-compiled training step, and the matmul throughput of the same shapes — with one CPU
+device and with one device per core.
 
 Model: MLP 784-256-256-10 (ReLU), Adam, batch 128, on Fashion-MNIST's 60,000 training
-images. Prints, all measured in this run on this machine:
+images. For each CPU device count (a fresh subprocess each, ``fnn.distributed.
+use_cpu_cores(n)`` first) it prints, all measured in this run on this machine:
 
 * seconds per epoch of ``fit`` (compile excluded) and its compile time;
 * seconds per epoch of a Python for-loop calling ``jax.jit(trainer.train_step)`` on
   mini-batches (two variants: batches gathered on the host from NumPy, as most
   training scripts do, and batches gathered on the device inside the jitted step);
-* achieved GFLOP/s of both against a jit-compiled program doing only the forward and
-  backward matmuls of the same shapes (scanned over an epoch of batches).
+* seconds per epoch of the same MLP trained by PyTorch eager (``torch.nn.Linear``,
+  ``torch.optim.Adam``, batches indexed from tensors in memory), where torch is
+  installed (``pip install torch``; skipped otherwise);
+* achieved GFLOP/s of all of them against a jit-compiled program doing only the forward
+  and backward matmuls of the same shapes (scanned over an epoch of batches).
 
-Usage: python experiments/bench_fit.py [--epochs 3] [--data-dir DIR]
+Usage: python experiments/bench_fit.py [--epochs 3] [--devices 1 2] [--data-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,42 +133,96 @@ def bench_matmul(n: int):
     return seconds
 
 
+def bench_torch(x_host, y_host, epochs: int):
+    """Seconds per epoch of PyTorch eager training of the same MLP, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(SIZES) - 2 else [])
+    model = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.from_numpy(x_host), torch.from_numpy(y_host.astype(np.int64))
+    n = len(x_host) // BATCH * BATCH
+
+    def one_epoch(_):
+        for idx in torch.randperm(len(x_host))[:n].reshape(-1, BATCH):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+
+    one_epoch(None)  # warm up
+    start = time.perf_counter()
+    repeat(one_epoch, None, epochs)
+    return (time.perf_counter() - start) / epochs
+
+
+def measure(args) -> dict:
+    """Every variant in this process (after ``use_cpu_cores``): seconds per epoch."""
+    data = fnn.datasets.load_fashion_mnist(args.data_dir / "fashion-mnist")
+    x_host = np.asarray(fnn.prepare_images(data.x_train[: args.examples]))
+    y_host = data.y_train[: args.examples].astype(np.int32)
+    x, y = jnp.asarray(x_host), jnp.asarray(y_host)
+    trainer = fnn.Trainer(fnn.mlp(SIZES, init="he_normal"), fnn.adam(1e-3), fnn.cross_entropy)
+    fit_epoch, fit_compile = bench_fit(trainer, x, y, args.epochs)
+    return {
+        "devices": len(jax.devices()),
+        "examples": len(x_host),
+        "fit (one compiled program)": fit_epoch,
+        "Python loop, host-gathered batches": bench_loop_host(trainer, x_host, y_host, args.epochs),
+        "Python loop, device-gathered batches": bench_loop_device(trainer, x, y, args.epochs),
+        "PyTorch eager": bench_torch(x_host, y_host, args.epochs),
+        "matmuls only (same shapes, scanned)": bench_matmul(len(x_host)),
+        "compile": fit_compile,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
     parser.add_argument("--examples", type=int, default=60000, help="training examples (60,000: all)")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    args = parser.parse_args(argv)
-
-    data = fnn.datasets.load_fashion_mnist(args.data_dir / "fashion-mnist")
-    x_host = np.asarray(fnn.prepare_images(data.x_train[: args.examples]))
-    y_host = data.y_train[: args.examples].astype(np.int32)
-    x, y = jnp.asarray(x_host), jnp.asarray(y_host)
-    n = len(x_host)
-    trainer = fnn.Trainer(fnn.mlp(SIZES, init="he_normal"), fnn.adam(1e-3), fnn.cross_entropy)
-
-    print(
-        f"fnn bench_fit: MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}, {n} examples, "
-        f"{args.epochs} timed epochs, device {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    parser.add_argument(
+        "--devices", type=int, nargs="+", default=None, help="CPU device counts (default: 1 and one per core)"
     )
-    fit_epoch, fit_compile = bench_fit(trainer, x, y, args.epochs)
-    host_epoch = bench_loop_host(trainer, x_host, y_host, args.epochs)
-    device_epoch = bench_loop_device(trainer, x, y, args.epochs)
-    matmul_epoch = bench_matmul(n)
-    gflop = epoch_flops(n) / 1e9
-    rows = [
-        ("fit (one compiled program)", fit_epoch),
-        ("Python loop, host-gathered batches", host_epoch),
-        ("Python loop, device-gathered batches", device_epoch),
-        ("matmuls only (same shapes, scanned)", matmul_epoch),
-    ]
-    print("\n| variant | s / epoch | GFLOP/s | fit speed-up | share of matmul throughput |\n|---|---|---|---|---|")
-    for name, seconds in rows:
-        print(
-            f"| {name} | {seconds:.3f} | {gflop / seconds:.1f} | {seconds / fit_epoch:.2f}x | {matmul_epoch / seconds:.0%} |"
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        fnn.distributed.use_cpu_cores(args.worker)
+        print(json.dumps(measure(args)))
+        return None
+
+    counts = args.devices or sorted({1, fnn.distributed.cpu_cores()})
+    common = ["--epochs", str(args.epochs), "--examples", str(args.examples), "--data-dir", str(args.data_dir)]
+    runs = []
+    for n in counts:
+        out = subprocess.run(
+            [sys.executable, __file__, *common, "--worker", str(n)], check=True, capture_output=True, text=True
         )
-    print(f"\nfit compile time: {fit_compile:.2f} s; matmul FLOPs per epoch: {gflop:.1f} GFLOP")
-    return {name: seconds for name, seconds in rows} | {"compile": fit_compile}
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    gflop = epoch_flops(runs[0]["examples"]) / 1e9
+    print(
+        f"fnn bench_fit: MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}, {runs[0]['examples']} examples, "
+        f"{args.epochs} timed epochs, jax {jax.__version__}, {fnn.distributed.cpu_cores()} CPU cores"
+    )
+    print("\n| CPU devices | variant | s / epoch | GFLOP/s | fit speed-up | share of matmul throughput |")
+    print("|---|---|---|---|---|---|")
+    for run in runs:
+        fit_epoch, matmul_epoch = run["fit (one compiled program)"], run["matmuls only (same shapes, scanned)"]
+        for name, seconds in run.items():
+            if name in ("devices", "examples", "compile") or seconds is None:
+                continue
+            print(
+                f"| {run['devices']} | {name} | {seconds:.3f} | {gflop / seconds:.1f} | {seconds / fit_epoch:.2f}x "
+                f"| {matmul_epoch / seconds:.0%} |"
+            )
+    for run in runs:
+        print(f"\n{run['devices']} CPU device(s): fit compile time {run['compile']:.2f} s", end="")
+    print(f"; matmul FLOPs per epoch: {gflop:.1f} GFLOP")
+    return runs
 
 
 if __name__ == "__main__":
