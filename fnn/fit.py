@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +144,7 @@ def fit(
       ValueError: for bad input, before anything is traced.
       DivergenceError: when the run diverged (only when called eagerly).
     """
-    run = prepare(**locals())  # every argument, checked before anything is traced
+    run = cast(_Run, prepare(**locals()))  # every argument, checked before anything is traced
     if progress and is_concrete(run.loop):  # a run of its own; a caller that traces fit (a sweep) starts its own
         progress_lib.start()
     result = _execute(run).result
@@ -170,7 +170,7 @@ def check_fit(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> N
     except TypeError as error:  # a required option is missing
         raise ValueError(f"fit options: {error}") from None
     bound.apply_defaults()
-    prepare(**bound.arguments)
+    prepare(**bound.arguments, only_check=True)
 
 
 def prepare(
@@ -196,8 +196,12 @@ def prepare(
     checkpoint_every,
     resume,
     batch_sharding,
-) -> _Run:
-    """Check ``fit``'s arguments (see ``fit``) and build the run; raises ValueError."""
+    only_check: bool = False,
+) -> _Run | None:
+    """Check ``fit``'s arguments (see ``fit``) and build the run; raises ValueError.
+
+    With ``only_check`` (``check_fit``) the initial state is only shaped (``jax.eval_shape``:
+    nothing is compiled or drawn) and no run is built: returns None."""
     epochs = check_int("epochs", epochs)
     batch_size = check_int("batch_size", batch_size)
     check_batch_divisible(batch_size, batch_sharding)
@@ -205,7 +209,7 @@ def prepare(
         raise ValueError(f"trainer must be an fnn.Trainer(model, optimizer, loss); got {type(trainer).__name__}")
     every = _check_checkpoint_options(checkpoint, checkpoint_every, resume, epochs)
     x, y, validation = _as_arrays(x, y, validation)
-    state = _initial_state(trainer, key, train_state, params, model_state, epochs)
+    state = _initial_state(trainer, key, train_state, params, model_state, epochs, abstract=only_check)
     _check_data(trainer, x, y, validation, batch_size, state)
     names = history_names(trainer, validation is not None)
     monitor = monitor or ("val_loss" if validation is not None else "loss")
@@ -222,8 +226,11 @@ def prepare(
         batch_sharding=batch_sharding,
     )
     data = RunData(x, y, validation, _scalar("tol", tol, check_nonnegative), _threshold(divergence_threshold))
+    resume = check_bool("resume", resume)
+    if only_check:
+        return None
     loop = initial_loop(trainer, state, epochs, validation is not None, settings.maximize)
-    return _Run(trainer, loop, data, settings, epochs, checkpoint, every, check_bool("resume", resume))
+    return _Run(trainer, loop, data, settings, epochs, checkpoint, every, resume)
 
 
 def _check_checkpoint_options(path, every, resume, epochs: int) -> int:
@@ -271,8 +278,11 @@ def _array(name: str, value):
     return array
 
 
-def _initial_state(trainer: Trainer, key, train_state, params, model_state, epochs: int) -> TrainState:
-    """The run's first TrainState: the given one (checked), or ``trainer.init`` from ``key``."""
+def _initial_state(
+    trainer: Trainer, key, train_state, params, model_state, epochs: int, abstract: bool = False
+) -> TrainState:
+    """The run's first TrainState: the given one (checked), or ``trainer.init`` from ``key``
+    (only its shapes when ``abstract``)."""
     if train_state is not None:
         return _check_train_state(trainer, train_state, epochs)
     if key is None:
@@ -283,7 +293,7 @@ def _initial_state(trainer: Trainer, key, train_state, params, model_state, epoc
             raise ValueError(
                 "model_state= goes with params= (a warm start); without params the model is initialized from key"
             )
-        return _init_program(trainer, key)
+        return jax.eval_shape(trainer.init, key) if abstract else _init_program(trainer, key)
     return trainer.init(key, params, model_state)
 
 

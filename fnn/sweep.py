@@ -339,7 +339,7 @@ def sweep(
     finally:
         if fit_kwargs.get("progress"):
             progress_lib.finish()
-    results = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
+    results = pieces[0] if chunk == n else jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *pieces)
     return SweepResult(hyperparameters=table, results=results, chunk_size=chunk)
 
 
