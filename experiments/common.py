@@ -11,8 +11,16 @@ An experiment script is its options, its experiment and its plot; the rest is he
   ``<out>/<name>.json`` (:func:`write_results`: config, metrics, timings, the JAX version
   and device) and ``<out>/<name>.png`` (:func:`save_figure`) and returns what the script's
   ``main`` returns; the script's plot function starts its figure with :func:`figure`.
-* :func:`fashion_data` loads the Fashion-MNIST subset that ``--data-dir``, ``--n-train``
-  and ``--n-test`` ask for.
+* The protocol every experiment follows (``experiments/README.md``): model selection
+  (hyperparameters, the epoch of ``best_params``, early stopping) sees only a validation
+  split carved from the training set (:func:`carve_validation`, seeded and stratified for
+  classification); the test set is a :class:`TestSet` that hands its data out once, after
+  selection, to score the selected models; :func:`protocol` is the JSON record of it (split
+  sizes and seeds, the selection rule, which numbers are validation and which test, how
+  many times the test set was read). :func:`fashion_splits` gives Fashion-MNIST that way.
+* Statistics over seeds: :func:`mean_std` (mean ± std, min–max) and
+  :func:`paired_comparison` (a paired t confidence interval for the difference of two
+  methods run on the same seeds; :func:`t_quantile` without SciPy).
 
 Nothing here touches fnn's internals.
 """
@@ -35,6 +43,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed; set before pyplot is imported anywhere
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fnn  # noqa: E402
@@ -125,26 +134,146 @@ def _load_fashion(data_dir: Path):
     return fnn.datasets.load_fashion_mnist(data_dir / "fashion-mnist")
 
 
-def fashion_subset(data, n_train: int | None, n_test: int | None = None, *, seed: int = 0):
-    """``(x_train, y_train, x_test, y_test)``: pixels scaled to [0, 1] and flattened
-    (``fnn.prepare_images``); ``n_train`` training examples drawn at random (fixed
-    ``seed``; all, in their order, when ``None``), and the first ``n_test`` test examples
-    (all when ``None``)."""
-    rng = np.random.default_rng(seed)
-    n_train = len(data.y_train) if n_train is None else min(n_train, len(data.y_train))
-    idx = np.sort(rng.permutation(len(data.y_train))[:n_train])
-    n_test = len(data.y_test) if n_test is None else min(n_test, len(data.y_test))
-    x_train = fnn.prepare_images(data.x_train[idx])
-    x_test = fnn.prepare_images(data.x_test[:n_test])
-    return x_train, np.asarray(data.y_train[idx], np.int32), x_test, np.asarray(data.y_test[:n_test], np.int32)
+# --- the protocol: validation carved from the training set, the test set read once ------
 
 
-def fashion_data(run: Run):
-    """:func:`fashion_subset` of the Fashion-MNIST in the run's ``--data-dir``, with its
-    ``--n-train`` and ``--n-test``, timed as the run's phase ``"data"``."""
+class TestSet:
+    """The test split, sealed: :meth:`read` hands ``(x, y)`` out once, after selection.
+
+    A second read is a ``RuntimeError``: an experiment scores all its selected models with
+    the one read (a vmapped evaluation of every seed, every method), and nothing it chose
+    (a hyperparameter, an epoch, a stopping point) can have seen the test set. ``reads``
+    (0 or 1) goes into the results JSON (:func:`protocol`).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, x, y, description: str = ""):
+        self._data = (x, y)
+        self.size = int(np.shape(y)[0])
+        self.description = description
+        self.reads = 0
+
+    def read(self):
+        """``(x_test, y_test)``, once; raises ``RuntimeError`` on a second call."""
+        if self.reads:
+            raise RuntimeError(
+                "the test set was read already: score every selected model with that one read, "
+                "and select on the validation split"
+            )
+        self.reads += 1
+        return self._data
+
+
+def carve_validation(x, y, n_val: int, *, seed: int, stratify: bool = True):
+    """Split a training set into training and validation parts for model selection.
+
+    Args:
+      x, y: the training set, ``[n, ...]`` (NumPy or JAX arrays).
+      n_val: examples in the validation part, ``0 < n_val < n``.
+      seed: the split's seed (``fnn.train_test_split(jax.random.key(seed), ...)``).
+      stratify: keep each class's share in both parts (``stratify=y``; classification);
+        ``False`` for a plain random split (regression).
+
+    Returns:
+      ``(x_train, y_train, x_val, y_val), record`` where ``record`` (for :func:`protocol`)
+      holds the sizes, the seed and whether the split is stratified.
+    """
+    n = int(np.shape(y)[0])
+    if not 0 < n_val < n:
+        raise ValueError(f"n_val must lie in (0, {n}): the validation part is carved from {n} examples; got {n_val}")
+    split = fnn.train_test_split(jax.random.key(seed), x, y, n_val / n, stratify=y if stratify else None)
+    record = {"train": n - n_val, "validation": n_val, "split_seed": seed, "stratified": stratify}
+    return tuple(split), record
+
+
+def fashion_splits(run: Run, *, n_val: int, n_train: int | None = None, split_seed: int = 0):
+    """Fashion-MNIST under the protocol, timed as the run's phase ``"data"``.
+
+    Pixels scaled to [0, 1] and flattened (``fnn.prepare_images``). ``n_val`` of the 60,000
+    training images form the validation split (stratified, ``split_seed``); of the rest,
+    ``n_train`` images (all when ``None``) are the training set (a stratified random subset,
+    seed ``split_seed + 1``). The test set is the 10,000 test images (the first
+    ``run.args.n_test`` when that option is set), sealed in a :class:`TestSet`.
+
+    Returns:
+      ``x_train, y_train, x_val, y_val, test, split`` with ``split`` the record of
+      :func:`carve_validation` plus the training subset and the test size.
+    """
     with run("data"):
         data = load_fashion(run.args.data_dir)
-        return fashion_subset(data, run.args.n_train, run.args.n_test)
+        x = fnn.prepare_images(data.x_train)
+        y = np.asarray(data.y_train, np.int32)
+        (x_pool, y_pool, x_val, y_val), split = carve_validation(x, y, n_val, seed=split_seed)
+        split["source"] = f"Fashion-MNIST training set ({len(y)} images)"
+        if n_train is not None and n_train < len(y_pool):
+            subset = fnn.train_test_split(
+                jax.random.key(split_seed + 1), x_pool, y_pool, n_train / len(y_pool), stratify=y_pool
+            )
+            x_train, y_train = subset.x_test, subset.y_test  # the drawn part is the training subset
+            split["train"] = len(y_train)
+            split["train_subset"] = (
+                f"{len(y_train)} of the {len(y_pool)} images left after the validation split "
+                f"(stratified, seed {split_seed + 1})"
+            )
+        else:
+            x_train, y_train = x_pool, y_pool
+        n_test = len(data.y_test) if getattr(run.args, "n_test", None) is None else run.args.n_test
+        x_test = fnn.prepare_images(data.x_test[:n_test])
+        test = TestSet(x_test, np.asarray(data.y_test[:n_test], np.int32), "Fashion-MNIST test set")
+        split["test"] = test.size
+        return x_train, y_train, x_val, y_val, test, split
+
+
+def protocol(
+    split: dict,
+    *,
+    selection: str,
+    validation_metrics: list[str],
+    test_metrics: list[str],
+    test: TestSet | None,
+    selected: dict | None = None,
+    seeds=None,
+) -> dict:
+    """The JSON record of how a run follows the protocol.
+
+    Args:
+      split: sizes and seeds of the splits (:func:`carve_validation`'s record, plus ``test``).
+      selection: the selection rule in words: what was chosen, on which split, by what.
+      validation_metrics, test_metrics: the keys of ``metrics`` that hold validation
+        numbers and those that hold test numbers (the two lists must not overlap).
+      test: the run's :class:`TestSet` (``None`` where a run has no test data, a
+        selection run: then no test numbers are allowed).
+      selected: the values selection settled on (hyperparameters, epochs).
+      seeds: the training seeds of the reported models.
+
+    Returns:
+      ``{"split", "selection", "selected", "seeds", "validation_metrics",
+      "test_metrics", "test_reads"}``.
+    """
+    overlap = set(validation_metrics) & set(test_metrics)
+    if overlap:
+        raise ValueError(f"metrics {sorted(overlap)} are listed as both validation and test numbers")
+    reads = 0 if test is None else test.reads
+    if test_metrics and reads != 1:
+        raise ValueError(f"test metrics {test_metrics} reported, but the test set was read {reads} times (must be 1)")
+    return {
+        "split": split,
+        "selection": selection,
+        "selected": selected or {},
+        "seeds": seeds,
+        "validation_metrics": list(validation_metrics),
+        "test_metrics": list(test_metrics),
+        "test_reads": reads,
+    }
+
+
+def evaluate_members(trainer, params, model_state, x, y) -> dict[str, np.ndarray]:
+    """``trainer.evaluate`` of every member of a sweep (params and state with a leading
+    member axis) on ``(x, y)``, as one vmapped program: ``{"loss": [members], ...}``."""
+    xs, ys = jnp.asarray(x), jnp.asarray(y)  # evaluate indexes with traced batches: JAX arrays
+    scores = jax.jit(jax.vmap(lambda p, s: trainer.evaluate(p, s, xs, ys)))(params, model_state)
+    return {k: np.asarray(v) for k, v in scores.items()}
 
 
 class Timer:
@@ -174,17 +303,27 @@ class Run(Timer):
     def __init__(self, name: str, args: argparse.Namespace, argv=None):
         super().__init__()
         self.name, self.args, self.argv = name, args, argv
+        self.script = name  # experiments/<script>.py; ``name`` names the results files
 
-    def finish(self, *, config: dict, metrics: dict, plot, **extra) -> dict:
+    def finish(self, *, config: dict, metrics: dict, plot, protocol: dict, **extra) -> dict:
         """The end of the run: ``<out>/<name>.json`` (:func:`write_results`: the options
-        updated with ``config``, ``metrics``, the phase times and the total, the
-        environment, and ``extra`` as further top-level entries), then ``plot()``'s
-        figure as ``<out>/<name>.png``; prints the times and the two paths. Returns what an
-        experiment's ``main`` returns: ``{"metrics", "timings", "json", "png"}``."""
+        updated with ``config``, ``metrics``, the :func:`protocol` record, the phase times
+        and the total, the environment, and ``extra`` as further top-level entries), then
+        ``plot()``'s figure as ``<out>/<name>.png``; prints the times and the two paths.
+        Returns what an experiment's ``main`` returns: ``{"metrics", "timings", "json",
+        "png"}``."""
         timings = self.times | {"total": self.total()}
         config = vars(self.args) | config
         path = write_results(
-            self.args.out, self.name, argv=self.argv, config=config, metrics=metrics, timings=timings, **extra
+            self.args.out,
+            self.name,
+            argv=self.argv,
+            config=config,
+            metrics=metrics,
+            timings=timings,
+            script=self.script,
+            protocol=protocol,
+            **extra,
         )
         png = save_figure(plot(), self.args.out, self.name)
         say(f"time: {timings}\nwrote {path} and {png}")
@@ -243,15 +382,18 @@ def _plain(value):
     return value
 
 
-def write_results(out: Path, name: str, *, argv, config: dict, metrics: dict, timings: dict, **extra) -> Path:
-    """Write ``<out>/<name>.json`` with the command (``argv``: the script's arguments,
-    ``None`` for the command line's), config, metrics, timings, environment and extras."""
+def write_results(
+    out: Path, name: str, *, argv, config: dict, metrics: dict, timings: dict, script: str | None = None, **extra
+) -> Path:
+    """Write ``<out>/<name>.json`` with the command (``experiments/<script>.py``, default
+    ``<name>.py``; ``argv``: the script's arguments, ``None`` for the command line's),
+    config, metrics, timings, environment and extras."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     payload = {
         "experiment": name,
-        "command": " ".join(["python", f"experiments/{name}.py", *args]),
+        "command": " ".join(["python", f"experiments/{script or name}.py", *args]),
         "config": config,
         "metrics": metrics,
         "timings_s": timings,
@@ -318,6 +460,114 @@ def mean_std(values) -> dict:
         "max": float(v.max()),
         "n": int(v.size),
     }
+
+
+def pm(s: dict, digits: int = 4) -> str:
+    """A :func:`mean_std` summary as ``mean ± std (min–max)``."""
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t distribution with ``df`` degrees of freedom
+    (``t_quantile(0.975, 9) = 2.2622``), by bisection on the CDF, which is the regularized
+    incomplete beta function: no SciPy needed. Accurate to ~1e-10."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must lie in (0, 1); got {p}")
+    if not df > 0:
+        raise ValueError(f"df must be > 0; got {df}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return (lo + hi) / 2
+
+
+def _t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))  # P(T > |t|)
+    return 1 - tail if t > 0 else tail
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b) (continued fraction, Lentz's method;
+    Numerical Recipes 6.4)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1 - front * _beta_fraction(b, a, 1 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+    c, d = 1.0, 1 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for aa in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1 + aa * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1) < 1e-15:
+            break
+    return h
+
+
+def paired_comparison(a, b, *, names: tuple[str, str] = ("a", "b"), confidence: float = 0.95) -> dict:
+    """Compare two methods run on the same seeds: a paired t confidence interval for the
+    mean of the per-seed differences ``a - b``.
+
+    Args:
+      a, b: ``[seeds]`` scores of the two methods, seed by seed (same order).
+      names: the two methods' names, for the verdict.
+      confidence: the interval's coverage (0.95: a 95% interval).
+
+    Returns:
+      ``{"a", "b", "n", "mean_difference", "std_difference" (sample std, ddof 1), "ci":
+      [low, high], "confidence", "t_quantile", "verdict"}``; the verdict is "no difference
+      detected" where the interval covers 0, else which method scores higher.
+    """
+    a, b = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"a and b must hold the same number (>= 2) of paired scores; got {a.size} and {b.size}")
+    d = a - b
+    n, mean, sd = d.size, float(d.mean()), float(d.std(ddof=1))
+    t = t_quantile(0.5 + confidence / 2, n - 1)
+    low, high = mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n)
+    if low <= 0 <= high:
+        verdict = "no difference detected"
+    else:
+        verdict = f"{names[0]} higher" if mean > 0 else f"{names[1]} higher"
+    return {
+        "a": names[0],
+        "b": names[1],
+        "n": n,
+        "mean_difference": mean,
+        "std_difference": sd,
+        "ci": [low, high],
+        "confidence": confidence,
+        "t_quantile": t,
+        "verdict": verdict,
+    }
+
+
+def ci_text(c: dict, digits: int = 4) -> str:
+    """A :func:`paired_comparison` as ``+0.0012 [-0.0003, +0.0027]``."""
+    low, high = c["ci"]
+    return f"{c['mean_difference']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -31,20 +31,41 @@ class Dataset(NamedTuple):
 
 
 def train_test_split(
-    key: ArrayLike, x: np.ndarray | jax.Array, y: np.ndarray | jax.Array, test_fraction: float
+    key: ArrayLike,
+    x: np.ndarray | jax.Array,
+    y: np.ndarray | jax.Array,
+    test_fraction: float,
+    *,
+    stratify: ArrayLike | None = None,
 ) -> Dataset:
     """Split ``(x, y)`` at random into a training and a held-out part.
+
+    Carve a validation split for model selection from the training data this way (a
+    stratified one for classification: ``stratify=y_train``), so that the test set is
+    read only once, after selection.
 
     Args:
       key: a ``jax.random`` key; the same key gives the same split.
       x, y: arrays (NumPy or JAX) with the same number of examples on axis 0.
       test_fraction: a Python number in (0, 1); the held-out part has
         ``round(test_fraction * n)`` examples, which must leave both parts non-empty.
+      stratify: optional class labels ``[n]`` (integers, booleans or strings; usually
+        ``y``): the held-out part then has of each class its share of the held-out
+        size, ``round(test_fraction * n) * n_c / n`` rounded down or up (largest
+        remainders get the extra examples, ties broken at random by ``key``), so every
+        class's held-out count is within one example of ``test_fraction * n_c``. Which
+        examples of a class are held out is random (``key``). ``None``: a plain random
+        split.
 
     Returns:
       ``Dataset(x_train, y_train, x_test, y_test)``; every example lands in exactly one
       part, each part keeps the original order, and arrays keep their type (NumPy in,
       NumPy out).
+
+    Raises:
+      ValueError: for a ``test_fraction`` outside (0, 1) or leaving a part empty, ``x``
+        and ``y`` of different lengths, or ``stratify`` that is not a 1-D array of
+        ``n`` class labels.
     """
     if not is_concrete(test_fraction):
         raise ValueError("test_fraction must be a concrete Python number: it sets the split sizes")
@@ -62,8 +83,44 @@ def train_test_split(
             "both parts must be non-empty"
         )
     perm = np.asarray(jax.random.permutation(key, n))
-    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    if stratify is None:
+        held_out = np.arange(n) < n_test  # the first n_test of the permutation
+    else:
+        held_out = _stratified_held_out(key, perm, _class_labels(stratify, n), n_test)
+    test_idx, train_idx = np.sort(perm[held_out]), np.sort(perm[~held_out])
     return Dataset(x[train_idx], y[train_idx], x[test_idx], y[test_idx])
+
+
+def _class_labels(stratify: ArrayLike, n: int) -> np.ndarray:
+    """``stratify`` as a host array of ``n`` class labels, checked."""
+    labels = np.asarray(stratify)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"stratify must be a 1-D array of n={n} class labels (like y); got shape {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype.kind in "bUS"):
+        raise ValueError(
+            f"stratify must hold class labels (integers, booleans or strings); got dtype {labels.dtype} "
+            "(bin a continuous target first)"
+        )
+    return labels
+
+
+def _stratified_held_out(key: ArrayLike, perm: np.ndarray, labels: np.ndarray, n_test: int) -> np.ndarray:
+    """``[n]`` bool: whether position ``i`` of ``perm`` is held out, taking of each class
+    its quota of examples in the order of ``perm`` (random within the class)."""
+    n = perm.size
+    _, cls, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quota = n_test * counts / n  # sums to n_test
+    take = np.floor(quota).astype(np.int64)
+    missing = n_test - int(take.sum())  # < number of classes
+    if missing:
+        tie = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), counts.size))
+        order = np.lexsort((tie, -(quota - take)))  # largest remainder first, ties at random
+        take[order[:missing]] += 1
+    cls_of = cls.reshape(-1)[perm]  # class of each position of perm
+    grouped = np.argsort(cls_of, kind="stable")  # positions by class, perm order within a class
+    rank = np.empty(n, np.int64)
+    rank[grouped] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rank < take[cls_of]
 
 
 def standardize(

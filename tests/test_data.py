@@ -59,6 +59,72 @@ def test_split_rejects_empty_parts_and_mismatched_lengths():
         train_test_split(jax.random.key(0), x, y[:9], 0.5)
 
 
+def imbalanced(n_per_class=(50, 31, 7, 1, 12)):
+    """Inputs whose row i holds i, and labels with very unequal class sizes (one class of 1)."""
+    y = np.repeat(np.arange(len(n_per_class)), n_per_class).astype(np.int32)
+    y = np.random.default_rng(0).permutation(y)  # classes interleaved, not in blocks
+    return np.arange(y.size, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32), y
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stratified_split_keeps_class_proportions(fraction, seed):
+    x, y = imbalanced()
+    split = train_test_split(jax.random.key(seed), x, y, fraction, stratify=y)
+    n = y.size
+    assert split.y_test.size == round(fraction * n)  # the same size as an unstratified split
+    counts, held = np.bincount(y), np.bincount(split.y_test, minlength=5)
+    assert np.all(np.abs(held - fraction * counts) < 1)  # each class within one example of its share
+    assert np.array_equal(held + np.bincount(split.y_train, minlength=5), counts)
+    rows = np.concatenate([split.x_train[:, 0], split.x_test[:, 0]]).astype(int)
+    assert sorted(rows.tolist()) == list(range(n))  # disjoint and covering
+    for xs, ys in ((split.x_train, split.y_train), (split.x_test, split.y_test)):
+        np.testing.assert_array_equal(ys, y[xs[:, 0].astype(int)])  # rows stay paired with their labels
+        assert np.all(np.diff(xs[:, 0]) > 0)  # original order kept
+
+
+def test_stratified_split_is_seeded_and_random_within_classes():
+    x, y = imbalanced()
+    a = train_test_split(jax.random.key(3), x, y, 0.3, stratify=y)
+    b = train_test_split(jax.random.key(3), x, y, 0.3, stratify=y)
+    c = train_test_split(jax.random.key(4), x, y, 0.3, stratify=y)
+    np.testing.assert_array_equal(a.x_test, b.x_test)  # the same key gives the same split
+    assert not np.array_equal(a.x_test, c.x_test)  # another key, other examples ...
+    np.testing.assert_array_equal(np.bincount(a.y_test), np.bincount(c.y_test))  # ... the same class counts
+    held = {tuple(train_test_split(jax.random.key(k), x, y, 0.3, stratify=y).x_test[:, 0]) for k in range(20)}
+    assert len(held) == 20  # not a fixed choice within each class
+
+
+def test_stratified_split_by_other_labels_and_types():
+    x, y = toy(n=40)  # y identifies the rows; stratify by a separate group label
+    groups = np.array(["a", "b"] * 20)
+    split = train_test_split(jax.random.key(0), jnp.asarray(x), jnp.asarray(y), 0.25, stratify=groups)
+    assert isinstance(split.x_train, jax.Array)  # JAX in, JAX out, also when stratified
+    held_groups = groups[np.asarray(split.y_test)]
+    assert (held_groups == "a").sum() == (held_groups == "b").sum() == 5
+    flags = np.arange(40) < 10  # booleans are class labels too
+    split = train_test_split(jax.random.key(0), x, y, 0.5, stratify=flags)
+    assert flags[split.y_test].sum() == 5
+
+
+def test_stratified_split_rejects_bad_labels():
+    x, y = toy(n=10)
+    with pytest.raises(ValueError, match=r"stratify must be a 1-D array of n=10 class labels.*\(9,\)"):
+        train_test_split(jax.random.key(0), x, y, 0.5, stratify=y[:9])
+    with pytest.raises(ValueError, match=r"stratify must be a 1-D array.*\(10, 1\)"):
+        train_test_split(jax.random.key(0), x, y, 0.5, stratify=y[:, None])
+    with pytest.raises(ValueError, match="stratify must hold class labels.*float32"):
+        train_test_split(jax.random.key(0), x, y, 0.5, stratify=x[:, 0])
+
+
+def test_unstratified_split_is_unchanged():
+    """``stratify=None`` is the plain split: the first round(f n) of the key's permutation."""
+    x, y = toy()
+    split = train_test_split(jax.random.key(5), x, y, 0.2)
+    perm = np.asarray(jax.random.permutation(jax.random.key(5), 50))
+    np.testing.assert_array_equal(split.y_test, np.sort(perm[:10]))
+
+
 # --- standardize -------------------------------------------------------------------------
 
 

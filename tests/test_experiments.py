@@ -1,15 +1,24 @@
 """Smoke tests of the experiment scripts: each ``main(argv)`` with tiny settings writes its
-results JSON and PNG, and the JSON's key metrics are finite numbers. The real runs are
-not part of the tests (their numbers are in experiments/README.md)."""
+results JSON and PNG, the JSON's key metrics are finite numbers, and the JSON records the
+protocol of experiments/README.md (split sizes and seeds, what was selected on the
+validation split, the test set read exactly once; a selection run reads it never). The
+statistics helpers of ``common`` (t quantiles, paired intervals) are checked against a t
+table. The real runs are not part of the tests (their numbers are in
+experiments/README.md)."""
 
 import importlib.util
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+# The scripts' sweeps run here on the test session's one CPU device, which fnn.sweep points
+# out once (a script run from the command line may give JAX one device per core instead).
+pytestmark = pytest.mark.filterwarnings("ignore::fnn.distributed.UnusedCoresWarning")
 
 
 def load(name):
@@ -42,70 +51,245 @@ def paths(out, data) -> list[str]:
     return ["--out", str(out), "--data-dir", str(data), "--no-progress"]
 
 
+def check_protocol(record: dict, *, test_read: bool = True) -> dict:
+    """The protocol of experiments/README.md, as the JSON records it: split sizes and seeds,
+    a selection rule, validation and test numbers named apart, the test set read once (or,
+    for a selection run, not at all)."""
+    protocol = record["protocol"]
+    assert protocol["selection"] and "validation" in protocol["selection"]
+    assert not set(protocol["validation_metrics"]) & set(protocol["test_metrics"])
+    assert protocol["validation_metrics"]
+    if test_read:
+        assert protocol["test_reads"] == 1 and protocol["test_metrics"]
+    else:
+        assert protocol["test_reads"] == 0 and protocol["test_metrics"] == []
+    return protocol
+
+
+def check_split(split: dict, train: int, validation: int, test: int | None, stratified: bool = True):
+    assert (split["train"], split["validation"], split["stratified"]) == (train, validation, stratified)
+    assert isinstance(split["split_seed"], int)
+    if test is not None:
+        assert split["test"] == test
+
+
 def test_mnist1d_seeds(tmp_path, capsys):
     returned = load("mnist1d_seeds").main(
-        ["--out", str(tmp_path), "--seeds", "2", "--epochs", "2", "--n-train", "400", "--n-test", "200"]
+        ["--out", str(tmp_path), *"--seeds 2 --epochs 2 --n-train 400 --n-val 100 --n-test 200".split()]
     )
     printed = capsys.readouterr().out
     assert "epoch 1/2" in printed and "epoch 2/2" in printed  # the progress lines from inside the compiled run
     assert "| seeds |" in printed  # SweepResult.summary's table
-    m = check_outputs(tmp_path, "mnist1d_seeds", returned)["metrics"]
+    record = check_outputs(tmp_path, "mnist1d_seeds", returned)
+    protocol = check_protocol(record)
+    check_split(protocol["split"], 300, 100, 200)
+    assert protocol["seeds"] == [0, 1] and protocol["selected"]["activation"] == "gelu"
+    m = record["metrics"]
     for key in ("mean", "std", "min", "max"):
-        assert finite(m["test_accuracy"][key]) and 0 <= m["test_accuracy"][key] <= 1
+        for name in ("test_accuracy", "validation_accuracy"):
+            assert finite(m[name][key]) and 0 <= m[name][key] <= 1
     assert m["test_accuracy"]["n"] == 2 and len(m["test_accuracy_per_seed"]) == 2
+    assert m["test_accuracy_per_seed"] != m["validation_accuracy_per_seed"]  # two different sets
+    assert 1 <= m["selected_epoch"]["min"] <= m["selected_epoch"]["max"] <= 2
     assert finite(m["train_accuracy"]["mean"]) and m["published_mlp_accuracy"] == 0.68
+
+
+def test_mnist1d_selection_reads_no_test_data(tmp_path, monkeypatch):
+    module = load("mnist1d_seeds")
+    common = module.common
+    monkeypatch.setattr(common.TestSet, "read", lambda self: pytest.fail("the selection run read the test set"))
+    options = "--select --select-seeds 3 4 --grid-lr 0.01 0.02 --grid-dropout 0.1 --grid-activation relu"
+    returned = module.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--epochs",
+            "2",
+            "--n-train",
+            "300",
+            "--n-val",
+            "100",
+            *options.split(),
+        ]
+    )
+    record = check_outputs(tmp_path, "mnist1d_seeds_select", returned)
+    assert record["command"].startswith("python experiments/mnist1d_seeds.py --out")
+    protocol = check_protocol(record, test_read=False)
+    check_split(protocol["split"], 200, 100, None)
+    grid = record["metrics"]["grid"]
+    assert [(g["activation"], g["lr"], g["dropout"]) for g in grid] == [("relu", 0.01, 0.1), ("relu", 0.02, 0.1)]
+    best = max(grid, key=lambda g: g["mean"])
+    assert record["metrics"]["selected"] == {"activation": "relu", "lr": best["lr"], "dropout": 0.1}
+    assert protocol["seeds"] == [3, 4] and all(g["seeds"] == 2 for g in grid)
 
 
 def test_fashion_mlp(tmp_path, shared_data):
     returned = load("fashion_mlp").main(
-        [*paths(tmp_path, shared_data), *"--n-train 1200 --holdout 200 --n-test 300 --epochs 2 --hidden 32".split()]
+        [*paths(tmp_path, shared_data), *"--n-train 1200 --n-val 300 --n-test 300 --epochs 2 --hidden 32".split()]
+        + "--seeds 2 --batchnorm".split()
     )
-    m = check_outputs(tmp_path, "fashion_mlp", returned)["metrics"]
-    for key in (
-        "test_accuracy",
-        "heldout_accuracy_best",
-        "train_accuracy_best",
-        "seconds_per_epoch",
-        "time_to_result_s",
-    ):
-        assert finite(m[key]), key
-    assert 0.2 < m["test_accuracy"] <= 1  # two epochs already learn something
-    assert m["best_epoch"] in (1, 2)
+    record = check_outputs(tmp_path, "fashion_mlp", returned)
+    protocol = check_protocol(record)
+    check_split(protocol["split"], 1200, 300, 300)
+    assert protocol["selected"]["batchnorm"] is True and protocol["seeds"] == [0, 1]
+    m = record["metrics"]
+    for key in ("test_accuracy", "validation_accuracy", "train_accuracy"):
+        assert all(finite(m[key][k]) for k in ("mean", "std", "min", "max")), key
+    assert 0.2 < m["test_accuracy"]["mean"] <= 1  # two epochs already learn something
+    assert m["test_accuracy"]["n"] == 2 and 1 <= m["selected_epoch"]["min"] <= m["selected_epoch"]["max"] <= 2
+    assert finite(m["training_wall_time_s"]) and m["reaches_target"] == (m["test_accuracy"]["mean"] >= 0.9)
+
+
+def test_fashion_mlp_selection(tmp_path, shared_data, monkeypatch):
+    module = load("fashion_mlp")
+    monkeypatch.setattr(module.common.TestSet, "read", lambda self: pytest.fail("the selection run read the test set"))
+    options = "--select --n-train 600 --n-val 200 --epochs 1 --hidden 16 --select-seeds 7 --grid-dropout 0.1 0.3"
+    returned = module.main([*paths(tmp_path, shared_data), *options.split(), "--select-variants", "bn+ls0.1+h16x8"])
+    record = check_outputs(tmp_path, "fashion_mlp_select", returned)
+    protocol = check_protocol(record, test_read=False)
+    check_split(protocol["split"], 600, 200, None)
+    grid = record["metrics"]["grid"]
+    assert len(grid) == 4 and {g["dropout"] for g in grid} == {0.1, 0.3}  # lr x dropout x weight decay
+    assert all(
+        (g["hidden"], g["batchnorm"], g["label_smoothing"], g["epochs"]) == ([16, 8], True, 0.1, 1) for g in grid
+    )
+    best = max(grid, key=lambda g: g["mean"])
+    keys = ("hidden", "batchnorm", "label_smoothing", "epochs", "lr", "dropout", "weight_decay")
+    assert record["metrics"]["selected"] == {k: best[k] for k in keys}
+    assert "--hidden 16 8 --batchnorm --label-smoothing 0.1" in record["metrics"]["run_selected"]
 
 
 def test_optimizers(tmp_path, shared_data):
-    options = (
-        "--n-train 512 --n-test 200 --epochs 2 --hidden 32 --lrs 2 --optimizers Adam"  # one optimizer: one compile
+    options = "--n-train 512 --n-val 256 --n-test 200 --epochs 2 --hidden 32 --lrs 2 --seeds 3 --select-seeds 5"
+    returned = load("optimizers").main(
+        [*paths(tmp_path, shared_data), *options.split(), "--optimizers", "Adam", "AdaGrad"]
     )
-    returned = load("optimizers").main([*paths(tmp_path, shared_data), *options.split()])
-    m = check_outputs(tmp_path, "optimizers", returned)["metrics"]
-    assert set(m["best"]) == {"Adam"}
-    for best in m["best"].values():
-        assert finite(best["final_loss"]) and finite(best["lr"]) and finite(best["test_accuracy"])
-    assert all(len(grid) == 2 for grid in m["grid"].values())
+    record = check_outputs(tmp_path, "optimizers", returned)
+    protocol = check_protocol(record)
+    check_split(protocol["split"], 512, 256, 200)
+    m = record["metrics"]
+    assert set(m["optimizers"]) == {"Adam", "AdaGrad"} and protocol["seeds"] == [0, 1, 2]
+    for name, r in m["optimizers"].items():
+        grid = m["selection"][name]["grid"]
+        assert len(grid) == 2
+        ok = [g for g in grid if not g["diverged"]]
+        assert r["selected_lr"] == max(ok, key=lambda g: g["final_val_accuracy"])["lr"]  # chosen on validation
+        assert finite(r["final_train_loss"]["mean"]) and r["test_accuracy"]["n"] == 3
+        assert len(r["test_per_seed"]) == len(r["val_per_seed"]) == 3
+    pair = m["paired"]["Adam - AdaGrad"]["test_accuracy"]
+    low, high = pair["ci"]
+    assert low <= pair["mean_difference"] <= high and pair["n"] == 3
+    diffs = [
+        a - b for a, b in zip(m["optimizers"]["Adam"]["test_per_seed"], m["optimizers"]["AdaGrad"]["test_per_seed"])
+    ]
+    assert pair["mean_difference"] == pytest.approx(sum(diffs) / 3, abs=1e-6)  # paired seed by seed
 
 
 def test_regularization(tmp_path, shared_data):
     returned = load("regularization").main(
-        [*paths(tmp_path, shared_data), *"--n-train 400 --n-test 200 --epochs 2 --hidden 32 --seeds 2".split()]
-        + "--settings none dropout+l2".split()
-    )  # the settings of the first phase only: one compiled program (the batch-norm phase is a second one)
-    m = check_outputs(tmp_path, "regularization", returned)["metrics"]
-    assert set(m) == {"none", "dropout 0.3 + L2 0.0005"}
-    for setting in m.values():
+        [*paths(tmp_path, shared_data), *"--n-train 400 --n-val 200 --n-test 200 --epochs 2 --hidden 32".split()]
+        + "--seeds 2 --select-seeds 9 --settings none dropout+l2 --grid-dropout-l2 0.2 1e-4 0.5 1e-3".split()
+    )  # no batch norm: one compiled program per phase
+    record = check_outputs(tmp_path, "regularization", returned)
+    protocol = check_protocol(record)
+    check_split(protocol["split"], 400, 200, 200)
+    m = record["metrics"]
+    assert [r["setting"] for r in m["selection"]] == ["dropout 0.2 + L2 0.0001", "dropout 0.5 + L2 0.001"]
+    chosen = max(m["selection"], key=lambda r: r["final_val_accuracy"]["mean"])
+    assert [r.get("selected", False) for r in m["selection"]] == [r is chosen for r in m["selection"]]
+    assert set(m["settings"]) == {"none", chosen["setting"]}
+    for setting in m["settings"].values():
         assert finite(setting["train_accuracy"]["mean"]) and finite(setting["test_accuracy"]["mean"])
-        assert setting["test_accuracy"]["n"] == 2
+        assert setting["test_accuracy"]["n"] == 2 and finite(setting["validation_accuracy"]["mean"])
+    pair = m["paired_test_accuracy"][f"{chosen['setting']} - none"]
+    assert pair["n"] == 2 and pair["verdict"] in (
+        "no difference detected",
+        f"{chosen['setting']} higher",
+        "none higher",
+    )
 
 
 def test_regression(tmp_path):
     returned = load("regression").main(
-        ["--out", str(tmp_path), "--splits", "1", "--seeds", "2", "--epochs", "2", "--no-progress"]
+        ["--out", str(tmp_path), *"--splits 2 --seeds 2 --epochs 2 --grid-l2 0.1 1.0 --no-progress".split()]
     )
-    summary = check_outputs(tmp_path, "regression", returned)["metrics"]["summary"]
+    record = check_outputs(tmp_path, "regression", returned)
+    protocol = check_protocol(record)
+    splits = protocol["split"]["outer_splits"]
+    assert [(s["train"] + s["validation"], s["final_train"], s["test"]) for s in splits] == [(354, 354, 88)] * 2
+    summary = record["metrics"]["summary"]
     assert set(summary) == {"mean predictor", "OLS (lstsq)", "MLP", "MLP ensemble"}
     for method in summary.values():
         assert finite(method["mse"]["mean"]) and finite(method["r2"]["mean"])
     assert summary["OLS (lstsq)"]["r2"]["mean"] > 0.3  # OLS explains about half the variance of diabetes
+    for row in record["metrics"]["per_split"]:
+        best = min(row["l2_grid"], key=lambda g: g["val_mse_std_units"])
+        assert row["selected_l2"] == best["l2"]  # chosen on the validation split
+
+
+def test_test_set_is_read_once():
+    common = load("common")
+    test = common.TestSet([1, 2], [0, 1])
+    assert test.reads == 0 and test.size == 2
+    assert test.read() == ([1, 2], [0, 1]) and test.reads == 1
+    with pytest.raises(RuntimeError, match="read already"):
+        test.read()
+    with pytest.raises(ValueError, match="read 0 times"):
+        common.protocol({}, selection="on validation", validation_metrics=["v"], test_metrics=["t"], test=None)
+    with pytest.raises(ValueError, match="both validation and test"):
+        common.protocol({}, selection="on validation", validation_metrics=["a"], test_metrics=["a"], test=test)
+
+
+def test_carve_validation_is_stratified_and_seeded():
+    common = load("common")
+    y = np.repeat(np.arange(4), [40, 30, 20, 10]).astype(np.int32)
+    x = np.arange(100, dtype=np.float32)[:, None]
+    (x_tr, y_tr, x_val, y_val), record = common.carve_validation(x, y, 20, seed=3)
+    assert record == {"train": 80, "validation": 20, "split_seed": 3, "stratified": True}
+    assert np.bincount(y_val).tolist() == [8, 6, 4, 2]  # each class's share exactly
+    assert sorted(np.concatenate([x_tr, x_val])[:, 0].tolist()) == list(range(100))
+    (_, _, x_again, _), _ = common.carve_validation(x, y, 20, seed=3)
+    np.testing.assert_array_equal(x_val, x_again)
+    with pytest.raises(ValueError, match="n_val must lie in"):
+        common.carve_validation(x, y, 100, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [
+        (0.975, 1, 12.7062),
+        (0.975, 2, 4.3027),
+        (0.975, 4, 2.7764),
+        (0.975, 7, 2.3646),
+        (0.975, 9, 2.2622),
+        (0.975, 31, 2.0395),
+        (0.995, 10, 3.1693),
+        (0.95, 5, 2.0150),
+        (0.025, 9, -2.2622),
+        (0.5, 3, 0.0),
+    ],
+)
+def test_t_quantile(p, df, expected):
+    """Against the values of a t table (4 decimals)."""
+    assert load("common").t_quantile(p, df) == pytest.approx(expected, abs=6e-5)
+
+
+def test_paired_comparison():
+    common = load("common")
+    a = [0.80, 0.82, 0.81, 0.83, 0.84]
+    b = [0.79, 0.80, 0.80, 0.81, 0.82]  # a is higher on every seed
+    c = common.paired_comparison(a, b, names=("A", "B"))
+    d = np.subtract(a, b)
+    half = 2.7764 * d.std(ddof=1) / np.sqrt(5)  # t(0.975, 4) * standard error
+    assert c["mean_difference"] == pytest.approx(d.mean()) and c["n"] == 5
+    assert c["ci"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-5)
+    assert c["verdict"] == "A higher"
+    assert common.paired_comparison(b, a, names=("B", "A"))["verdict"] == "A higher"
+    noisy = common.paired_comparison([0.80, 0.83, 0.79], [0.81, 0.80, 0.82], names=("A", "B"))
+    assert noisy["ci"][0] < 0 < noisy["ci"][1] and noisy["verdict"] == "no difference detected"
+    with pytest.raises(ValueError, match="same number"):
+        common.paired_comparison([1.0, 2.0], [1.0])
 
 
 @pytest.mark.parametrize("name", ["mnist1d_seeds", "fashion_mlp", "optimizers", "regularization", "regression"])
