@@ -351,4 +351,5 @@ def plot(history, metrics, sizes):
 
 
 if __name__ == "__main__":
+    fnn.distributed.use_cpu_cores()  # one CPU device per core: the sweeps train members on all of them
     main()

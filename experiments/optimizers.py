@@ -284,4 +284,5 @@ def plot(results, selected, steps_per_epoch, args):
 
 
 if __name__ == "__main__":
+    fnn.distributed.use_cpu_cores()  # one CPU device per core: the sweeps train members on all of them
     main()

@@ -275,4 +275,5 @@ def plot(summary, per_split, curves, args):
 
 
 if __name__ == "__main__":
+    fnn.distributed.use_cpu_cores()  # one CPU device per core: the sweeps train members on all of them
     main()

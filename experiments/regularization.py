@@ -326,4 +326,5 @@ def plot(results, args):
 
 
 if __name__ == "__main__":
+    fnn.distributed.use_cpu_cores()  # one CPU device per core: the sweeps train members on all of them
     main()

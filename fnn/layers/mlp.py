@@ -26,14 +26,19 @@ def mlp(
 
     Each hidden layer is ``Dense -> [BatchNorm] -> Activation -> [Dropout]``; the last
     layer is ``Dense`` followed by ``output_activation`` if given (logits otherwise, which
-    is what ``fnn.cross_entropy`` expects).
+    is what ``fnn.cross_entropy`` expects). A Dense followed by BatchNorm has no bias
+    (``use_bias=False``, as in ResNet's convolutions): batch norm subtracts the batch mean,
+    so a bias there has a gradient that is zero up to rounding, which an adaptive
+    optimizer (Adam divides by its tiny second moment) turns into full-size random steps,
+    and runs then depend on the order in which sums are added (a sweep member would not
+    match ``fit`` alone). BatchNorm's ``offset`` plays the bias's part.
 
     Args:
       sizes: ``[in_features, hidden_1, ..., out_features]``, at least two ints.
       activation: name or function for the hidden layers.
       dropout: ``None`` for no dropout layers; a rate in [0, 1) (a float or a traced
         scalar, so a sweep may vmap over it) adds a Dropout after every hidden activation.
-      batchnorm: add a BatchNorm after every hidden Dense.
+      batchnorm: add a BatchNorm after every hidden Dense (which then has no bias).
       init: weight initializer name or function for every Dense.
       output_activation: optional activation after the last Dense.
 
@@ -45,8 +50,9 @@ def mlp(
         raise ValueError(f"sizes must list at least [in_features, out_features]; got {sizes}")
     layers: list[Layer] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(Dense(n_in, n_out, w_init=init))
-        if i == len(sizes) - 2:
+        hidden = i < len(sizes) - 2
+        layers.append(Dense(n_in, n_out, use_bias=not (batchnorm and hidden), w_init=init))
+        if not hidden:
             break
         if batchnorm:
             layers.append(BatchNorm(n_out))
