@@ -134,7 +134,8 @@ def bench_matmul(n: int):
 
 
 def bench_torch(x_host, y_host, epochs: int):
-    """Seconds per epoch of PyTorch eager training of the same MLP, or None without torch."""
+    """Seconds per epoch of PyTorch eager training of the same MLP (torch's default threads:
+    one per core), or None without torch."""
     try:
         import torch
     except ImportError:
@@ -145,7 +146,7 @@ def bench_torch(x_host, y_host, epochs: int):
         layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(SIZES) - 2 else [])
     model = torch.nn.Sequential(*layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, y = torch.from_numpy(x_host), torch.from_numpy(y_host.astype(np.int64))
+    x, y = torch.from_numpy(np.array(x_host)), torch.from_numpy(y_host.astype(np.int64))
     n = len(x_host) // BATCH * BATCH
 
     def one_epoch(_):
@@ -174,7 +175,6 @@ def measure(args) -> dict:
         "fit (one compiled program)": fit_epoch,
         "Python loop, host-gathered batches": bench_loop_host(trainer, x_host, y_host, args.epochs),
         "Python loop, device-gathered batches": bench_loop_device(trainer, x, y, args.epochs),
-        "PyTorch eager": bench_torch(x_host, y_host, args.epochs),
         "matmuls only (same shapes, scanned)": bench_matmul(len(x_host)),
         "compile": fit_compile,
     }
@@ -189,7 +189,13 @@ def main(argv=None):
         "--devices", type=int, nargs="+", default=None, help="CPU device counts (default: 1 and one per core)"
     )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.torch_worker:  # a process of its own: JAX's idle compute threads would compete with torch's
+        data = fnn.datasets.load_fashion_mnist(args.data_dir / "fashion-mnist")
+        x_host = np.asarray(fnn.prepare_images(data.x_train[: args.examples]))
+        print(json.dumps({"PyTorch eager": bench_torch(x_host, data.y_train[: args.examples], args.epochs)}))
+        return None
     if args.worker:
         fnn.distributed.use_cpu_cores(args.worker)
         print(json.dumps(measure(args)))
@@ -197,12 +203,13 @@ def main(argv=None):
 
     counts = args.devices or sorted({1, fnn.distributed.cpu_cores()})
     common = ["--epochs", str(args.epochs), "--examples", str(args.examples), "--data-dir", str(args.data_dir)]
-    runs = []
-    for n in counts:
-        out = subprocess.run(
-            [sys.executable, __file__, *common, "--worker", str(n)], check=True, capture_output=True, text=True
-        )
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def worker(*flags):
+        out = subprocess.run([sys.executable, __file__, *common, *flags], check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    torch_epoch = worker("--torch-worker")["PyTorch eager"]
+    runs = [worker("--worker", str(n)) | {"PyTorch eager (its own process)": torch_epoch} for n in counts]
     gflop = epoch_flops(runs[0]["examples"]) / 1e9
     print(
         f"fnn bench_fit: MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}, {runs[0]['examples']} examples, "
