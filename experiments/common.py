@@ -330,6 +330,16 @@ class Run(Timer):
         return {"metrics": metrics, "timings": timings, "json": path, "png": png}
 
 
+def use_cores(n: int | None) -> None:
+    """``fnn.distributed.use_cpu_cores(n)``; where ``n`` is not given and JAX already runs in
+    this process (``main`` called from Python, e.g. by the tests), its devices are kept."""
+    try:
+        fnn.distributed.use_cpu_cores(n)
+    except RuntimeError:
+        if n is not None:
+            raise
+
+
 def say(*args):
     """Print and flush (progress lines show up at once, also when piped)."""
     print(*args, flush=True)
