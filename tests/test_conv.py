@@ -252,10 +252,14 @@ def test_batchnorm_after_conv2d_normalizes_per_channel_over_batch_and_space():
 
 
 def test_batchnorm_after_conv1d_gradients_in_training():
-    model = Serial((Conv1D(2, 3, 3, strides=2), BatchNorm(3), Activation("tanh")))
+    """No bias before batch norm: its gradient is zero up to rounding, which finite
+    differences cannot resolve (as fnn.mlp does for Dense). Data from a local generator:
+    the module's generator is consumed differently when the torch tests are skipped."""
+    model = Serial((Conv1D(2, 3, 3, strides=2, use_bias=False), BatchNorm(3), Activation("tanh")))
     params, state = as64(model.init(KEY))
-    x = jnp.asarray(rng.normal(size=(3, 7, 2)))
-    r = jnp.asarray(rng.normal(size=(3, 4, 3)))
+    local = np.random.default_rng(7)
+    x = jnp.asarray(local.normal(size=(3, 7, 2)))
+    r = jnp.asarray(local.normal(size=(3, 4, 3)))
     check_grads(jax.jit(lambda t: jnp.sum(r * model.apply_train(t[0], t[1], state=state)[0])), (params, x))
 
 
