@@ -83,20 +83,22 @@ def conv(x: jax.Array, w: jax.Array, strides, dilation, pads, out) -> jax.Array:
     return jnp.einsum("...p,po->...o", patches, jnp.reshape(w, (len(views) * c_in, c_out)))
 
 
+@pytree_dataclass
 class _Conv(Layer):
-    """What ``Conv1D`` and ``Conv2D`` share; ``rank`` is the number of spatial axes."""
+    """What ``Conv1D`` and ``Conv2D`` share, their fields included; ``rank`` is the number
+    of spatial axes."""
 
     rank: ClassVar[int]
     axes: ClassVar[str]  # the spatial axes' names in messages
-    in_channels: int
-    out_channels: int
-    kernel_size: Any
-    strides: Any
-    padding: Any
-    dilation: Any
-    use_bias: bool
-    w_init: Any
-    b_init: Any
+    in_channels: int = static_field()
+    out_channels: int = static_field()
+    kernel_size: Any = static_field()
+    strides: Any = static_field(default=1)
+    padding: Any = static_field(default="SAME")
+    dilation: Any = static_field(default=1)
+    use_bias: bool = static_field(default=True)
+    w_init: Any = static_field(default=TORCH_DEFAULT)
+    b_init: Any = static_field(default=None)
 
     def __post_init__(self):
         check_int("in_channels", self.in_channels)
@@ -174,15 +176,6 @@ class Conv1D(_Conv):
 
     rank: ClassVar[int] = 1
     axes: ClassVar[str] = "length"
-    in_channels: int = static_field()
-    out_channels: int = static_field()
-    kernel_size: Any = static_field()
-    strides: Any = static_field(default=1)
-    padding: Any = static_field(default="SAME")
-    dilation: Any = static_field(default=1)
-    use_bias: bool = static_field(default=True)
-    w_init: Any = static_field(default=TORCH_DEFAULT)
-    b_init: Any = static_field(default=None)
 
 
 @pytree_dataclass
@@ -219,12 +212,3 @@ class Conv2D(_Conv):
 
     rank: ClassVar[int] = 2
     axes: ClassVar[str] = "height, width"
-    in_channels: int = static_field()
-    out_channels: int = static_field()
-    kernel_size: Any = static_field()
-    strides: Any = static_field(default=1)
-    padding: Any = static_field(default="SAME")
-    dilation: Any = static_field(default=1)
-    use_bias: bool = static_field(default=True)
-    w_init: Any = static_field(default=TORCH_DEFAULT)
-    b_init: Any = static_field(default=None)

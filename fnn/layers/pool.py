@@ -45,14 +45,16 @@ def _valid_counts(sizes, kernel, strides, pads, out) -> np.ndarray:
     return counts.reshape(1, *out, 1)
 
 
+@pytree_dataclass
 class _Pool(Layer):
-    """What the max and average pools share; ``rank`` is the number of spatial axes."""
+    """What the max and average pools share, their fields included; ``rank`` is the number
+    of spatial axes."""
 
     rank: ClassVar[int]
     axes: ClassVar[str]
-    window: Any
-    strides: Any
-    padding: Any
+    window: Any = static_field()
+    strides: Any = static_field(default=None)
+    padding: Any = static_field(default="VALID")
 
     def __post_init__(self):
         n = self.rank
@@ -96,8 +98,9 @@ class _MaxPool(_Pool):
         return y, state
 
 
+@pytree_dataclass
 class _AvgPool(_Pool):
-    count_include_pad: bool
+    count_include_pad: bool = static_field(default=True)
 
     def __post_init__(self):
         super().__post_init__()
@@ -138,9 +141,6 @@ class MaxPool1D(_MaxPool):
 
     rank: ClassVar[int] = 1
     axes: ClassVar[str] = "length"
-    window: Any = static_field()
-    strides: Any = static_field(default=None)
-    padding: Any = static_field(default="VALID")
 
 
 @pytree_dataclass
@@ -165,9 +165,6 @@ class MaxPool2D(_MaxPool):
 
     rank: ClassVar[int] = 2
     axes: ClassVar[str] = "height, width"
-    window: Any = static_field()
-    strides: Any = static_field(default=None)
-    padding: Any = static_field(default="VALID")
 
 
 @pytree_dataclass
@@ -193,10 +190,6 @@ class AvgPool1D(_AvgPool):
 
     rank: ClassVar[int] = 1
     axes: ClassVar[str] = "length"
-    window: Any = static_field()
-    strides: Any = static_field(default=None)
-    padding: Any = static_field(default="VALID")
-    count_include_pad: bool = static_field(default=True)
 
 
 @pytree_dataclass
@@ -222,10 +215,6 @@ class AvgPool2D(_AvgPool):
 
     rank: ClassVar[int] = 2
     axes: ClassVar[str] = "height, width"
-    window: Any = static_field()
-    strides: Any = static_field(default=None)
-    padding: Any = static_field(default="VALID")
-    count_include_pad: bool = static_field(default=True)
 
 
 @pytree_dataclass
