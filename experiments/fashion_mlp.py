@@ -35,7 +35,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fnn  # noqa: E402
-from fnn.sweep import sweep  # noqa: E402
 
 NAME = "fashion_mlp"
 BENCHMARK = 0.8833  # Fashion-MNIST benchmark table: MLPClassifier, hidden (256, 128, 100)
@@ -148,7 +147,7 @@ def main(argv=None) -> dict:
         "vmapped program (compiling first; per-epoch lines: 'val_' = validation)"
     )
     with run("train (compile + run)"):
-        table = sweep(config, x_train, y_train, seeds=args.seeds, **fit_options)
+        table = fnn.sweep(config, x_train, y_train, seeds=args.seeds, **fit_options)
         jax.block_until_ready(table.results.history)
     results, trainer = table.results, config()
     if np.asarray(results.diverged).any():
@@ -240,7 +239,7 @@ def select(run, args, x_train, y_train, fit_options, split, defaults) -> dict:
             f"{n_points * len(seeds)} runs in one vmapped program; {len(y_train)} train / {split['validation']} validation"
         )
         with run(f"select {text}"):
-            table = sweep(config, x_train, y_train, seeds=seeds, grid=grid, **fit_options | {"epochs": v["epochs"]})
+            table = fnn.sweep(config, x_train, y_train, seeds=seeds, grid=grid, **fit_options | {"epochs": v["epochs"]})
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)
         for a in table.aggregate("best_val_accuracy"):

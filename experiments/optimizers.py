@@ -41,7 +41,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fnn  # noqa: E402
-from fnn.sweep import sweep  # noqa: E402
 
 NAME = "optimizers"
 
@@ -114,7 +113,9 @@ def main(argv=None) -> dict:
 
         common.say(f"\n== {name}: selection, learning rates {grids[name]} x seeds {args.select_seeds}")
         with run(f"{name}: select"):
-            table = sweep(config, x_train, y_train, seeds=args.select_seeds, grid={"lr": grids[name]}, **fit_options)
+            table = fnn.sweep(
+                config, x_train, y_train, seeds=args.select_seeds, grid={"lr": grids[name]}, **fit_options
+            )
             jax.block_until_ready(table.results.history)
         grid_rows = summarize_grid(table, grids[name])
         ok = [r for r in grid_rows if not r["diverged"]]
@@ -123,7 +124,7 @@ def main(argv=None) -> dict:
         common.say(table.summary("best_val_accuracy"))
         common.say(f"   selected lr {chosen['lr']:g}; comparison over {args.seeds} seeds in one vmapped program")
         with run(f"{name}: compare"):
-            compared = sweep(config, x_train, y_train, seeds=seeds, grid={"lr": [chosen["lr"]]}, **fit_options)
+            compared = fnn.sweep(config, x_train, y_train, seeds=seeds, grid={"lr": [chosen["lr"]]}, **fit_options)
             jax.block_until_ready(compared.results.history)
         runs[name] = (config(chosen["lr"]), compared)
 

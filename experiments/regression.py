@@ -42,7 +42,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fnn  # noqa: E402
-from fnn.sweep import sweep  # noqa: E402
 
 NAME = "regression"
 
@@ -116,7 +115,7 @@ def main(argv=None) -> dict:
             f"({len(args.grid_l2)} strengths x {args.seeds} seeds), then retrain on {len(y_tr)}, test {len(y_te)}"
         )
         with run("MLP selection sweeps (compile + run)"):
-            table = sweep(
+            table = fnn.sweep(
                 config,
                 xs_in,
                 ys_in,
@@ -133,7 +132,7 @@ def main(argv=None) -> dict:
         (ys_tr,), (y_mean, y_std) = fnn.standardize(y_tr[:, None])
         y_mean, y_std = float(y_mean.reshape(())), float(y_std.reshape(()))
         with run("MLP final sweeps (compile + run)"):
-            final = sweep(
+            final = fnn.sweep(
                 config, xs_tr, ys_tr, seeds=args.seeds, grid={"l2": [chosen]}, **common.training_options(args, None)
             )
             params = jax.block_until_ready(final.results.train_state.params)

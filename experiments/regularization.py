@@ -40,7 +40,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fnn  # noqa: E402
-from fnn.sweep import sweep  # noqa: E402
 
 NAME = "regularization"
 SETTINGS = ["none", "l2", "l1", "dropout", "dropout+l2", "batchnorm"]
@@ -150,7 +149,7 @@ def main(argv=None) -> dict:
             "vmapped program"
         )
         with run("select (sweep)"):
-            table = sweep(
+            table = fnn.sweep(
                 config, x_train, y_train, seeds=args.select_seeds, grid=zipped(points), product=False, **fit_options
             )
             jax.block_until_ready(table.results.history)
@@ -188,13 +187,15 @@ def main(argv=None) -> dict:
     if compared:
         common.say(f"\n== comparison: {', '.join(names)}: {len(compared)} x {args.seeds} seeds in one vmapped program")
         with run("compare (sweep)"):
-            table = sweep(config, x_train, y_train, seeds=seeds, grid=zipped(compared), product=False, **fit_options)
+            table = fnn.sweep(
+                config, x_train, y_train, seeds=seeds, grid=zipped(compared), product=False, **fit_options
+            )
             jax.block_until_ready(table.results.history)
         sweeps["penalties and dropout"] = (config(), table, names)
     if "batchnorm" in args.settings:
         common.say(f"\n== comparison: batch norm: {args.seeds} seeds in one vmapped program")
         with run("compare batch norm (sweep)"):
-            table_bn = sweep(config_bn, x_train, y_train, seeds=seeds, **fit_options)
+            table_bn = fnn.sweep(config_bn, x_train, y_train, seeds=seeds, **fit_options)
             jax.block_until_ready(table_bn.results.history)
         sweeps["batch norm"] = (config_bn(), table_bn, ["batch norm"])
     results = {}

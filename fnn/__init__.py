@@ -6,7 +6,19 @@ immutable pytrees, so that a whole run is one compiled program that can be ``vma
 over seeds and hyperparameters.
 """
 
-from fnn import activations, checkpoint, clipping, datasets, distributed, init, layers, losses, optimizers, schedules
+from fnn import (
+    activations,
+    checkpoint,
+    clipping,
+    datasets,
+    distributed,
+    init,
+    layers,
+    losses,
+    optimizers,
+    schedules,
+    sweeps,
+)
 from fnn.clipping import clip_by_global_norm, clip_by_value
 from fnn.data import one_hot, prepare_images, standardize, train_test_split
 from fnn.fit import DivergenceError, FitResult, fit
@@ -44,7 +56,7 @@ from fnn.losses import (
 )
 from fnn.optimizers import Optimizer, adagrad, adam, adamw, rmsprop, sgd
 from fnn.regularizers import is_weight, l1, l1_l2, l2
-from fnn.sweep import SweepResult, sweep
+from fnn.sweeps import LRRangeResult, PBTResult, SweepResult, ensemble, halving, lr_range, pbt, sweep
 from fnn.train import Trainer, TrainState
 
 __version__ = "0.1.0"
@@ -75,11 +87,13 @@ __all__ = [
     "distributed",
     "DivergenceError",
     "Dropout",
+    "ensemble",
     "fit",
     "FitResult",
     "Flatten",
     "Function",
     "GlobalAvgPool",
+    "halving",
     "init",
     "is_weight",
     "l1",
@@ -90,6 +104,8 @@ __all__ = [
     "layers",
     "Loss",
     "losses",
+    "lr_range",
+    "LRRangeResult",
     "MaxPool1D",
     "MaxPool2D",
     "mlp",
@@ -98,6 +114,8 @@ __all__ = [
     "one_hot",
     "Optimizer",
     "optimizers",
+    "pbt",
+    "PBTResult",
     "prepare_images",
     "Reshape",
     "Residual",
@@ -107,6 +125,7 @@ __all__ = [
     "sgd",
     "standardize",
     "sweep",
+    "sweeps",
     "SweepResult",
     "train_test_split",
     "Trainer",

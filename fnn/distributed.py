@@ -120,9 +120,12 @@ def use_cpu_cores(n: int | None = None) -> int:
 _warned_cores: list[bool] = []  # one warning per process
 
 
-def warn_unused_cores(where: str, devices: int | Sequence[jax.Device] | None) -> None:
+def warn_unused_cores(where: str, devices: int | Sequence[jax.Device] | None, depth: int = 1) -> None:
     """Warn once per process (``UnusedCoresWarning``) when ``where`` runs on a single CPU
-    device although the process may use more cores and ``devices`` was left to fnn."""
+    device although the process may use more cores and ``devices`` was left to fnn.
+
+    ``depth``: calls between the entry point ``where`` and this one (1: the entry point
+    calls it), so that the warning points at the user's line."""
     if _warned_cores or devices is not None:
         return
     local = jax.local_devices()
@@ -134,7 +137,7 @@ def warn_unused_cores(where: str, devices: int | Sequence[jax.Device] | None) ->
             "fnn.distributed.use_cpu_cores() first thing in the script (before any JAX computation) to train "
             f"members on every core, or pass devices=1 to {where} to keep one",
             UnusedCoresWarning,
-            stacklevel=3,
+            stacklevel=2 + depth,
         )
 
 

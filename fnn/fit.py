@@ -45,7 +45,7 @@ from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_na
 from fnn.programs import jit_program
 from fnn.train import Trainer, TrainState
 
-__all__ = ["DivergenceError", "FitResult", "check_fit", "fit"]
+__all__ = ["DivergenceError", "FitResult", "check_fit", "fit", "plan"]
 
 
 class DivergenceError(FloatingPointError):
@@ -62,8 +62,9 @@ class DivergenceError(FloatingPointError):
         )
 
 
-class _Run(NamedTuple):
-    """A checked run, ready to execute."""
+class Run(NamedTuple):
+    """A checked run, ready to execute: the trainer, the loop carry before the first
+    epoch, the arrays the run reads and its static settings."""
 
     trainer: Trainer
     loop: Loop
@@ -144,7 +145,7 @@ def fit(
       ValueError: for bad input, before anything is traced.
       DivergenceError: when the run diverged (only when called eagerly).
     """
-    run = cast(_Run, prepare(**locals()))  # every argument, checked before anything is traced
+    run = cast(Run, prepare(**locals()))  # every argument, checked before anything is traced
     if progress and is_concrete(run.loop):  # a run of its own; a caller that traces fit (a sweep) starts its own
         progress_lib.start()
     result = _execute(run).result
@@ -161,6 +162,25 @@ def check_fit(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> N
     Raises:
       ValueError: naming the argument, as ``fit`` would; also for an unknown option.
     """
+    prepare(**_arguments(trainer, x, y, options), only_check=True)
+
+
+def plan(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> Run:
+    """The checked run of ``fit(trainer, x, y, **options)``, built but not executed.
+
+    Entry points that run ``fit``'s loop in pieces (``fnn.sweeps``: halving, compaction,
+    population-based training) start from ``plan(...).loop`` and advance it with
+    ``fnn.loop.run_epochs(run.trainer, loop, run.data, end_epoch, run.settings)``; run to
+    ``epochs`` in one go, that is exactly ``fit``.
+
+    Raises:
+      ValueError: as ``check_fit``.
+    """
+    return cast(Run, prepare(**_arguments(trainer, x, y, options)))
+
+
+def _arguments(trainer, x, y, options: dict) -> dict:
+    """``fit``'s arguments as a dict, defaults filled in; unknown or missing options raise."""
     signature = inspect.signature(fit)
     unknown = sorted(set(options) - set(signature.parameters))
     if unknown:
@@ -170,7 +190,7 @@ def check_fit(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> N
     except TypeError as error:  # a required option is missing
         raise ValueError(f"fit options: {error}") from None
     bound.apply_defaults()
-    prepare(**bound.arguments, only_check=True)
+    return bound.arguments
 
 
 def prepare(
@@ -197,7 +217,7 @@ def prepare(
     resume,
     batch_sharding,
     only_check: bool = False,
-) -> _Run | None:
+) -> Run | None:
     """Check ``fit``'s arguments (see ``fit``) and build the run; raises ValueError.
 
     With ``only_check`` (``check_fit``) the initial state is only shaped (``jax.eval_shape``:
@@ -230,7 +250,7 @@ def prepare(
     if only_check:
         return None
     loop = initial_loop(trainer, state, epochs, validation is not None, settings.maximize)
-    return _Run(trainer, loop, data, settings, epochs, checkpoint, every, resume)
+    return Run(trainer, loop, data, settings, epochs, checkpoint, every, resume)
 
 
 def _check_checkpoint_options(path, every, resume, epochs: int) -> int:
@@ -342,7 +362,7 @@ def _check_data(trainer: Trainer, x, y, validation, batch_size: int, state: Trai
         trainer.check_data(state.params, state.model_state, xv, yv, names=("validation x", "validation y"))
 
 
-def _execute(run: _Run) -> Loop:
+def _execute(run: Run) -> Loop:
     """Run the compiled program once, or in chunks with a checkpoint after each."""
     if run.checkpoint is None:
         return _call(run, run.loop, run.epochs)
@@ -366,5 +386,5 @@ def _still_running(loop: Loop, epochs: int) -> bool:
     return int(r.train_state.epoch) < epochs and not bool(r.stopped_early) and not bool(r.diverged)
 
 
-def _call(run: _Run, loop: Loop, end: int) -> Loop:
+def _call(run: Run, loop: Loop, end: int) -> Loop:
     return run_epochs(run.trainer, loop, run.data, jnp.asarray(end, jnp.int32), run.settings)

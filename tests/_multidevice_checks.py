@@ -33,7 +33,7 @@ from fnn.distributed import (
     shard_for_process,
     use_cpu_cores,
 )
-from fnn.sweep import sweep
+from fnn.sweeps import sweep
 
 jax.config.update("jax_enable_x64", True)  # as the main test session (tests/conftest.py)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -130,6 +130,36 @@ def sweep_parallel():
     return compare(sharded.results, single.results) | {"members_per_device": sorted(shards.values())}
 
 
+def halving_and_compaction_sharded():
+    """Successive halving (rungs of 8, 2 members over 4 devices: buckets 8, 4) and a
+    compacted sweep with early stopping, sharded over 4 devices == on one device."""
+    x, y = digits()
+    grid = {"lr": [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2, 2e-2, 3e-2]}
+    options = OPTIONS | dict(epochs=4, validation=(x[:96], y[:96]))
+    halving = fnn.halving(rung_epochs=1, eta=4)
+    sharded = fnn.sweep(config, x, y, grid=grid, schedule=halving, **options)
+    single = fnn.sweep(config, x, y, grid=grid, schedule=halving, devices=1, **options)
+    assert sharded.rung.tolist() == single.rung.tolist() and sharded.rung.max() == 2, sharded.rung
+    stopping = options | dict(epochs=6, patience=1, tol=0.2)  # the slow learners stop early
+    compact = fnn.sweep(config, x, y, grid=grid, compact_every=1, **stopping)
+    whole = fnn.sweep(config, x, y, grid=grid, devices=1, **stopping)
+    stops = local(whole.results.stop_epoch)
+    assert stops.min() < 6 and compact.member_epochs < whole.member_epochs, (stops, compact.member_epochs)
+    return {"halving": compare(sharded.results, single.results), "compaction": compare(compact.results, whole.results)}
+
+
+def pbt_sharded():
+    """PBT with 8 members over 4 devices == on one device (the exploit gathers cross devices)."""
+    x, y = digits()
+    arguments = dict(population={"lr": np.logspace(-4, -1, 8)}, interval=1, hyperparameters=["lr"])
+    options = OPTIONS | dict(validation=(x[:96], y[:96]))
+    sharded = fnn.pbt(config, x, y, **arguments, **options)
+    single = fnn.pbt(config, x, y, **arguments, devices=1, **options)
+    assert np.array_equal(sharded.parents, single.parents), (sharded.parents, single.parents)
+    np.testing.assert_allclose(sharded.scores, single.scores, rtol=RTOL)
+    return compare(sharded.results, single.results)
+
+
 def data_parallel_fit():
     """fit with each mini-batch split over 4 devices == fit on one device, up to float
     reassociation; the program carries the batch sharding and params stay replicated.
@@ -220,7 +250,15 @@ def data_parallel_fit_over_processes(info):
 
 
 CHECKS = {
-    "devices": [sweep_parallel, data_parallel_fit, too_many_devices, fit_checks_batch_divisible, forced_count_kept],
+    "devices": [
+        sweep_parallel,
+        halving_and_compaction_sharded,
+        pbt_sharded,
+        data_parallel_fit,
+        too_many_devices,
+        fit_checks_batch_divisible,
+        forced_count_kept,
+    ],
     "processes": [processes_initialized, allgather_shards, global_mesh_sum, data_parallel_fit_over_processes],
     "cores": [three_devices, sweep_on_every_core, late_call_refused],
 }

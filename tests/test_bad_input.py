@@ -8,7 +8,6 @@ program is never called.
 """
 
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -341,7 +340,7 @@ def test_sweep_refuses_before_compiling(data, call, match, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("the sweep program ran although the input is bad")
 
-    monkeypatch.setattr(sys.modules["fnn.sweep"], "_run_members", never)  # fnn.sweep is the function
+    monkeypatch.setattr(fnn.sweeps.population, "advance", never)
     with pytest.raises(ValueError) as info:
         call(*data)
     assert match in str(info.value)

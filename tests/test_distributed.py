@@ -125,7 +125,15 @@ def assert_passed(report: dict):
 
 
 @pytest.mark.parametrize(
-    "check", ["sweep_parallel", "data_parallel_fit", "too_many_devices", "fit_checks_batch_divisible"]
+    "check",
+    [
+        "sweep_parallel",
+        "halving_and_compaction_sharded",
+        "pbt_sharded",
+        "data_parallel_fit",
+        "too_many_devices",
+        "fit_checks_batch_divisible",
+    ],
 )
 def test_on_four_devices(launched, check):
     """sweep_parallel: members 2 per device, allclose(rtol 1e-5, atol 1e-6) to one device;

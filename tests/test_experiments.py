@@ -92,6 +92,9 @@ def test_mnist1d_seeds(tmp_path, capsys):
     assert m["test_accuracy_per_seed"] != m["validation_accuracy_per_seed"]  # two different sets
     assert 1 <= m["selected_epoch"]["min"] <= m["selected_epoch"]["max"] <= 2
     assert finite(m["train_accuracy"]["mean"]) and m["published_mlp_accuracy"] == 0.68
+    for name in ("ensemble_test_accuracy", "ensemble_validation_accuracy"):  # the 2 seeds' averaged probabilities
+        assert finite(m[name]) and 0 <= m[name] <= 1
+    assert finite(m["ensemble_test_loss"]) and "ensemble of the 2 seeds" in printed
 
 
 def test_mnist1d_selection_reads_no_test_data(tmp_path, monkeypatch):

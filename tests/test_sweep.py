@@ -7,7 +7,6 @@ of a 6-member chunk is built once and shared by the tests (only the chunked swee
 
 import contextlib
 import operator
-import sys
 
 import chex
 import jax
@@ -17,7 +16,7 @@ import pytest
 import fnn
 from fnn import progress
 from fnn.datasets import load_digits
-from fnn.sweep import members, sweep
+from fnn.sweeps import members, sweep
 
 EPOCHS, BATCH, STEPS = 5, 50, 6  # 300 examples: 6 updates an epoch
 LRS, SEEDS = [1e-2, 3e-3], 3
@@ -164,7 +163,8 @@ def test_aggregate_and_summary_over_seeds(swept):
     assert lines[1] == "|---|---|---|---|---|" and len(lines) == 6
     assert lines[2].startswith("| 0.01 | 3 | ") and f"{final[0].mean():.4f} ± {final[0].std():.4f}" in lines[2]
     assert lines[3].startswith("| 0.003 | 3 | ")
-    assert lines[5] == f"6 members in 1 compiled call(s) of up to {swept.chunk_size} members" and swept.chunk_size == 6
+    assert lines[5] == "6 members in 1 compiled call(s) of up to 6 members; 30 member-epochs computed"
+    assert swept.chunk_size == 6 and swept.calls == 1 and swept.member_epochs == 6 * EPOCHS
 
 
 def test_product_and_zip_of_the_grid():
@@ -201,7 +201,7 @@ def test_bad_input_raises_before_compiling(run, change, match, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("the sweep program ran although the input is bad")
 
-    monkeypatch.setattr(sys.modules["fnn.sweep"], "_run_members", never)  # fnn.sweep is the function
+    monkeypatch.setattr(fnn.sweeps.population, "advance", never)
     with pytest.raises(ValueError, match=match):
         run(**({"seeds": 2, "grid": {"lr": LRS}} | change))
 

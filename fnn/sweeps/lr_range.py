@@ -1,0 +1,244 @@
+"""The learning-rate range test as one program: one member per learning rate, vmapped.
+
+The classic range test (Smith 2017, "Cyclical Learning Rates for Training Neural
+Networks", section 3.3; fastai's ``lr_find``, Lightning's LR finder) is one run whose
+learning rate grows exponentially with every update, read off the running training
+loss. Here every learning rate gets a run of its own, all of them vmapped in one
+compiled program: member ``i`` trains ``steps`` updates at the constant rate ``lrs[i]``,
+from the same initial params (drawn from ``key``) and on the same mini-batches in the
+same order (fit's in-graph epochs, ``fnn.batching.epoch_batches``, over as many epochs as
+``steps`` needs), so that only the learning rate differs. Its loss after ``steps``
+updates, evaluated on the whole training set (or on ``validation``), is one point of the
+curve; a member that diverged scores ``+inf``. Unlike the ramp, no point carries the
+history of smaller rates, and no smoothing over time is needed.
+
+The curve is smoothed over neighbouring rates (:func:`smooth`), and the suggestion is the
+rate of steepest descent of the smoothed loss against ``log10(lr)`` among the rates below
+the smoothed curve's minimum (:func:`suggest`), as fastai's ``lr_find`` ("steep") and
+Lightning's ``LRFinder.suggestion`` choose it.
+
+    def config(lr=1e-3):
+        return fnn.Trainer(fnn.mlp([64, 32, 10]), fnn.sgd(lr, momentum=0.9), fnn.cross_entropy)
+
+    test = fnn.lr_range(config, x, y, steps=100, batch_size=32)
+    print(test.summary())       # lrs, losses, smoothed; suggested lr
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from fnn.batching import epoch_batches, num_steps
+from fnn.checks import as_key, check_int
+from fnn.distributed import member_sharding, warn_unused_cores
+from fnn.fit import check_fit
+from fnn.programs import jit_program
+from fnn.sweeps.members import check_configurations
+from fnn.train import Trainer
+
+WINDOW = 5  # rates averaged by the smoothing: the rate and two neighbours on each side
+EVAL_BATCH_SIZE = 1024  # examples per forward pass of the final evaluation
+
+
+class LRRangeResult(NamedTuple):
+    """The range test's curve and its suggestion.
+
+    Attributes:
+      lrs: [k] the learning rates tried, increasing.
+      losses: [k] each rate's loss after ``steps`` updates (``+inf`` where it diverged).
+      smoothed: [k] the losses smoothed over neighbouring rates (:func:`smooth`).
+      suggestion: the rate of steepest descent of ``smoothed`` (:func:`suggest`); NaN
+        when the smoothed loss does not descend (its minimum is at the smallest rate).
+      steps: the updates each rate trained.
+    """
+
+    lrs: np.ndarray
+    losses: np.ndarray
+    smoothed: np.ndarray
+    suggestion: float
+    steps: int
+
+    def summary(self) -> str:
+        """A markdown table, one line per rate (the suggestion marked), then the suggestion."""
+        lines = [f"| lr | loss after {self.steps} steps | smoothed |", "|---|---|---|"]
+        for lr, loss, smoothed in zip(self.lrs, self.losses, self.smoothed):
+            mark = " ← suggested" if lr == self.suggestion else ""
+            lines.append(f"| {lr:.3g} | {loss:.4g} | {smoothed:.4g}{mark} |")
+        if math.isnan(self.suggestion):
+            lines.append("\nno suggestion: the smoothed loss is lowest at the smallest rate; try smaller rates")
+        else:
+            lines.append(f"\nsuggested lr {self.suggestion:.3g} (steepest descent of the smoothed loss)")
+        return "\n".join(lines)
+
+
+def lr_range(
+    config: Callable[..., Trainer],
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    lrs: ArrayLike | None = None,
+    steps: int,
+    batch_size: int,
+    key: ArrayLike = 0,
+    validation: tuple[ArrayLike, ArrayLike] | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
+) -> LRRangeResult:
+    """Train one member per learning rate for ``steps`` updates, as one vmapped program.
+
+    Args:
+      config: ``config(lr=..., ...) -> Trainer``, a sweep configuration (see
+        ``fnn.sweep``) with a keyword ``lr``, traced as sweeps trace it; the other
+        keywords keep their defaults.
+      x, y: [n, ...] training data, shared by every member.
+      lrs: [k] learning rates: positive, finite, increasing, k >= 3; default
+        ``np.logspace(-5, 0, 32)``.
+      steps: updates per member (static), >= 1; the mini-batches are fit's epochs
+        (``fnn.batching.epoch_batches`` with the epoch keys of a run keyed ``key``),
+        as many as ``steps`` needs, the same for every member.
+      batch_size: examples per update (static), 1 <= batch_size <= n.
+      key: int seed or PRNG key: the initial params, the data order and dropout, shared
+        by every member (as ``fnn.fit``'s ``key``).
+      validation: optional ``(x_val, y_val)`` to score the members on; default the
+        training set.
+      devices: shard the members over these devices (``fnn.distributed.member_sharding``;
+        the rates are padded by repeating the last one to a multiple of the devices):
+        ``None`` (all local devices), a count or a list.
+    Returns:
+      an :class:`LRRangeResult`.
+    Raises:
+      ValueError: for bad input, before anything is compiled: ``lrs``, ``steps``,
+        ``config`` without ``lr``, a rate the configuration refuses, and everything
+        ``fnn.fit`` checks of the data, ``batch_size``, ``key`` and ``validation``.
+    """
+    rates = check_lrs(np.logspace(-5, 0, 32) if lrs is None else lrs)
+    steps = check_int("steps", steps)
+    _check_takes_lr(config)
+    trainer = check_configurations(config, {"lr": rates, "seed": np.zeros(rates.size, dtype=int)})
+    check_fit(trainer, x, y, key=key, epochs=1, batch_size=batch_size, validation=validation)
+    warn_unused_cores("fnn.lr_range", devices)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    x_eval, y_eval = (x, y) if validation is None else tuple(jnp.asarray(a) for a in validation)
+    sharding = member_sharding(devices, rates.size)
+    multiple = 1 if sharding is None else sharding.num_devices
+    padded = np.concatenate([rates, np.repeat(rates[-1:], -rates.size % multiple)])
+    members = jnp.asarray(padded, jnp.result_type(float))
+    if sharding is not None:
+        members = jax.device_put(members, sharding)
+    losses = _range_test(config, steps, batch_size, x, y, x_eval, y_eval, members, as_key(key))
+    losses = np.asarray(losses, dtype=float)[: rates.size]
+    losses = np.where(np.isfinite(losses), losses, np.inf)
+    smoothed = smooth(losses)
+    return LRRangeResult(rates, losses, smoothed, suggest(rates, smoothed), steps)
+
+
+def check_lrs(lrs: Any) -> np.ndarray:
+    """``lrs`` as a float array [k]: 1-D, k >= 3, positive, finite, strictly increasing.
+
+    Raises:
+      ValueError: naming ``lrs`` and what was expected.
+    """
+    try:
+        rates = np.asarray(lrs, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"lrs must be a 1-D array of learning rates; got {lrs!r}") from None
+    if rates.ndim != 1 or rates.size < 3:
+        raise ValueError(f"lrs must be a 1-D array of at least 3 learning rates; got shape {rates.shape}")
+    if not (np.all(np.isfinite(rates)) and np.all(rates > 0) and np.all(np.diff(rates) > 0)):
+        raise ValueError(f"lrs must be finite, positive and strictly increasing; got {rates.tolist()}")
+    return rates
+
+
+def _check_takes_lr(config: Callable) -> None:
+    """Refuse a configuration that has no keyword ``lr`` (the rate the test varies)."""
+    try:
+        parameters = inspect.signature(config).parameters
+    except (TypeError, ValueError):
+        raise ValueError(f"config must be a function config(lr=...) -> fnn.Trainer; got {config!r}") from None
+    if "lr" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        raise ValueError(
+            f"config must take the learning rate as a keyword lr= (the range test varies it); it takes {list(parameters)}"
+        )
+
+
+def smooth(losses: ArrayLike, window: int = WINDOW) -> np.ndarray:
+    """The losses smoothed over neighbouring rates: a centered moving average.
+
+    ``smoothed[i]`` is the mean of ``losses[j]`` for ``|j - i| <= window // 2`` (fewer at
+    the ends): with log-spaced rates, a window of equal width in ``log(lr)``. A diverged
+    rate (``+inf``) makes its neighbours' averages ``+inf`` too, so the curve's minimum
+    keeps clear of the divergence.
+
+    Args:
+      losses: [k] the losses, in the order of increasing rate.
+      window: rates per average (odd, >= 1).
+    Returns:
+      [k] the smoothed losses.
+    """
+    values = np.asarray(losses, dtype=float)
+    half = check_int("window", window) // 2
+    return np.array([values[max(0, i - half) : i + half + 1].mean() for i in range(values.size)])
+
+
+def suggest(lrs: ArrayLike, smoothed: ArrayLike) -> float:
+    """The rate of steepest descent of the smoothed loss against ``log10(lr)``.
+
+    Rule: with ``m`` the index of the smoothed curve's minimum, the slope
+    ``d smoothed / d log10(lr)`` is taken at the rates ``0 .. m`` (``np.gradient``: central
+    differences inside, one-sided at the ends) and the rate with the most negative slope is
+    suggested — the steepest point of the descent, where the loss falls fastest, below the
+    rate where it stops falling. This is fastai's "steep" suggestion (``lr_find``, the
+    steepest slope of the loss in log lr) and Lightning's ``LRFinder.suggestion`` (the
+    minimum of ``np.gradient`` of the loss), restricted to the descent.
+
+    Args:
+      lrs: [k] increasing learning rates; smoothed: [k] their smoothed losses.
+    Returns:
+      the suggested rate; NaN when the curve does not descend (``m == 0``).
+    """
+    rates, values = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
+    lowest = int(np.argmin(values))
+    if lowest == 0 or not np.isfinite(values[lowest]):
+        return float("nan")
+    with np.errstate(invalid="ignore"):  # inf - inf where a rate before the minimum diverged
+        slopes = np.gradient(values[: lowest + 1], np.log10(rates[: lowest + 1]))
+    slopes = np.where(np.isfinite(slopes), slopes, np.inf)
+    return float(rates[int(np.argmin(slopes))]) if np.any(np.isfinite(slopes)) else float("nan")
+
+
+def _batches(key: jax.Array, n: int, batch_size: int, steps: int) -> tuple[jax.Array, jax.Array]:
+    """The first ``steps`` mini-batches (indices, weights: [steps, b]) of a run keyed ``key``:
+    epoch ``e`` is ``epoch_batches(fold_in(fold_in(key, 0), e))``, as in ``fnn.loop``."""
+    epochs = -(-steps // num_steps(n, batch_size, False))
+    parts = [epoch_batches(jax.random.fold_in(jax.random.fold_in(key, 0), e), n, batch_size) for e in range(epochs)]
+    indices, weights = zip(*parts)
+    return jnp.concatenate(indices)[:steps], jnp.concatenate(weights)[:steps]
+
+
+def _members(config, steps: int, batch_size: int, x, y, x_eval, y_eval, lrs, key):
+    """Every rate's loss after ``steps`` updates from the same start on the same batches."""
+    batches = _batches(key, x.shape[0], batch_size, steps)
+
+    def one(lr):
+        trainer = config(lr=lr)
+        state = trainer.init(key)
+
+        def update(state, batch):
+            idx, w = batch
+            return trainer.train_step(state, (x[idx], y[idx], w))[0], None
+
+        state, _ = jax.lax.scan(update, state, batches)
+        scores = trainer.evaluate(state.params, state.model_state, x_eval, y_eval, EVAL_BATCH_SIZE)
+        return scores["loss"]
+
+    return jax.vmap(one)(lrs)
+
+
+_range_test = jit_program(_members, ("config", "steps", "batch_size"))

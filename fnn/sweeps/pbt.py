@@ -1,0 +1,306 @@
+"""Population-based training as one compiled program.
+
+PBT (Jaderberg et al., "Population Based Training of Neural Networks", 2017, §3 and
+Appendix A.1 "truncation selection" and "perturb") trains a population of members and,
+every ``interval`` epochs, lets the worst copy the best: each member of the bottom
+``fraction`` (by the monitored value) takes the whole state of a member drawn uniformly
+from the top ``fraction`` — params, optimizer state, batch-norm statistics, history —
+and its hyperparameters, each multiplied by a factor drawn uniformly from ``perturb``
+(*exploit*, then *explore*). fnn's hyperparameters are traced leaves, so exploiting is
+a gather on the member axis and exploring a multiplication: the population size is
+fixed and the whole run — a ``lax.scan`` over intervals, each a vmapped ``fit`` loop
+over its epochs, then the exploit/explore step — is **one** compiled program.
+
+Randomness comes from ``key``: the draws of interval ``i`` use ``fold_in(key, i)``, and a
+member that copies another gets a fresh PRNG key for its data order and dropout,
+``fold_in(parent's key, i * population + member)``. The run is deterministic given
+``key`` and the seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from fnn.checks import as_key, check_int
+from fnn.distributed import member_sharding, resolve_devices
+from fnn.loop import Loop, history_names, run_epochs
+from fnn.programs import jit_program
+from fnn.sweeps.members import grid_points
+from fnn.sweeps.population import member_run, place
+from fnn.sweeps.program import check_members, reporting, split_options
+from fnn.train import Trainer
+
+
+class PBTResult(NamedTuple):
+    """What ``pbt`` returns.
+
+    Attributes:
+      hyperparameters: ``{name: [intervals, population]}`` — each member's value during
+        each interval (its trajectory), and ``seed`` ([population]).
+      parents: [intervals, population] ints: after interval ``i``, member ``j`` went on
+        from the state of member ``parents[i, j]`` (``j`` itself when it was kept; the
+        last interval keeps everyone).
+      scores: [intervals, population]: the monitored value at the end of each interval.
+      results: the final ``FitResult`` of every member (fields with a leading
+        [population] axis; histories [population, epochs], inherited across copies).
+      monitor: the history entry that ranked the members.
+    """
+
+    hyperparameters: dict[str, np.ndarray]
+    parents: np.ndarray
+    scores: np.ndarray
+    results: Any
+    monitor: str
+
+    def lineage(self, member: int) -> list[int]:
+        """The member whose state ``member`` carried during each interval ([intervals])."""
+        who = [int(member)]
+        for i in range(self.parents.shape[0] - 2, -1, -1):
+            who.append(int(self.parents[i, who[-1]]))
+        return who[::-1]
+
+    def best(self) -> int:
+        """The member with the best monitored value at the end (ties: the lowest index)."""
+        final = self.scores[-1] * (-1 if self.monitor.endswith("accuracy") else 1)
+        return int(np.argmin(np.where(np.isfinite(final), final, np.inf)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """The static shape of a PBT run (part of the compiled program's key)."""
+
+    names: tuple[str, ...]  # the perturbed hyperparameters
+    interval: int
+    epochs: int
+    replaced: int  # members replaced per interval (and the size of the top set)
+    perturb: tuple[float, ...]
+    bounds: tuple[tuple[str, float, float], ...]
+    monitor: str
+
+
+def pbt(
+    config: Callable[..., Trainer],
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    population: int | Mapping[str, Sequence[float]],
+    interval: int,
+    hyperparameters: Sequence[str],
+    fraction: float = 0.25,
+    perturb: Sequence[float] = (0.8, 1.25),
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    seeds: Sequence[int] | None = None,
+    key: ArrayLike = 0,
+    devices: int | Sequence[jax.Device] | None = None,
+    **fit_kwargs: Any,
+) -> PBTResult:
+    """Population-based training of ``config``'s members in one compiled program.
+
+    Args:
+      config: ``config(**hyperparameters) -> Trainer``, as for ``fnn.sweep``.
+      x, y: training data, shared by all members.
+      population: the number of members (all starting from ``config``'s defaults), or
+        ``{name: [population] values}``: each member's starting hyperparameters.
+      interval: epochs between exploit/explore steps (>= 1).
+      hyperparameters: the names to perturb (parameters of ``config``).
+      fraction: the bottom ``fraction`` copy the top ``fraction`` (0 < fraction <= 0.5;
+        at least one member).
+      perturb: factors; each copied hyperparameter is multiplied by one drawn uniformly.
+      bounds: ``{name: (low, high)}``: clip perturbed values into these ranges.
+      seeds: one int seed per member (default 0 .. population-1): init, data order, dropout.
+      key: int or PRNG key of the exploit/explore draws.
+      devices: shard the members over these devices (as ``sweep``; the largest number of
+        them that divides the population).
+      **fit_kwargs: ``fit``'s options (epochs, batch_size, validation, monitor, ...);
+        ``patience`` is refused (a member's run does not stop early in PBT).
+    Returns:
+      a ``PBTResult``.
+    Raises:
+      ValueError: for bad input, before anything is compiled.
+    """
+    table = _initial_table(config, population, seeds)
+    size = len(table["seed"])
+    names = _check_names(config, table, hyperparameters)
+    if fit_kwargs.get("patience") is not None:
+        raise ValueError("patience= is not a pbt option: members do not stop early (the worst copy the best)")
+    trainer = check_members(config, x, y, table, fit_kwargs, "fnn.pbt", devices)
+    has_validation = fit_kwargs.get("validation") is not None
+    monitor = fit_kwargs.get("monitor") or ("val_loss" if has_validation else "loss")
+    if monitor not in history_names(trainer, has_validation):
+        raise ValueError(f"monitor must be one of {history_names(trainer, has_validation)}; got {monitor!r}")
+    spec = _Spec(
+        names=names,
+        interval=check_int("interval", interval),
+        epochs=fit_kwargs["epochs"],
+        replaced=_replaced(fraction, size),
+        perturb=_factors(perturb),
+        bounds=_bounds(bounds, names),
+        monitor=monitor,
+    )
+    options, arrays = split_options(fit_kwargs)
+    sharding = member_sharding(_dividing(devices, size), size)
+    with reporting(fit_kwargs):
+        out = _program(
+            config, options, spec, jnp.asarray(x), jnp.asarray(y), arrays, place(table, sharding), as_key(key)
+        )
+    results, trajectory, parents, scores = jax.device_get(out)
+    return PBTResult(
+        hyperparameters={k: np.asarray(v) for k, v in trajectory.items()} | {"seed": table["seed"]},
+        parents=np.asarray(parents),
+        scores=np.asarray(scores),
+        results=results,
+        monitor=monitor,
+    )
+
+
+def _run(config: Callable, options: tuple, spec: _Spec, x, y, arrays: dict, members: dict, key):
+    """The compiled PBT run: start every member, then scan over intervals (advance the
+    population to the interval's end; then exploit and explore)."""
+    size = members["seed"].shape[0]
+    seeds = members["seed"]
+    hyper = {k: v for k, v in members.items() if k != "seed"}
+    loops = jax.vmap(lambda m: member_run(config, options, x, y, arrays, m).loop)(members)
+
+    def advance(hyper: dict, loops: Loop, end) -> Loop:
+        def one(h, seed, loop):
+            run = member_run(config, options, x, y, arrays, h | {"seed": seed})
+            return run_epochs(run.trainer, loop, run.data, end, run.settings)
+
+        return jax.vmap(one)(hyper, seeds, loops)
+
+    def interval(carry, i):
+        loops, hyper = carry
+        end = jnp.minimum((i + 1) * spec.interval, spec.epochs).astype(jnp.int32)
+        loops = advance(hyper, loops, end)
+        scores = loops.result.history[spec.monitor][jnp.arange(size), end - 1]
+        parents = _exploit(spec, scores, loops.result.diverged, jax.random.fold_in(key, i))
+        parents = jnp.where(i == intervals - 1, jnp.arange(size), parents)
+        new_loops, new_hyper = _explore(spec, loops, hyper, parents, jax.random.fold_in(key, i), i)
+        return (new_loops, new_hyper), (hyper, parents, scores)
+
+    intervals = -(-spec.epochs // spec.interval)
+    (loops, _), (trajectory, parents, scores) = jax.lax.scan(interval, (loops, hyper), jnp.arange(intervals))
+    return loops.result, trajectory, parents, scores
+
+
+_program = jit_program(_run, ("config", "options", "spec"))
+
+
+def _exploit(spec: _Spec, scores, diverged, key) -> jax.Array:
+    """Truncation selection: [population] parent indices — each of the bottom
+    ``spec.replaced`` members draws one of the top ``spec.replaced``; the others keep
+    their own. Ranked by ``scores`` (maximized for accuracies; non-finite or diverged
+    last; ties by member index)."""
+    size = scores.shape[0]
+    worse = -scores if spec.monitor.endswith("accuracy") else scores
+    worse = jnp.where(jnp.isfinite(worse) & ~diverged, worse, jnp.inf)
+    order = jnp.argsort(worse, stable=True)
+    top, bottom = order[: spec.replaced], order[size - spec.replaced :]
+    chosen = top[jax.random.randint(jax.random.fold_in(key, 0), (spec.replaced,), 0, spec.replaced)]
+    return jnp.arange(size).at[bottom].set(chosen)
+
+
+def _explore(spec: _Spec, loops: Loop, hyper: dict, parents, key, i):
+    """Copy each parent's state and hyperparameters; a member that copied gets a fresh
+    PRNG key and its perturbed hyperparameters multiplied by factors drawn from
+    ``spec.perturb`` (then clipped to ``spec.bounds``)."""
+    size = parents.shape[0]
+    copied = parents != jnp.arange(size)
+    loops = jax.tree.map(lambda a: a[parents], loops)
+    state = loops.result.train_state
+    fresh = jax.vmap(jax.random.fold_in)(state.key, i * size + jnp.arange(size))
+    data = jnp.where(copied[:, None], jax.random.key_data(fresh), jax.random.key_data(state.key))
+    state = state._replace(key=jax.random.wrap_key_data(data, impl=jax.random.key_impl(state.key)))
+    loops = loops._replace(result=loops.result._replace(train_state=state))
+    draws = jax.random.randint(jax.random.fold_in(key, 1), (size, len(spec.names)), 0, len(spec.perturb))
+    factors = jnp.asarray(spec.perturb, jnp.result_type(float))[draws]
+    low_high = {name: (low, high) for name, low, high in spec.bounds}
+    new = {k: v[parents] for k, v in hyper.items()}
+    for j, name in enumerate(spec.names):
+        value = new[name] * factors[:, j]
+        if name in low_high:
+            value = jnp.clip(value, *low_high[name])
+        new[name] = jnp.where(copied, value, new[name])
+    return loops, new
+
+
+def _initial_table(config: Callable, population, seeds) -> dict[str, np.ndarray]:
+    """The members' starting hyperparameters and seeds: ``{name: [population]}`` + seed."""
+    if isinstance(population, Mapping):
+        table = grid_points(config, dict(population), product=False)
+        size = len(next(iter(table.values())))
+    else:
+        size, table = check_int("population", population), {}
+    if size < 2:
+        raise ValueError(f"population must have at least 2 members; got {size}")
+    seed_values = np.arange(size) if seeds is None else np.asarray(seeds).reshape(-1)
+    if seed_values.shape != (size,) or not np.issubdtype(seed_values.dtype, np.integer):
+        raise ValueError(f"seeds must be {size} int seeds, one per member; got {seeds!r}")
+    return table | {"seed": seed_values}
+
+
+def _check_names(config: Callable, table: dict, names: Sequence[str]) -> tuple[str, ...]:
+    """The perturbed hyperparameters; those not in ``table`` start at config's defaults."""
+    if isinstance(names, str) or not names:
+        raise ValueError(f"hyperparameters must be a non-empty list of names; got {names!r}")
+    parameters = inspect.signature(config).parameters
+    size = len(table["seed"])
+    for name in names:
+        if name not in parameters:
+            raise ValueError(f"hyperparameters: {name!r} is not a parameter of the configuration ({list(parameters)})")
+        if name not in table:
+            default = parameters[name].default
+            if not isinstance(default, (int, float)) or isinstance(default, bool):
+                raise ValueError(
+                    f"hyperparameters: {name!r} has no numeric default in the configuration; give its starting "
+                    f"values in population={{{name!r}: [...]}}"
+                )
+            table[name] = np.full(size, float(default))
+    return tuple(names)
+
+
+def _replaced(fraction, size: int) -> int:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
+        raise ValueError(f"fraction must be a number in (0, 0.5]; got {fraction!r}")
+    return max(1, int(fraction * size))
+
+
+def _factors(perturb) -> tuple[float, ...]:
+    try:
+        factors = tuple(float(f) for f in perturb)
+    except (TypeError, ValueError):
+        raise ValueError(f"perturb must be a sequence of positive factors; got {perturb!r}") from None
+    if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
+        raise ValueError(f"perturb must be a non-empty sequence of positive, finite factors; got {perturb!r}")
+    return factors
+
+
+def _bounds(bounds, names: tuple[str, ...]) -> tuple[tuple[str, float, float], ...]:
+    if bounds is None:
+        return ()
+    out = []
+    for name, pair in dict(bounds).items():
+        if name not in names:
+            raise ValueError(f"bounds: {name!r} is not one of the perturbed hyperparameters {list(names)}")
+        try:
+            low, high = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds[{name!r}] must be a pair (low, high); got {pair!r}") from None
+        if not low <= high:
+            raise ValueError(f"bounds[{name!r}] must have low <= high; got {pair!r}")
+        out.append((name, low, high))
+    return tuple(out)
+
+
+def _dividing(devices, size: int):
+    """The first ``k`` of ``devices`` for the largest ``k`` that divides ``size``."""
+    available = resolve_devices(devices, jax.local_devices())
+    return next(available[:k] for k in range(len(available), 0, -1) if size % k == 0)

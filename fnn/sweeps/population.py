@@ -1,0 +1,177 @@
+"""A population: many members' runs carried between compiled calls.
+
+Every member of a sweep runs ``fit``'s own loop (``fnn.fit.plan`` builds its carry,
+``fnn.loop.run_epochs`` advances it), vmapped over the member axis. Under ``vmap`` a
+member that stopped keeps riding the loop until the last one stops, so a sweep that
+wants to spend its compute on the live members must stop the compiled run at epoch
+boundaries and choose who goes on: successive halving keeps the best fraction
+(``fnn.sweeps.halving``), compaction drops members that stopped early (``sweep(...,
+compact_every=k)``). :class:`Population` holds every member's loop carry between those
+calls, runs any subset of members to a given epoch, and writes their new carries back.
+
+Compiles stay bounded: a subset runs padded (by repeating its last member, whose extra
+results are dropped) to the smallest *bucket* that holds it — the chunk size halved
+0, 1, 2, ... times, rounded up to a multiple of the devices — so a population of ``n``
+members compiles at most ``log2(n) + 1`` programs, each cached across calls.
+
+A member's numbers do not depend on which other members share its call: ``vmap``
+computes each member's matrix products separately, so a member that continues in a
+smaller population is bit-identical to the same member in the full one (the tests
+check this on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn import progress as progress_lib
+from fnn.distributed import member_sharding
+from fnn.fit import plan
+from fnn.loop import FitResult, Loop, run_epochs
+from fnn.programs import jit_program
+
+
+def member_run(config: Callable, options: tuple, x, y, arrays: dict, member: dict):
+    """One member's checked run (``fnn.fit.Run``): ``config`` at its hyperparameters,
+    keyed by its seed, with the sweep's options (static ``options``, traced ``arrays``)."""
+    hyper = {k: v for k, v in member.items() if k != "seed"}
+    return plan(config(**hyper), x, y, key=member["seed"], **arrays, **dict(options))
+
+
+def _advance(config: Callable, options: tuple, x, y, arrays: dict, members: dict, loops: Loop | None, end):
+    """Run every member of ``members`` from its carry in ``loops`` (``None``: from its
+    start) until epoch ``end`` (a traced int32 scalar), an early stop or divergence.
+
+    Returns:
+      the members' new carries, stacked on a leading member axis.
+    """
+
+    def one(member: dict, loop: Loop | None) -> Loop:
+        run = member_run(config, options, x, y, arrays, member)
+        return run_epochs(run.trainer, run.loop if loop is None else loop, run.data, end, run.settings)
+
+    return jax.vmap(one)(members, loops)
+
+
+advance = jit_program(_advance, ("config", "options"))
+
+
+def place(members: dict, sharding) -> dict:
+    """A member table as arrays (seeds int32, hyperparameters float), sharded if asked."""
+    members = {k: jnp.asarray(v, jnp.int32 if k == "seed" else jnp.result_type(float)) for k, v in members.items()}
+    return members if sharding is None else jax.device_put(members, sharding)
+
+
+def buckets(chunk: int, multiple: int) -> list[int]:
+    """The population sizes a call may run: ``chunk`` halved until 1, each rounded up to
+    a multiple of ``multiple`` (the devices), largest first, without repeats."""
+    sizes, size = [], chunk
+    while True:
+        rounded = multiple * -(-size // multiple)
+        if rounded not in sizes:
+            sizes.append(rounded)
+        if size == 1:
+            return sizes
+        size = -(-size // 2)
+
+
+class Population:
+    """Every member's loop carry, and the compiled calls that advance any subset of them.
+
+    Args:
+      config: the sweep's configuration (``config(**hyperparameters) -> Trainer``).
+      trainer: the configuration at the first member's hyperparameters (concrete).
+      x, y: the training data (arrays).
+      table: ``{name: [n] array}`` — the members' hyperparameters and ``seed``.
+      options: fit's static options, as a sorted tuple of ``(name, value)`` pairs.
+      arrays: fit's array options (validation, tol, ...), shared by every member.
+      chunk: at most this many members per compiled call.
+      devices: as ``sweep``'s ``devices``: each call's members are sharded over them.
+    """
+
+    def __init__(self, config: Callable, trainer, x, y, table: dict, options: tuple, arrays: dict, chunk: int, devices):
+        self.trainer = trainer
+        self.table = table
+        self.size = len(table["seed"])
+        self.progress = dict(options).get("progress", False)
+        self.loops: Loop | None = None
+        sharding = member_sharding(devices, min(chunk, self.size))
+        self._multiple = sharding.num_devices if sharding is not None else 1
+        self._devices = devices
+        self.buckets = buckets(min(chunk, self.size), self._multiple)
+        self._program = functools.partial(advance, config, options, x, y, arrays)
+        self.member_epochs = 0  # the compute spent: per call, its padded members x the epochs its loop ran
+        self.calls = 0
+
+    def run(self, which: np.ndarray, end: int, label: str = "", compact: bool = True) -> None:
+        """Advance members ``which`` (indices; the first call: every member, in order) to
+        epoch ``end``, in pieces of at most one chunk, each padded to the smallest bucket
+        that holds it (``compact``) or to a whole chunk (one program for every call);
+        their new carries replace the old ones. ``label`` prefixes progress lines."""
+        which = np.asarray(which, dtype=int)
+        if self.loops is None and not np.array_equal(which, np.arange(self.size)):
+            raise ValueError("a population's first call starts every member, in order")
+        step = self.buckets[0]
+        pieces = [which[i : i + step] for i in range(0, which.size, step)]
+        new = [
+            self._run_piece(
+                piece, end, compact, f"{label} chunk {i + 1}/{len(pieces)}".strip() if len(pieces) > 1 else label
+            )
+            for i, piece in enumerate(pieces)
+        ]
+        if self.loops is None and len(new) == 1:
+            self.loops = new[0]  # as it came (sharded over the devices, if it ran on several)
+            return
+        new = [jax.device_put(part, jax.devices()[0]) for part in new]  # one device, to concatenate and scatter
+        if self.loops is None:
+            self.loops = jax.tree.map(lambda *parts: jnp.concatenate(parts), *new)
+        else:
+            self.loops = jax.device_put(self.loops, jax.devices()[0])
+            for piece, part in zip(pieces, new, strict=True):
+                index = jnp.asarray(piece)
+                self.loops = jax.tree.map(lambda old, p, i=index: old.at[i].set(p), self.loops, part)
+
+    def _run_piece(self, piece: np.ndarray, end: int, compact: bool, label: str) -> Loop:
+        """One compiled call: ``piece``'s members padded to a bucket; their new carries."""
+        size = min(b for b in self.buckets if b >= piece.size) if compact else self.buckets[0]
+        padded = np.concatenate([piece, np.repeat(piece[-1:], size - piece.size)])
+        sharding = member_sharding(self._devices, size)
+        members = place({k: v[padded] for k, v in self.table.items()}, sharding)
+        loops = None if self.loops is None else jax.tree.map(lambda a: a[jnp.asarray(padded)], self.loops)
+        if loops is not None and sharding is not None:
+            loops = jax.device_put(loops, sharding)
+        if self.progress:
+            progress_lib.start(members=piece.size, label=label, restart_clock=False)
+        new = self._program(members, loops, jnp.asarray(end, jnp.int32))
+        if self.progress:
+            jax.block_until_ready(new)  # its lines before the next call's
+        new = jax.tree.map(lambda a: a[: piece.size], new) if size > piece.size else new
+        ran = np.asarray(new.result.train_state.epoch) - self.epochs()[piece]  # until the slowest member stops
+        self.member_epochs += size * int(ran.max())
+        self.calls += 1
+        return new
+
+    @property
+    def results(self) -> FitResult:
+        """Every member's ``FitResult`` so far (stacked); the population must have run."""
+        if self.loops is None:
+            raise RuntimeError("the population has not run yet: call run() first")
+        return self.loops.result
+
+    def epochs(self) -> np.ndarray:
+        """Epochs run by each member so far ([n] ints; 0 before the first call)."""
+        if self.loops is None:
+            return np.zeros(self.size, dtype=int)
+        return np.asarray(self.results.train_state.epoch).astype(int)
+
+    def live(self) -> np.ndarray:
+        """Whether each member would train on ([n] bools): not stopped early, not diverged."""
+        if self.loops is None:
+            return np.ones(self.size, dtype=bool)
+        r = self.results
+        return ~(np.asarray(r.stopped_early) | np.asarray(r.diverged))

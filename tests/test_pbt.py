@@ -1,0 +1,151 @@
+"""Population-based training (``fnn.pbt``): one program, truncation selection, exact copies."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import fnn
+from fnn.datasets import load_digits
+
+pbt_lib = importlib.import_module("fnn.sweeps.pbt")  # the module; fnn.sweeps.pbt is the function
+
+EPOCHS, BATCH, INTERVAL, SIZE = 8, 50, 2, 8
+LRS = np.logspace(-4, -1, SIZE)
+
+
+def config(lr=1e-2, l2=0.0):
+    return fnn.Trainer(fnn.mlp([64, 16, 10]), fnn.adam(lr), fnn.cross_entropy, regularizer=fnn.l2(l2))
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = load_digits()
+    x = (x / 16.0).astype(np.float32)
+    return x[:300], y[:300], x[300:400], y[300:400]
+
+
+@pytest.fixture(scope="module")
+def options(data):
+    return dict(epochs=EPOCHS, batch_size=BATCH, validation=data[2:], devices=1)
+
+
+@pytest.fixture(scope="module")
+def run(data, options):
+    return fnn.pbt(config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], **options)
+
+
+def test_shapes_and_determinism(data, options, run):
+    intervals = EPOCHS // INTERVAL
+    assert run.hyperparameters["lr"].shape == run.parents.shape == run.scores.shape == (intervals, SIZE)
+    np.testing.assert_array_equal(run.hyperparameters["lr"][0], LRS)
+    np.testing.assert_array_equal(run.parents[-1], np.arange(SIZE))  # the last interval keeps everyone
+    again = fnn.pbt(config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], **options)
+    np.testing.assert_array_equal(again.scores, run.scores)
+    np.testing.assert_array_equal(again.parents, run.parents)
+    np.testing.assert_array_equal(again.hyperparameters["lr"], run.hyperparameters["lr"])
+
+
+def test_the_bottom_quarter_copies_the_top_quarter_and_perturbs(run):
+    q = SIZE // 4
+    for i in range(run.parents.shape[0] - 1):
+        order = np.argsort(run.scores[i], kind="stable")  # val_loss: lower is better
+        top, bottom = set(order[:q]), set(order[-q:])
+        for j in range(SIZE):
+            parent = int(run.parents[i, j])
+            before, after = run.hyperparameters["lr"][i], run.hyperparameters["lr"][i + 1]
+            if j in bottom:
+                assert parent in top
+                assert np.isclose(after[j] / before[parent], 0.8) or np.isclose(after[j] / before[parent], 1.25)
+            else:
+                assert parent == j and after[j] == before[j]
+
+
+def test_copied_state_carries_the_parents_history(run):
+    """Each member's final history is its lineage's: at the end of interval i it holds the
+    value the member it descends from had then (so params, optimizer state and history
+    were copied whole)."""
+    history = np.asarray(run.results.history["val_loss"])
+    for j in range(SIZE):
+        for i, ancestor in enumerate(run.lineage(j)):
+            assert history[j, (i + 1) * INTERVAL - 1] == run.scores[i, ancestor]
+
+
+def test_a_copy_gets_a_fresh_key(data, options):
+    """With perturb=(1,) a copy has its parent's state and hyperparameters; its own key
+    makes its next interval differ from the parent's."""
+    run = fnn.pbt(
+        config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], perturb=(1.0,), **options
+    )
+    parents = run.parents[0]
+    child = int(np.flatnonzero(parents != np.arange(SIZE))[0])
+    parent = int(parents[child])
+    loss = np.asarray(run.results.history["loss"])
+    if run.parents[1, child] == child and run.parents[1, parent] == parent:
+        assert loss[child, INTERVAL] != loss[parent, INTERVAL]
+    assert run.hyperparameters["lr"][1, child] == run.hyperparameters["lr"][0, parent]
+
+
+def test_one_interval_is_a_plain_sweep(data, options):
+    seeds = np.zeros(SIZE, dtype=int)  # a sweep's grid points share seed 0
+    run = fnn.pbt(
+        config, *data[:2], population={"lr": LRS}, interval=EPOCHS, hyperparameters=["lr"], seeds=seeds, **options
+    )
+    table = fnn.sweep(config, *data[:2], grid={"lr": LRS}, **options)
+    for name in table.results.history:
+        np.testing.assert_allclose(
+            np.asarray(run.results.history[name]), np.asarray(table.results.history[name]), rtol=1e-5
+        )
+
+
+def test_new_starting_values_reuse_the_program(data, options, run):
+    before = pbt_lib._program._cache_size()
+    fnn.pbt(config, *data[:2], population={"lr": LRS * 2}, interval=INTERVAL, hyperparameters=["lr"], **options)
+    assert pbt_lib._program._cache_size() == before
+
+
+def test_a_population_count_starts_at_the_defaults_and_bounds_clip(data, options):
+    run = fnn.pbt(
+        config,
+        *data[:2],
+        population=4,
+        interval=INTERVAL,
+        hyperparameters=["lr", "l2"],
+        bounds={"lr": (0.0, 1.5e-2)},
+        perturb=(2.0,),
+        **options,
+    )
+    np.testing.assert_array_equal(run.hyperparameters["lr"][0], np.full(4, 1e-2))  # config's defaults
+    np.testing.assert_array_equal(run.hyperparameters["l2"], np.zeros((EPOCHS // INTERVAL, 4)))  # 0 x 2 = 0
+    assert sorted(run.hyperparameters["lr"][1]) == [1e-2, 1e-2, 1e-2, 1.5e-2]  # one copy, doubled, clipped
+    assert 0 <= run.best() < 4
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(population=1), "at least 2 members"),
+        (dict(population={"lr": [1e-3, 1e-2], "l2": [0.0]}), "equal lengths"),
+        (dict(hyperparameters=["momentum"]), "not a parameter of the configuration"),
+        (dict(hyperparameters="lr"), "non-empty list"),
+        (dict(fraction=0.75), "fraction"),
+        (dict(perturb=(0.8, -1.0)), "perturb"),
+        (dict(bounds={"l2": (0, 1)}), "not one of the perturbed"),
+        (dict(interval=0), "interval"),
+        (dict(seeds=[0, 1]), "seeds must be 8 int seeds"),
+        (dict(patience=2), "patience= is not a pbt option"),
+        (dict(monitor="val_f1"), "monitor must be one of"),
+        (dict(population={"lr": [1e-3, -1.0]}), "grid point {'lr': -1.0} is refused"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
+def test_bad_input_is_refused_before_compiling(data, options, change, match, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the pbt program ran although the input is bad")
+
+    monkeypatch.setattr(pbt_lib, "_program", never)
+    arguments = dict(population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"]) | options | change
+    with pytest.raises(ValueError, match=match):
+        fnn.pbt(config, *data[:2], **arguments)
