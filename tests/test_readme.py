@@ -14,3 +14,7 @@ def test_readme_examples_run(capsys):
     assert namespace["result"].history["val_accuracy"][namespace["result"].best_epoch] > 0.9
     assert namespace["runs"].history["loss"].shape == (8, 20)
     assert len(namespace["table"].rows()) == 8
+    assert namespace["halved"].member_epochs == 9 * 2 + 3 * 2 + 8 and namespace["halved"].rung.max() == 2
+    assert namespace["population"].parents.shape == (4, 8)
+    assert 1e-5 < namespace["test"].suggestion < 1.0
+    assert all(row["members"] == 4 for row in namespace["table"].ensemble(namespace["config"], *namespace["held_out"]))
