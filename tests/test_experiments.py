@@ -387,3 +387,69 @@ def test_cnn_help(name, capsys):
         load(name).main(["--help"])
     assert exit_info.value.code == 0
     assert "--seeds" in capsys.readouterr().out
+
+
+# --- the sweep-schedule experiments of issue 14 (halving.py, pbt.py) ----------------------
+
+
+def test_halving(tmp_path):
+    """Full sweep vs successive halving on a 3-point grid: rungs 3 -> 1, less compute, the
+    finalist's numbers those of the same member in the full sweep, the test set read once."""
+    options = "--epochs 3 --rung-epochs 1 --grid-lr 0.003 0.01 0.03 --grid-l2 0 --grid-dropout 0.1"
+    options += " --final-seeds 2 --n-train 400 --n-val 100 --n-test 100 --no-progress --no-warm"
+    returned = load("halving").main(["--out", str(tmp_path), *options.split(), *cpu_devices()])
+    record = check_outputs(tmp_path, "halving", returned)
+    protocol = check_protocol(record)
+    check_split(protocol["split"], 300, 100, 100)
+    assert protocol["seeds"] == {"grid": [100], "retrained": [0, 1]}
+    m = record["metrics"]
+    assert list(m["methods"]) == ["full sweep", "halving, rungs of 1"]
+    full, halved = m["methods"]["full sweep"], m["methods"]["halving, rungs of 1"]
+    assert halved["rungs"] == [[3, 1], [1, 3]] and full["calls"] == 1 and halved["calls"] == 2
+    assert 3 * 3 <= full["member_epochs"] and halved["member_epochs"] < full["member_epochs"]
+    check = m["checks"]["halving, rungs of 1"]
+    assert halved["member"] == check["replayed_finalist"]  # the rule replayed on the full sweep's histories
+    assert all(d <= 1e-5 for d in check["max_abs_difference_to_full_sweep"].values())
+    for s in (full, halved):
+        assert set(s["selected"]) == {"lr", "l2", "dropout"} and 1 <= s["selected_epoch"] <= 3
+        assert finite(s["validation_accuracy"]) and finite(s["wall_s_cold"]) and s["wall_s_warm"] is None
+        assert s["validation_accuracy_seeds"]["n"] == 2
+    for t in m["test_accuracy"].values():
+        assert 0 <= t["selected_seed"] <= 1 and t["seeds"]["n"] == 2 and len(t["per_seed"]) == 2
+    rows = record["rows"]["halving, rungs of 1"]
+    assert sorted(r["rung"] for r in rows) == [0, 0, 1] and rows[halved["member"]]["stop_epoch"] == 3
+    assert {s["rung_monitor"] for s in m["sensitivity"]} == {"val_loss", "val_accuracy"}
+
+
+def test_pbt(tmp_path):
+    """PBT vs the same population with fixed hyperparameters: trajectories recorded and
+    within bounds, one selected member per repetition and method, the test set read once."""
+    options = "--epochs 4 --interval 2 --repeats 2 --start-lr 0.01 0.03 --start-dropout 0 0.1"
+    options += " --n-train 400 --n-val 100 --n-test 100 --no-progress"
+    returned = load("pbt").main(["--out", str(tmp_path), *options.split(), *cpu_devices()])
+    record = check_outputs(tmp_path, "pbt", returned)
+    protocol = check_protocol(record)
+    check_split(protocol["split"], 300, 100, 100)
+    assert protocol["seeds"] == [0, 1]
+    m = record["metrics"]
+    for method in ("pbt", "fixed"):
+        assert [p["repeat"] for p in m["per_repeat"][method]] == [0, 1]
+        assert all(0 <= p["member"] < 4 and 1 <= p["selected_epoch"] <= 4 for p in m["per_repeat"][method])
+        assert len(m["test_accuracy_per_repeat"][method]) == 2 and m["test_accuracy"][method]["n"] == 2
+        assert finite(m["validation"][method]["validation_accuracy"]["mean"])
+    assert m["test_comparison"]["n"] == 2
+    t = record["trajectories"]
+    lr, dropout = np.asarray(t["lr"]), np.asarray(t["dropout"])
+    assert lr.shape == dropout.shape == (2, 4) and np.asarray(t["parents"]).shape == (2, 4)
+    np.testing.assert_allclose(lr[0], [0.01, 0.01, 0.03, 0.03])  # the starting population, lr x dropout
+    assert np.all((lr >= 1e-4) & (lr <= 0.1)) and np.all((dropout >= 0) & (dropout <= 0.6))
+    moved = np.asarray(t["parents"])[0] != np.arange(4)  # after interval 0 one member copied another
+    assert moved.sum() == 1
+
+
+@pytest.mark.parametrize("name", ["halving", "pbt"])
+def test_sweep_schedule_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load(name).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out

@@ -113,7 +113,8 @@ def pbt(
       hyperparameters: the names to perturb (parameters of ``config``).
       fraction: the bottom ``fraction`` copy the top ``fraction`` (0 < fraction <= 0.5;
         at least one member).
-      perturb: factors; each copied hyperparameter is multiplied by one drawn uniformly.
+      perturb: factors; each copied hyperparameter is multiplied by one drawn uniformly
+        (multiplicative, as in the paper: a hyperparameter that starts at 0 stays 0).
       bounds: ``{name: (low, high)}``: clip perturbed values into these ranges.
       seeds: one int seed per member (default 0 .. population-1): init, data order, dropout.
       key: int or PRNG key of the exploit/explore draws.

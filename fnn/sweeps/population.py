@@ -14,10 +14,10 @@ results are dropped) to the smallest *bucket* that holds it — the chunk size h
 0, 1, 2, ... times, rounded up to a multiple of the devices — so a population of ``n``
 members compiles at most ``log2(n) + 1`` programs, each cached across calls.
 
-A member's numbers do not depend on which other members share its call: ``vmap``
-computes each member's matrix products separately, so a member that continues in a
-smaller population is bit-identical to the same member in the full one (the tests
-check this on CPU).
+A member's state passes between calls untouched, so a member that goes on in a smaller
+population computes what it would have computed in the full one — to float32 rounding,
+not bit for bit: XLA:CPU picks its batched-matmul kernels by the number of members in a
+call (tests/test_halving.py checks ``rtol=1e-5``; a call of the same size is bit-identical).
 """
 
 from __future__ import annotations
