@@ -242,11 +242,12 @@ def select(run, args, x_train, y_train, fit_options, split, defaults) -> dict:
             table = fnn.sweep(config, x_train, y_train, seeds=seeds, grid=grid, **fit_options | {"epochs": v["epochs"]})
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)
+        table_rows = table.rows()  # once: it builds a dict per member
         for a in table.aggregate("best_val_accuracy"):
-            members = [i for i, r in enumerate(table.rows()) if all(r[k] == a[k] for k in grid)]
+            members = [i for i, r in enumerate(table_rows) if all(r[k] == a[k] for k in grid)]
             a = {"variant": text, **v, **a}
             a["final_val_accuracy"] = float(np.mean(val[members, -1]))
-            a["selected_epoch_mean"] = float(np.mean([table.rows()[i]["best_epoch"] + 1 for i in members]))
+            a["selected_epoch_mean"] = float(np.mean([table_rows[i]["best_epoch"] + 1 for i in members]))
             a["seconds"] = run.times[f"select {text}"]
             curves[f"{text}, lr {a['lr']:g}, dropout {a['dropout']:g}, wd {a['weight_decay']:g}"] = np.nanmean(
                 val[members], axis=0

@@ -192,9 +192,10 @@ def select(run, args, configuration, x_train, y_train, fit_options, split, sizes
         with run(f"select {activation}"):
             table = fnn.sweep(configuration(activation), x_train, y_train, seeds=seeds, grid=grid, **fit_options)
             jax.block_until_ready(table.results.history)
+        table_rows = table.rows()  # once: it builds a dict per member
         for a in table.aggregate("best_val_accuracy"):
             a = {"activation": activation} | a
-            members = [r for r in table.rows() if r["lr"] == a["lr"] and r["dropout"] == a["dropout"]]
+            members = [r for r in table_rows if r["lr"] == a["lr"] and r["dropout"] == a["dropout"]]
             a["final_val_accuracy"] = float(np.mean([r["final_val_accuracy"] for r in members]))
             a["selected_epoch_mean"] = float(np.mean([r["best_epoch"] + 1 for r in members]))
             rows.append(a)
