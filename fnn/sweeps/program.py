@@ -20,6 +20,12 @@ them as numbers, not as Python values (``int(hidden)``, ``if lr < 1``): the swee
 it once abstractly first and refuses such a configuration with a ValueError. With several
 devices, each chunk's member axis is sharded over them (see ``fnn.distributed``).
 
+Between compiled calls every member's run is carried by ``fnn.sweeps.population``, so a
+sweep may stop at epoch boundaries and go on with fewer members: ``compact_every=k``
+drops the members that stopped early or diverged every ``k`` epochs, and
+``schedule=fnn.halving(...)`` keeps the best ``1/eta`` after each rung
+(``fnn.sweeps.halving``). ``result.member_epochs`` says what was computed.
+
 Each member's seed is its seed index ``s`` (``0 .. seeds-1``, or the given seed values),
 so member (grid point g, seed s) matches ``fit(config(**g), x, y, key=s, ...)`` run alone
 to float32 rounding (the tests check ``rtol=1e-5``): under ``vmap`` XLA batches the
