@@ -18,6 +18,8 @@ An experiment script is its options, its experiment and its plot; the rest is he
   selection, to score the selected models; :func:`protocol` is the JSON record of it (split
   sizes and seeds, the selection rule, which numbers are validation and which test, how
   many times the test set was read). :func:`fashion_splits` gives Fashion-MNIST that way.
+  A script that retrains its final models on train + validation finds its setting's
+  validation score in its selection run's JSON with :func:`selection_row`.
 * Statistics over seeds: :func:`mean_std` (mean ± std, min–max) and
   :func:`paired_comparison` (a paired t confidence interval for the difference of two
   methods run on the same seeds; :func:`t_quantile` without SciPy).
@@ -266,6 +268,24 @@ def protocol(
         "test_metrics": list(test_metrics),
         "test_reads": reads,
     }
+
+
+def selection_row(out: Path, name: str, selected: dict) -> dict | None:
+    """The row of ``<out>/<name>_select.json``'s ``metrics["grid"]`` whose values equal
+    ``selected`` (numbers to float32 precision): the validation score, in the selection
+    run, of the setting a final run retrained with. ``None`` where the file or the row is
+    missing (the final run then records no validation number of its own)."""
+
+    def same(a, b):
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+        return a == b
+
+    try:
+        grid = json.loads((Path(out) / f"{name}_select.json").read_text())["metrics"]["grid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return next((row for row in grid if all(same(row.get(k), v) for k, v in selected.items())), None)
 
 
 def evaluate_members(trainer, params, model_state, x, y) -> dict[str, np.ndarray]:

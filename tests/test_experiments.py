@@ -336,32 +336,37 @@ def test_mnist1d_cnn(tmp_path):
     record = check_outputs(tmp_path, "mnist1d_cnn", returned)
     protocol = check_protocol(record)
     check_split(protocol["split"], 200, 100, 100)
+    assert protocol["split"]["final_train"] == 300  # retrained on train + validation
     assert protocol["seeds"] == [0, 1] and protocol["selected"]["epochs"] == 2
     m = record["metrics"]
-    for name in ("test_accuracy", "validation_accuracy", "train_accuracy"):
+    for name in ("test_accuracy", "train_accuracy"):
         assert all(finite(m[name][k]) and 0 <= m[name][k] <= 1 for k in ("mean", "std", "min", "max")), name
     assert m["test_accuracy"]["n"] == 2 and len(m["test_accuracy_per_seed"]) == 2
-    assert 1 <= m["selected_epoch"]["min"] <= m["selected_epoch"]["max"] <= 2
+    assert m["selection_validation_accuracy"] is None  # no selection run in this folder
     assert m["parameters"] == 4 * 5 + 4 + 2 * (4 * 3 * 4 + 4) + 5 * 4 * 10 + 10  # 3 convs and Dense(5 * 4, 10)
     assert m["published_cnn_accuracy"] == 0.94 and finite(m["script_wall_time_s"])
 
 
 def test_mnist1d_cnn_selection_reads_no_test_data(tmp_path, monkeypatch):
     module = load("mnist1d_cnn")
-    monkeypatch.setattr(module.common.TestSet, "read", lambda self: pytest.fail("the selection run read the test set"))
-    options = "--select --select-seeds 3 --select-variants e2+b50 --grid-lr 0.01 0.02 --grid-weight-decay 0.1"
-    returned = module.main(
-        ["--out", str(tmp_path), "--no-progress", *"--n-train 300 --n-val 100 --channels 4".split()]
-        + options.split()
-        + cpu_devices()
-    )
+    data = "--n-train 300 --n-val 100 --channels 4 --no-progress".split()
+    with monkeypatch.context() as patched:
+        patched.setattr(module.common.TestSet, "read", lambda self: pytest.fail("the selection run read the test set"))
+        options = "--select --select-seeds 3 --select-variants e2+b50 --grid-lr 0.01 0.02 --grid-weight-decay 0.1"
+        options += " --grid-label-smoothing 0.1 --grid-dropout 0.2"
+        returned = module.main(["--out", str(tmp_path), *data, *options.split(), *cpu_devices()])
     record = check_outputs(tmp_path, "mnist1d_cnn_select", returned)
     protocol = check_protocol(record, test_read=False)
     check_split(protocol["split"], 200, 100, None)
     grid = record["metrics"]["grid"]
     assert [(g["epochs"], g["batch_size"], g["lr"]) for g in grid] == [(2, 50, 0.01), (2, 50, 0.02)]
     best = max(grid, key=lambda g: g["mean"])
-    assert record["metrics"]["selected"] == {k: best[k] for k in ("lr", "weight_decay", "epochs", "batch_size")}
+    keys = ("lr", "weight_decay", "label_smoothing", "dropout", "epochs", "batch_size")
+    assert record["metrics"]["selected"] == {k: best[k] for k in keys}
+    # the final run with the selected setting finds its validation score in the selection's JSON
+    chosen = record["metrics"]["run_selected"].split()[2:]
+    final = module.main(["--out", str(tmp_path), "--seeds", "2", "--n-test", "100", *data, *chosen, *cpu_devices()])
+    assert final["metrics"]["selection_validation_accuracy"]["mean"] == pytest.approx(best["mean"])
 
 
 def test_fashion_cnn(tmp_path, shared_data):
@@ -370,15 +375,15 @@ def test_fashion_cnn(tmp_path, shared_data):
     record = check_outputs(tmp_path, "fashion_cnn", returned)
     protocol = check_protocol(record)
     check_split(protocol["split"], 600, 200, 200)
+    assert protocol["split"]["final_train"] == 800  # retrained on train + validation
     assert protocol["seeds"] == [0, 1] and protocol["selected"]["channels"] == [4]
     m = record["metrics"]
-    for key in ("test_accuracy", "validation_accuracy"):
-        assert all(finite(m[key][k]) for k in ("mean", "std", "min", "max")), key
-    assert m["test_accuracy"]["n"] == 2 and 1 <= m["selected_epoch"]["min"] <= m["selected_epoch"]["max"] <= 2
+    assert all(finite(m["test_accuracy"][k]) for k in ("mean", "std", "min", "max"))
+    assert m["test_accuracy"]["n"] == 2 and m["selection_validation_accuracy"] is None
     # conv 1->4 (3x3, no bias), batch norm (scale, shift), Dense(14*14*4, 8), Dense(8, 10)
     assert m["parameters"] == 9 * 4 + 2 * 4 + 784 * 8 + 8 + 8 * 10 + 10
     assert m["under_max_parameters"] and m["reaches_target"] == (m["test_accuracy"]["mean"] >= 0.925)
-    assert len(record["curves"]["val_accuracy"]["mean"]) == 2  # the learning curves
+    assert len(record["curves"]["accuracy"]["mean"]) == 2  # the learning curves
 
 
 @pytest.mark.parametrize("name", ["mnist1d_cnn", "fashion_cnn", "bench_conv"])
