@@ -425,7 +425,9 @@ def finish_selection(run, args, rows, chosen, grid, curves, split) -> dict:
             test=None,
             seeds=list(seeds),
         ),
-        plot=lambda: plot_selection(rows, chosen, curves),
+        plot=lambda: common.plot_selection_grid(
+            "Fashion-MNIST CNN selection grid (validation split only)", rows, chosen, curves, (0.005, 0.003)
+        ),
         table=table_md,
         curves=curves,
     )
@@ -434,30 +436,6 @@ def finish_selection(run, args, rows, chosen, grid, curves, split) -> dict:
 def v_fit(v: dict) -> dict:
     """The ``fit`` options of a selection network (its epochs and batch size)."""
     return {"epochs": v["epochs"], "batch_size": v["batch_size"]}
-
-
-def plot_selection(rows, chosen, curves):
-    fig, (ax0, ax1) = common.figure(
-        "Fashion-MNIST CNN selection grid (validation split only)", 2, figsize=(13, max(4.5, 0.15 * len(rows)))
-    )
-    labels = list(curves)
-    ax0.barh(range(len(rows)), [r["mean"] for r in rows], xerr=[r["std"] for r in rows], capsize=2)
-    ax0.barh([rows.index(chosen)], [chosen["mean"]], color="C3", label="selected")
-    ax0.set_yticks(range(len(rows)), labels, fontsize=6)
-    ax0.set_xlim(min(r["min"] for r in rows) - 0.005, max(r["max"] for r in rows) + 0.003)
-    ax0.set_xlabel("validation accuracy at the last epoch (mean ± std over seeds)")
-    ax0.legend(fontsize=8)
-    chosen_label = labels[rows.index(chosen)]
-    for label, curve in curves.items():
-        if label != chosen_label:
-            ax1.plot(np.arange(1, len(curve) + 1), curve, color="0.7", lw=0.7)
-    curve = curves[chosen_label]
-    ax1.plot(np.arange(1, len(curve) + 1), curve, color="C3", lw=2, label=f"selected: {chosen_label}")
-    ax1.plot([], [], color="0.7", lw=0.7, label="the other grid points")
-    ax1.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)")
-    ax1.set_ylim(max(0.0, min(float(np.nanmax(c)) for c in curves.values()) - 0.05), None)
-    ax1.legend(fontsize=7, loc="lower right")
-    return fig
 
 
 def plot(history, metrics, described):

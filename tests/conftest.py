@@ -31,3 +31,16 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "fashion-mnist").is_dir():
         pytest.skip(f"no shared data folder at {SHARED_DATA} (set FNN_DATA to the folder holding fashion-mnist/)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def digits_300():
+    """300 training and 100 validation digits (scikit-learn), scaled to [0, 1]: the small
+    real problem of the sweep tests (``x, y, x_val, y_val``)."""
+    import numpy as np
+
+    from fnn.datasets import load_digits
+
+    x, y = load_digits()
+    x = (x / 16.0).astype(np.float32)
+    return x[:300], y[:300], x[300:400], y[300:400]

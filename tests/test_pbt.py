@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.datasets import load_digits
 
 pbt_lib = importlib.import_module("fnn.sweeps.pbt")  # the module; fnn.sweeps.pbt is the function
 
@@ -21,10 +20,8 @@ def config(lr=1e-2, l2=0.0):
 
 
 @pytest.fixture(scope="module")
-def data():
-    x, y = load_digits()
-    x = (x / 16.0).astype(np.float32)
-    return x[:300], y[:300], x[300:400], y[300:400]
+def data(digits_300):
+    return digits_300
 
 
 @pytest.fixture(scope="module")

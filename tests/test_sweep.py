@@ -15,7 +15,6 @@ import pytest
 
 import fnn
 from fnn import progress
-from fnn.datasets import load_digits
 from fnn.sweeps import members, sweep
 
 EPOCHS, BATCH, STEPS = 5, 50, 6  # 300 examples: 6 updates an epoch
@@ -27,11 +26,8 @@ def config(lr=1e-2, l2=0.0):
 
 
 @pytest.fixture(scope="module")
-def data():
-    """300 training and 100 validation digits, scaled to [0, 1]."""
-    x, y = load_digits()
-    x = (x / 16.0).astype(np.float32)
-    return x[:300], y[:300], x[300:400], y[300:400]
+def data(digits_300):
+    return digits_300
 
 
 @pytest.fixture(scope="module")
