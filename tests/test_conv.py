@@ -23,6 +23,14 @@ KEY = jax.random.key(0)
 rng = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Each test draws its data from a generator seeded afresh, so its numbers do not
+    depend on which tests ran before it (or were skipped, as the torch ones are in CI)."""
+    global rng
+    rng = np.random.default_rng(0)
+
+
 def as64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
