@@ -74,6 +74,14 @@ SHARED_OPTIONS: dict[str, dict] = {
     "l2": {"type": float, "help": "L2 penalty on the weights (l2/2 * sum w^2)"},
     "n_train": {"type": int, "help": "random subset of the 60,000 training images"},
     "n_test": {"type": int, "help": "use only the first N test examples"},
+    "n_val": {"type": int, "help": "training examples held out for selection (stratified)"},
+    "split_seed": {"type": int, "help": "seed of the validation split"},
+    "cache_dir": {"type": Path, "help": "where the generated MNIST-1D .npz is cached"},
+    "cpu_devices": {
+        "type": int,
+        "help": "CPU devices for JAX (fnn.distributed.use_cpu_cores); default one per core (called from Python "
+        "after JAX started: the process's devices)",
+    },
 }
 
 

@@ -113,6 +113,9 @@ def count_params(model) -> int:
 def parser():
     p = common.parser(
         __doc__,
+        n_val=5000,
+        split_seed=0,
+        cpu_devices=None,
         data=True,
         seeds=1,
         epochs=15,
@@ -125,26 +128,13 @@ def parser():
             "n_train": "use only N of the 55,000 training images left after the validation split",
             "lr": "AdamW's initial learning rate (cosine decay to 0)",
             "dropout": "dropout rate after the flattened features and after the hidden Dense",
+            "n_val": "training images held out for selection (stratified); the final models train on them too",
         },
     )
     p.add_argument("--channels", type=int, nargs="+", default=[24, 48, 64], help="channels of the conv blocks")
     p.add_argument("--dense", type=int, default=0, help="width of the hidden Dense layer (0: none)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay (x lr)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
-    p.add_argument(
-        "--n-val",
-        type=int,
-        default=5000,
-        help="training images held out for selection (stratified); the final models train on them too",
-    )
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    p.add_argument(
-        "--cpu-devices",
-        type=int,
-        default=None,
-        help="CPU devices for JAX (fnn.distributed.use_cpu_cores); default one per core (called from "
-        "Python after JAX started: the process's devices)",
-    )
     p.add_argument(
         "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
     )
@@ -359,9 +349,7 @@ def select(run, args, x_train, y_train, validation, split, defaults) -> dict:
             )
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)
-        table_rows = table.rows()
-        for a in table.aggregate("final_val_accuracy"):
-            members = [i for i, r in enumerate(table_rows) if all(r[k] == a[k] for k in grid)]
+        for (_, members), a in zip(table.groups(), table.aggregate("final_val_accuracy")):
             eligible = "all" in args.eligible_variants or text in args.eligible_variants
             a = {"variant": text, **v, "parameters": n_params, "eligible": eligible, **a}
             a["best_epoch_val_accuracy"] = float(np.mean(np.nanmax(val[members], axis=1)))

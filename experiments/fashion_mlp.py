@@ -50,6 +50,8 @@ SELECTION = (
 def parser():
     p = common.parser(
         __doc__,
+        n_val=5000,
+        split_seed=0,
         data=True,
         seeds=4,
         hidden=[256, 256],
@@ -72,8 +74,6 @@ def parser():
         help="batch norm after every hidden Dense",
     )
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
-    p.add_argument("--n-val", type=int, default=5000, help="training images held out for selection (stratified)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument(
         "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
     )
@@ -243,8 +243,7 @@ def select(run, args, x_train, y_train, fit_options, split, defaults) -> dict:
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)
         table_rows = table.rows()  # once: it builds a dict per member
-        for a in table.aggregate("best_val_accuracy"):
-            members = [i for i, r in enumerate(table_rows) if all(r[k] == a[k] for k in grid)]
+        for (_, members), a in zip(table.groups(), table.aggregate("best_val_accuracy")):
             a = {"variant": text, **v, **a}
             a["final_val_accuracy"] = float(np.mean(val[members, -1]))
             a["selected_epoch_mean"] = float(np.mean([table_rows[i]["best_epoch"] + 1 for i in members]))

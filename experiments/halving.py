@@ -62,13 +62,19 @@ SELECTION = (
 def parser():
     p = common.parser(
         __doc__,
+        cache_dir=None,
+        n_val=400,
+        split_seed=0,
+        cpu_devices=None,
         epochs=60,
         batch_size=100,
         hidden=[100, 100],
         activation="gelu",
         n_train=None,
         n_test=None,
-        helps={"n_train": "use only the first N training signals (before the validation split)"},
+        helps={
+            "n_train": "use only the first N training signals (before the validation split)",
+        },
     )
     p.add_argument("--grid-lr", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2], help="Adam's initial learning rates")
     p.add_argument("--grid-l2", type=float, nargs="+", default=[0.0, 1e-3, 1e-2], help="L2 strengths (l2/2 sum w^2)")
@@ -93,16 +99,6 @@ def parser():
     )
     p.add_argument(
         "--no-warm", action="store_true", help="skip the second timing of each method (its programs compiled)"
-    )
-    p.add_argument("--cache-dir", type=Path, default=None, help="where the generated MNIST-1D .npz is cached")
-    p.add_argument("--n-val", type=int, default=400, help="training signals held out for selection (stratified)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    p.add_argument(
-        "--cpu-devices",
-        type=int,
-        default=None,
-        help="CPU devices for JAX (fnn.distributed.use_cpu_cores); default one per core (called from "
-        "Python after JAX started: the process's devices)",
     )
     return p
 

@@ -110,6 +110,10 @@ def configuration(channels: int, length: int, steps: int, defaults: dict):
 def parser():
     p = common.parser(
         __doc__,
+        cache_dir=None,
+        n_val=400,
+        split_seed=0,
+        cpu_devices=None,
         seeds=32,
         epochs=80,
         batch_size=100,
@@ -121,26 +125,12 @@ def parser():
             "n_train": "use only the first N training signals (before the validation split)",
             "lr": "AdamW's initial learning rate (cosine decay to 0)",
             "dropout": "dropout rate on the flattened features, before the Dense layer (0: the paper's network)",
+            "n_val": "training signals held out for selection (stratified); the final models train on them too",
         },
     )
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's decoupled weight decay (x lr)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--channels", type=int, default=25, help="channels of each convolution (the paper: 25)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="where the generated MNIST-1D .npz is cached")
-    p.add_argument(
-        "--n-val",
-        type=int,
-        default=400,
-        help="training signals held out for selection (stratified); the final models train on them too",
-    )
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    p.add_argument(
-        "--cpu-devices",
-        type=int,
-        default=None,
-        help="CPU devices for JAX (fnn.distributed.use_cpu_cores); default one per core (called from "
-        "Python after JAX started: the process's devices)",
-    )
     p.add_argument(
         "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
     )
@@ -351,9 +341,7 @@ def select(run, args, x_train, y_train, validation, split, defaults, length) -> 
             )
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)
-        table_rows = table.rows()
-        for a in table.aggregate("final_val_accuracy"):
-            members = [i for i, r in enumerate(table_rows) if all(r[k] == a[k] for k in grid)]
+        for (_, members), a in zip(table.groups(), table.aggregate("final_val_accuracy")):
             a = {"variant": text, **v, **a}
             a["best_epoch_val_accuracy"] = float(np.mean(np.nanmax(val[members], axis=1)))
             a["seconds"] = run.times[f"select {text}"]

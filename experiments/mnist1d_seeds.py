@@ -49,6 +49,9 @@ SELECTION = (
 def parser():
     p = common.parser(
         __doc__,
+        cache_dir=None,
+        n_val=400,
+        split_seed=0,
         seeds=32,
         epochs=60,
         batch_size=100,
@@ -59,11 +62,10 @@ def parser():
         l2=0.0,
         n_train=None,
         n_test=None,
-        helps={"n_train": "use only the first N training signals (before the validation split)"},
+        helps={
+            "n_train": "use only the first N training signals (before the validation split)",
+        },
     )
-    p.add_argument("--cache-dir", type=Path, default=None, help="where the generated MNIST-1D .npz is cached")
-    p.add_argument("--n-val", type=int, default=400, help="training signals held out for selection (stratified)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument(
         "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
     )
@@ -193,9 +195,9 @@ def select(run, args, configuration, x_train, y_train, fit_options, split, sizes
             table = fnn.sweep(configuration(activation), x_train, y_train, seeds=seeds, grid=grid, **fit_options)
             jax.block_until_ready(table.results.history)
         table_rows = table.rows()  # once: it builds a dict per member
-        for a in table.aggregate("best_val_accuracy"):
+        for (_, indices), a in zip(table.groups(), table.aggregate("best_val_accuracy")):
             a = {"activation": activation} | a
-            members = [r for r in table_rows if r["lr"] == a["lr"] and r["dropout"] == a["dropout"]]
+            members = [table_rows[i] for i in indices]
             a["final_val_accuracy"] = float(np.mean([r["final_val_accuracy"] for r in members]))
             a["selected_epoch_mean"] = float(np.mean([r["best_epoch"] + 1 for r in members]))
             rows.append(a)

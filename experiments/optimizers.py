@@ -68,6 +68,8 @@ SELECTION = (
 def parser():
     p = common.parser(
         __doc__,
+        n_val=5000,
+        split_seed=0,
         data=True,
         n_train=10000,
         n_test=None,
@@ -79,12 +81,11 @@ def parser():
             "n_train": "training images (a stratified subset of the 55,000 left after the validation split)",
             "n_test": "use only the first N test images",
             "seeds": "seeds of the comparison runs (the same for every optimizer)",
+            "split_seed": "seed of the validation split and the subset",
         },
     )
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--lrs", type=int, default=None, help="use only the first N learning rates of each grid")
-    p.add_argument("--n-val", type=int, default=5000, help="training images held out for selection (stratified)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split and the subset")
     p.add_argument("--select-seeds", type=int, nargs="+", default=[100, 101], help="seeds of the learning-rate grid")
     return p
 

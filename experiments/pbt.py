@@ -54,13 +54,19 @@ SELECTION = (
 def parser():
     p = common.parser(
         __doc__,
+        cache_dir=None,
+        n_val=400,
+        split_seed=0,
+        cpu_devices=None,
         epochs=60,
         batch_size=100,
         hidden=[100, 100],
         activation="gelu",
         n_train=None,
         n_test=None,
-        helps={"n_train": "use only the first N training signals (before the validation split)"},
+        helps={
+            "n_train": "use only the first N training signals (before the validation split)",
+        },
     )
     p.add_argument("--start-lr", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2], help="starting lrs")
     p.add_argument("--start-dropout", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4], help="starting dropouts")
@@ -71,16 +77,6 @@ def parser():
     p.add_argument("--lr-bounds", type=float, nargs=2, default=[1e-4, 0.1], help="clip perturbed lrs")
     p.add_argument("--dropout-bounds", type=float, nargs=2, default=[0.0, 0.6], help="clip perturbed dropouts")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (training seed and PBT key 0..N-1)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="where the generated MNIST-1D .npz is cached")
-    p.add_argument("--n-val", type=int, default=400, help="training signals held out for selection (stratified)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    p.add_argument(
-        "--cpu-devices",
-        type=int,
-        default=None,
-        help="CPU devices for JAX (fnn.distributed.use_cpu_cores); default one per core (called from "
-        "Python after JAX started: the process's devices)",
-    )
     return p
 
 

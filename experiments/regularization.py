@@ -54,6 +54,8 @@ SELECTION = (
 def parser():
     p = common.parser(
         __doc__,
+        n_val=5000,
+        split_seed=0,
         data=True,
         n_train=5000,
         n_test=None,
@@ -66,6 +68,7 @@ def parser():
             "n_train": "training images (a stratified subset of the 55,000 left after the validation split)",
             "n_test": "use only the first N test images",
             "seeds": "seeds of the comparison runs (the same for every setting)",
+            "split_seed": "seed of the validation split and the subset",
         },
     )
     p.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="which settings to run")
@@ -79,8 +82,6 @@ def parser():
         default=[0.35, 5e-4, 0.5, 5e-4, 0.35, 2e-3, 0.5, 2e-3],
         help="dropout+L2 pairs, flattened: rate strength rate strength ...",
     )
-    p.add_argument("--n-val", type=int, default=5000, help="training images held out for selection (stratified)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split and the subset")
     p.add_argument("--select-seeds", type=int, nargs="+", default=[100, 101], help="seeds of the strength grid")
     return p
 

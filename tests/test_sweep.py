@@ -154,6 +154,10 @@ def test_aggregate_and_summary_over_seeds(swept):
         assert (g["mean"], g["std"], g["min"], g["max"]) == pytest.approx(
             (values.mean(), values.std(), values.min(), values.max())
         )
+    assert [(point, members) for point, members in swept.groups()] == [
+        ({"lr": LRS[0]}, [0, 1, 2]),
+        ({"lr": LRS[1]}, [3, 4, 5]),
+    ]
     lines = swept.summary("final_val_accuracy").splitlines()
     assert lines[0] == "| lr | seeds | final_val_accuracy mean ± std | min | max |"
     assert lines[1] == "|---|---|---|---|---|" and len(lines) == 6

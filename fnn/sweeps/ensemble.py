@@ -88,7 +88,7 @@ def ensemble(
     stacked = (
         (r.best_params, r.best_model_state) if params == "best" else (r.train_state.params, r.train_state.model_state)
     )
-    points = _grid_points(table.hyperparameters)
+    points = table.groups()
     _check_members(config(**points[0][0]), stacked)
     x, y = jnp.asarray(x), jnp.asarray(y)
     return [_score(config(**point), point, which, stacked, x, y, batch_size) for point, which in points]
@@ -166,16 +166,6 @@ def _check_members(trainer: Trainer, stacked: tuple) -> None:
 def _averaged(trainer: Trainer, link: str) -> Trainer:
     """``trainer`` with its model replaced by the members' :class:`Average`."""
     return dataclasses.replace(trainer, model=Average(trainer.model, link))
-
-
-def _grid_points(hyperparameters: dict[str, np.ndarray]) -> list[tuple[dict[str, float], list[int]]]:
-    """``(point, member indices)`` per grid point (same hyperparameters but the seed), in
-    the order of first appearance, as ``SweepResult.aggregate`` groups its rows."""
-    names = [k for k in hyperparameters if k != "seed"]
-    groups: dict[tuple, list[int]] = {}
-    for i in range(len(hyperparameters["seed"])):
-        groups.setdefault(tuple(float(hyperparameters[k][i]) for k in names), []).append(i)
-    return [(dict(zip(names, point)), which) for point, which in groups.items()]
 
 
 def _evaluate(trainer: Trainer, link: str, params, model_state, x, y, batch_size: int):

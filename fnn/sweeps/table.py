@@ -52,17 +52,26 @@ class SweepResult(NamedTuple):
             out.append(row)
         return out
 
-    def aggregate(self, metric: str) -> list[dict[str, Any]]:
-        """Mean, std, min and max of row field ``metric`` over seeds, per grid point."""
+    def groups(self) -> list[tuple[dict[str, float], list[int]]]:
+        """``(grid point, member indices)`` per grid point — the members that share every
+        hyperparameter but the seed — in the order of first appearance."""
         names = [k for k in self.hyperparameters if k != "seed"]
-        groups: dict = {}
-        for row in self.rows():
-            groups.setdefault(tuple(row[k] for k in names), []).append(row[metric])
-        return [
-            dict(zip(names, point))
-            | {"seeds": len(v), "mean": np.mean(v), "std": np.std(v), "min": np.min(v), "max": np.max(v)}
-            for point, v in groups.items()
-        ]
+        groups: dict[tuple, list[int]] = {}
+        for i in range(len(self.hyperparameters["seed"])):
+            groups.setdefault(tuple(_scalar(self.hyperparameters[k][i]) for k in names), []).append(i)
+        return [(dict(zip(names, point)), members) for point, members in groups.items()]
+
+    def aggregate(self, metric: str) -> list[dict[str, Any]]:
+        """Mean, std, min and max of row field ``metric`` over seeds, per grid point (in
+        the order of ``groups()``)."""
+        values = [row[metric] for row in self.rows()]
+        out = []
+        for point, members in self.groups():
+            v = [values[i] for i in members]
+            out.append(
+                point | {"seeds": len(v), "mean": np.mean(v), "std": np.std(v), "min": np.min(v), "max": np.max(v)}
+            )
+        return out
 
     def ensemble(self, config, x, y, **options) -> list[dict[str, Any]]:
         """Each grid point's seed ensemble scored on (x, y), next to its members' mean:
