@@ -16,6 +16,7 @@ from fnn import (
     layers,
     losses,
     optimizers,
+    programs,
     schedules,
     sweeps,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "one_hot",
     "Optimizer",
     "optimizers",
+    "programs",
     "pbt",
     "PBTResult",
     "prepare_images",

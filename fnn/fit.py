@@ -42,7 +42,7 @@ from fnn.checks import as_key, check_bool, check_int, check_nonnegative, check_p
 from fnn.distributed import check_batch_divisible
 from fnn.layers import check_params
 from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_names, initial_loop, run_epochs
-from fnn.programs import jit_program
+from fnn.programs import device_array, jit_program
 from fnn.train import Trainer, TrainState
 
 __all__ = ["DivergenceError", "FitResult", "check_fit", "fit", "plan"]
@@ -290,7 +290,7 @@ def _as_arrays(x, y, validation):
 
 def _array(name: str, value):
     try:
-        array = jnp.asarray(value)
+        array = device_array(value)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} must be an array (NumPy or JAX); got {type(value).__name__}: {error}") from None
     if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
@@ -387,4 +387,4 @@ def _still_running(loop: Loop, epochs: int) -> bool:
 
 
 def _call(run: Run, loop: Loop, end: int) -> Loop:
-    return run_epochs(run.trainer, loop, run.data, jnp.asarray(end, jnp.int32), run.settings)
+    return run_epochs(run.trainer, loop, run.data, np.int32(end), run.settings)

@@ -22,10 +22,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import progress as progress_lib
 from fnn.batching import epoch_batches
-from fnn.programs import jit_program
+from fnn.programs import host_array, jit_program
 from fnn.train import Trainer, TrainState
 
 
@@ -112,7 +113,7 @@ class _StepCarry(NamedTuple):
 
 def float_array(value=jnp.nan):
     """``value`` as an array of JAX's default float dtype."""
-    return jnp.asarray(value, jnp.result_type(float))
+    return host_array(value, jnp.result_type(float))
 
 
 def _tree_where(condition, new, old):
@@ -142,18 +143,16 @@ def history_names(trainer: Trainer, has_validation: bool) -> list[str]:
 
 def initial_loop(trainer: Trainer, state: TrainState, epochs: int, has_validation: bool, maximize: bool) -> Loop:
     """The carry before the first epoch: histories of NaN, no best epoch, nothing stopped."""
-    history = {
-        name: jnp.full((epochs,), jnp.nan, jnp.result_type(float)) for name in history_names(trainer, has_validation)
-    }
-    minus_one = jnp.asarray(-1, jnp.int32)
+    history = {name: float_array(np.full(epochs, np.nan)) for name in history_names(trainer, has_validation)}
+    minus_one = host_array(-1, np.int32)
     result = FitResult(
         train_state=state,
         best_params=state.params,
         best_model_state=state.model_state,
         best_epoch=minus_one,
         history=history,
-        stopped_early=jnp.asarray(False),
-        diverged=jnp.asarray(False),
+        stopped_early=host_array(False),
+        diverged=host_array(False),
         diverged_epoch=minus_one,
         diverged_step=minus_one,
         last_finite_loss=float_array(),

@@ -217,12 +217,12 @@ class Trainer:
             )
         check_finite(name_x, x)
         try:
-            out = jax.eval_shape(lambda p, s, xb: self.model.apply(p, xb, state=s), params, model_state, x[:1])
+            out = jax.eval_shape(lambda p, s, xb: self.model.apply(p, xb, state=s), params, model_state, _one_row(x))
         except ValueError as error:
             raise ValueError(f"{name_x} of shape {jnp.shape(x)} does not fit the model: {error}") from None
         losses_lib.check_targets(self.loss, name_y, y, tuple(out.shape[1:]))
         try:
-            jax.eval_shape(lambda o, t: self.loss(o, t, None), out, y[:1])
+            jax.eval_shape(lambda o, t: self.loss(o, t, None), out, _one_row(y))
         except (ValueError, TypeError) as error:
             raise ValueError(
                 f"{name_y} of shape {jnp.shape(y)} does not fit the loss for the model's output: {error}"
@@ -261,3 +261,8 @@ class Trainer:
         zeros = {name: jnp.zeros((), jnp.result_type(float)) for name in ("loss", *dict(self.metrics))}
         totals, _ = jax.lax.scan(body, zeros, (indices, weights))
         return jax.tree.map(lambda t: t / n, totals)
+
+
+def _one_row(a) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of ``a[:1]``, for abstract evaluation (no program runs)."""
+    return jax.ShapeDtypeStruct((1, *jnp.shape(a)[1:]), jnp.result_type(a))

@@ -33,7 +33,7 @@ from fnn import progress as progress_lib
 from fnn.distributed import member_sharding
 from fnn.fit import plan
 from fnn.loop import FitResult, Loop, run_epochs
-from fnn.programs import jit_program
+from fnn.programs import host_array, jit_program
 
 
 def member_run(config: Callable, options: tuple, x, y, arrays: dict, member: dict):
@@ -61,10 +61,33 @@ def _advance(config: Callable, options: tuple, x, y, arrays: dict, members: dict
 advance = jit_program(_advance, ("config", "options"))
 
 
+# Moving members' carries between calls: one program per pytree and shapes (one per
+# bucket), not one small eager program per leaf, each compiled (or loaded from the
+# persistent cache) in every process.
+
+
+@jax.jit
+def _take(loops: Loop, index) -> Loop:
+    """The carries of members ``index`` ([k] ints): every leaf's rows ``index``."""
+    return jax.tree.map(lambda a: a[index], loops)
+
+
+@jax.jit
+def _put(loops: Loop, index, part: Loop) -> Loop:
+    """``loops`` with the carries of members ``index`` ([k] ints) replaced by ``part``'s."""
+    return jax.tree.map(lambda old, new: old.at[index].set(new), loops, part)
+
+
+@jax.jit
+def _concatenate(parts: list[Loop]) -> Loop:
+    """The carries of consecutive pieces of members, as one population."""
+    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+
+
 def place(members: dict, sharding) -> dict:
     """A member table as arrays (seeds int32, hyperparameters float), sharded if asked."""
-    members = {k: jnp.asarray(v, jnp.int32 if k == "seed" else jnp.result_type(float)) for k, v in members.items()}
-    return members if sharding is None else jax.device_put(members, sharding)
+    members = {k: host_array(v, np.int32 if k == "seed" else float) for k, v in members.items()}
+    return jax.device_put(members, sharding)
 
 
 def buckets(chunk: int, multiple: int) -> list[int]:
@@ -129,12 +152,11 @@ class Population:
             return
         new = [jax.device_put(part, jax.devices()[0]) for part in new]  # one device, to concatenate and scatter
         if self.loops is None:
-            self.loops = jax.tree.map(lambda *parts: jnp.concatenate(parts), *new)
+            self.loops = _concatenate(new)
         else:
             self.loops = jax.device_put(self.loops, jax.devices()[0])
             for piece, part in zip(pieces, new, strict=True):
-                index = jnp.asarray(piece)
-                self.loops = jax.tree.map(lambda old, p, i=index: old.at[i].set(p), self.loops, part)
+                self.loops = _put(self.loops, piece, part)
 
     def _run_piece(self, piece: np.ndarray, end: int, compact: bool, label: str) -> Loop:
         """One compiled call: ``piece``'s members padded to a bucket; their new carries."""
@@ -142,7 +164,7 @@ class Population:
         padded = np.concatenate([piece, np.repeat(piece[-1:], size - piece.size)])
         sharding = member_sharding(self._devices, size)
         members = place({k: v[padded] for k, v in self.table.items()}, sharding)
-        loops = None if self.loops is None else jax.tree.map(lambda a: a[jnp.asarray(padded)], self.loops)
+        loops = None if self.loops is None else _take(self.loops, padded)
         if loops is not None and sharding is not None:
             loops = jax.device_put(loops, sharding)
         if self.progress:
@@ -150,7 +172,7 @@ class Population:
         new = self._program(members, loops, jnp.asarray(end, jnp.int32))
         if self.progress:
             jax.block_until_ready(new)  # its lines before the next call's
-        new = jax.tree.map(lambda a: a[: piece.size], new) if size > piece.size else new
+        new = _take(new, np.arange(piece.size)) if size > piece.size else new
         ran = np.asarray(new.result.train_state.epoch) - self.epochs()[piece]  # until the slowest member stops
         self.member_epochs += size * int(ran.max())
         self.calls += 1

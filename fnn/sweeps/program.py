@@ -49,6 +49,7 @@ from fnn.checks import check_int
 from fnn.distributed import resolve_devices, warn_unused_cores
 from fnn.fit import check_fit
 from fnn.loop import history_names
+from fnn.programs import device_array, host_array
 from fnn.sweeps.halving import Halving, run_rungs
 from fnn.sweeps.members import check_configurations, members
 from fnn.sweeps.population import Population
@@ -210,7 +211,7 @@ def populate(
     trainer = check_members(config, x, y, table, fit_kwargs, entry, devices, depth=3)
     chunk = _chunk_size(chunk_size, memory_budget, devices, len(table["seed"]), trainer, x, y, fit_kwargs)
     options, arrays = split_options(fit_kwargs)
-    return Population(config, trainer, jnp.asarray(x), jnp.asarray(y), table, options, arrays, chunk, devices)
+    return Population(config, trainer, device_array(x), device_array(y), table, options, arrays, chunk, devices)
 
 
 def check_members(
@@ -271,7 +272,7 @@ def split_options(fit_kwargs: dict) -> tuple[tuple, dict]:
     """fit's options split into static ones (a sorted, hashable tuple: part of the
     compiled program's key) and array-valued ones (traced data shared by every member)."""
     arrays = {
-        k: jnp.asarray(v, jnp.result_type(float)) if k in _SCALAR_OPTIONS else jax.tree.map(jnp.asarray, v)
+        k: host_array(v, float) if k in _SCALAR_OPTIONS else jax.tree.map(device_array, v)
         for k, v in fit_kwargs.items()
         if k in _ARRAY_OPTIONS and v is not None
     }
