@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import EPS32, assert_close_f32
 
 import fnn
 from fnn import check_grads
@@ -90,20 +91,30 @@ def case(name, dtype=np.float32):
     return layer, params, x, pads
 
 
+def conv_atol(layer, params, x, pads):
+    """The float32 tolerance of each output (tests/README.md): a sum of n = taps * in_channels
+    products and the bias, so (n + 1) eps times the same convolution of absolute values: the
+    worst case of two float32 sums in any order (the float64 reference rounds once more)."""
+    b = np.abs(params["b"]) if "b" in params else None
+    scale = numpy_conv(np.abs(x), np.abs(params["w"]), b, layer.strides, pads, layer.dilation)
+    return (math.prod(layer.kernel_size) * layer.in_channels + 1) * EPS32 * scale
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_conv_equals_the_definition_and_lax(name):
     layer, params, x, pads = case(name)
     y = layer.apply(params, x)
     expected = numpy_conv(x, params["w"], params.get("b"), layer.strides, pads, layer.dilation)
     assert y.dtype == jnp.float32 and y.shape == expected.shape
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)  # float32 rounding
+    atol = conv_atol(layer, params, x, pads)
+    assert_close_f32(y, expected, atol=atol)
     specs = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}[layer.rank]
     padding = "SAME" if CASES[name][2] == "same" else pads  # lax's own "SAME"
     lax = jax.lax.conv_general_dilated(
         x, params["w"], layer.strides, padding, rhs_dilation=layer.dilation, dimension_numbers=specs
     )
     bias = np.asarray(params["b"]) if layer.use_bias else 0.0
-    np.testing.assert_allclose(y, np.asarray(lax) + bias, rtol=1e-5, atol=1e-5)
+    assert_close_f32(y, np.asarray(lax) + bias, atol=atol)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -119,10 +130,11 @@ def test_conv_equals_pytorch(name):
     padded = torch.nn.functional.pad(xt, [p for pair in reversed(pads) for p in pair])
     yt = conv(padded, wt, bt, stride=layer.strides, dilation=layer.dilation).numpy()
     y = np.asarray(layer.apply(params, x)).transpose(to_first)  # to channels-first
-    np.testing.assert_allclose(y, yt, rtol=1e-5, atol=1e-5)
+    atol = conv_atol(layer, params, x, pads).transpose(to_first)
+    assert_close_f32(y, yt, atol=atol)
     if all(lo == hi for lo, hi in pads):  # PyTorch's own padding=p: what fnn's int padding means
         yt = conv(xt, wt, bt, stride=layer.strides, dilation=layer.dilation, padding=[lo for lo, _ in pads]).numpy()
-        np.testing.assert_allclose(y, yt, rtol=1e-5, atol=1e-5)
+        assert_close_f32(y, yt, atol=atol)
 
 
 def test_conv_gradients_match_finite_differences():
@@ -314,6 +326,6 @@ def test_conv_under_vmap_over_members_equals_each_member():
     ys = jax.vmap(layer.apply)(params, xs)
     for i in range(3):
         member = jax.tree.map(operator.itemgetter(i), params)
-        np.testing.assert_allclose(ys[i], layer.apply(member, xs[i]), rtol=1e-6, atol=1e-6)
+        assert_close_f32(ys[i], layer.apply(member, xs[i]), atol=conv_atol(layer, member, xs[i], [(1, 1)]))
     jaxpr = str(jax.make_jaxpr(jax.vmap(layer.apply))(params, xs))
     assert re.search(r"\bconv_general_dilated\b", jaxpr) is None and "dot_general" in jaxpr  # a batched matmul

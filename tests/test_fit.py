@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import EPS32
 
 import fnn
 from fnn.datasets import load_digits, load_fashion_mnist
@@ -264,7 +265,9 @@ def test_level_1_gives_the_bits_of_level_3(digits):
     run = lambda k: fnn.fit(tr, x[:300], y[:300], key=k, epochs=2, batch_size=BATCH)  # noqa: E731
     level = {n: jax.jit(run, compiler_options={"xla_backend_optimization_level": n})(0) for n in (1, 3)}
     chex.assert_trees_all_equal(level[1].train_state, level[3].train_state)
-    chex.assert_trees_all_close(level[1].history, level[3].history, rtol=1e-6, atol=0)
+    # The history's loss is a float32 mean over a batch of 50 positive terms per step (then
+    # float64 sums): in another order it moves by at most 50 eps relative; no cancellation.
+    chex.assert_trees_all_close(level[1].history, level[3].history, rtol=BATCH * EPS32, atol=0)
 
 
 def test_batchnorm_model_trains_and_evaluates_with_running_statistics(digits):

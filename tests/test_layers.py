@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import EPS32, assert_close_f32, assert_trees_close_f32, matmul_atol
 
 from fnn import init as init_lib
 from fnn.layers import (
@@ -52,14 +53,16 @@ def test_dense_shapes_and_values(batch):
     x = X[: int(np.prod(batch))].reshape(*batch, 3).astype(np.float32)
     y = layer.apply(params, x)
     chex.assert_shape(y, (*batch, 5))
-    np.testing.assert_allclose(y, x @ np.asarray(params["w"]) + np.arange(5.0), rtol=1e-6)
+    w, b = np.asarray(params["w"], np.float64), np.arange(5.0)
+    assert_close_f32(y, x @ w + b, atol=matmul_atol(x, w, b))  # a float32 matmul against float64
     assert layer.apply_train(params, x, state=())[1] == ()  # no state: passed through
 
 
 def test_dense_without_bias_and_with_named_initializers():
     params, _ = Dense(3, 5, use_bias=False).init(KEY)
     assert set(params) == {"w"}
-    np.testing.assert_allclose(Dense(3, 5, use_bias=False).apply(params, X), X @ np.asarray(params["w"]), rtol=1e-6)
+    w = np.asarray(params["w"], np.float64)
+    assert_close_f32(Dense(3, 5, use_bias=False).apply(params, X), X @ w, atol=matmul_atol(X, w))
     params, _ = Dense(3, 5, w_init="ones", b_init=init_lib.constant(0.5)).init(KEY)
     np.testing.assert_array_equal(params["w"], np.ones((3, 5)))
     np.testing.assert_array_equal(params["b"], np.full(5, 0.5))
@@ -200,9 +203,22 @@ def test_batchnorm_momentum_and_eps_may_be_traced_and_the_statistics_keep_their_
     values = [(0.9, 1e-3), (0.99, 1e-5)]
     swept = jax.vmap(train_and_evaluate)(*(jnp.asarray(v) for v in zip(*values)))
     chex.assert_type(jax.tree.leaves(swept), jnp.float32)
+    # Two float32 programs: each value rounds a batch mean over n = 16 rows (n + 1 roundings
+    # of terms up to mean|x|) and a few elementwise steps, so per feature |error| <= k * scale
+    # with k = (n + 8) eps and scale: mean|x| for a mean, the variance itself for a variance
+    # (its terms (x - mean)^2 are positive; their first-order change with the mean sums to
+    # 0), and (mean|x| + 2 |x - mean|) / sd for a normalized value (its numerator and sd).
+    h = np.asarray(x, np.float64)
+    mean, var, terms, k = h.mean(0), h.var(0), np.abs(h).mean(0), (len(h) + 8) * EPS32
     for i, (momentum, eps) in enumerate(values):  # the numbers of Python-number hyperparameters
-        member = jax.tree.map(operator.itemgetter(i), swept)
-        chex.assert_trees_all_close(member, train_and_evaluate(momentum, eps), rtol=1e-6, atol=1e-6)
+        member, alone = jax.tree.map(operator.itemgetter(i), swept), train_and_evaluate(momentum, eps)
+        (y, new, y_eval), (y_alone, new_alone, y_eval_alone) = member, alone
+        running_mean, running_var = (1 - momentum) * mean, momentum + (1 - momentum) * var  # from 0 and 1
+        assert_close_f32(y, y_alone, atol=k * (terms + 2 * np.abs(h - mean)) / np.sqrt(var + eps))
+        assert_close_f32(new["mean"], new_alone["mean"], atol=k * terms)
+        assert_close_f32(new["var"], new_alone["var"], atol=k * running_var)
+        normalized = (terms + 2 * np.abs(h - running_mean)) / np.sqrt(running_var + eps)
+        assert_close_f32(y_eval, y_eval_alone, atol=k * normalized)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -400,7 +416,10 @@ def test_equal_models_share_one_compiled_program():
     y_other_rate = forward(other_rate, params, state, X, KEY)
     assert len(traces) == 1  # one trace for equal models and for another dropout rate ...
     eager = other_rate.apply_train(params, X, state=state, key=KEY)[0]
-    np.testing.assert_allclose(y_other_rate, eager, rtol=1e-6)  # ... whose value the program did use
+    # ... whose value the program did use (another rate changes y by O(1)); compiled and op by
+    # op add up differently: k = 32 for the last Dense's 6 terms and the batch statistics
+    # over 8 rows before it (see test_vmap_over_init_keys_and_jit_of_apply)
+    assert_trees_close_f32(y_other_rate, eager, k=32)
     forward(mlp([3, 5, 2], batchnorm=True), params[:3] + params[4:], state[:3] + state[4:], X, KEY)
     assert len(traces) == 2  # a structural change traces again
 
@@ -420,17 +439,20 @@ def test_vmap_over_init_keys_and_jit_of_apply(name):
     params, state = jax.vmap(model.init)(keys)
     for i in range(3):  # each member is the model initialized from its own key
         p_i, s_i = model.init(keys[i])
-        chex.assert_trees_all_close(
-            jax.tree.map(operator.itemgetter(i), (params, state)), (p_i, s_i), rtol=1e-6, atol=1e-9
-        )
+        # elementwise transforms of the same random bits (lo + (hi - lo) u, ...): a few
+        # roundings of terms no larger than the leaf's largest value
+        assert_trees_close_f32(jax.tree.map(operator.itemgetter(i), (params, state)), (p_i, s_i), k=4)
     assert not np.allclose(params[0]["w"][0], params[0]["w"][1])
     p0, s0 = jax.tree.map(lambda a: a[0], (params, state))
     y = jax.jit(model.apply)(p0, X, state=s0)
     chex.assert_shape(y, (8, 2))
-    np.testing.assert_allclose(y, model.apply(p0, X, state=s0), rtol=1e-6)
+    # Compiled and op by op add up in other orders. Normwise per leaf, k = 32: the last Dense's
+    # 6 terms, plus up to ~24 eps in its input (sums of 3 terms, batch or layer statistics
+    # over 8 rows or 5 features, elementwise steps); a wrong layer or key is off by O(1).
+    assert_trees_close_f32(y, model.apply(p0, X, state=s0), k=32)
     y, new_state = jax.jit(model.apply_train)(p0, X, state=s0, key=KEY)
     chex.assert_shape(y, (8, 2))
-    chex.assert_trees_all_close((y, new_state), model.apply_train(p0, X, state=s0, key=KEY), rtol=1e-6, atol=1e-9)
+    assert_trees_close_f32((y, new_state), model.apply_train(p0, X, state=s0, key=KEY), k=32)
 
 
 def test_jax_rebuilds_layers_without_rerunning_their_checks():
