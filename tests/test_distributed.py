@@ -98,7 +98,9 @@ class Launched:
         for process in self.runs:
             if process.poll() is None:
                 process.kill()
-                process.communicate()
+            process.wait()
+            process.stdout.close()  # also those of runs no test read (an unclosed pipe is a
+            process.stderr.close()  # ResourceWarning, an error here, when collected)
 
 
 @pytest.fixture(scope="module")
