@@ -469,4 +469,5 @@ def plot(history, metrics, described):
 
 
 if __name__ == "__main__":
+    fnn.programs.use_compilation_cache()  # a re-run loads the programs this machine compiled before
     main()

@@ -18,7 +18,11 @@ points, one seed each). Two ways to pick a point, both on the validation split o
 
 Each method is timed from a cold start (``jax.clear_caches()`` first, so each pays all of
 its own compilations; the full sweep runs first), then all once more with their programs
-compiled (warm; ``--no-warm`` skips this). Member-epochs (the compute: per compiled call,
+compiled (warm; ``--no-warm`` skips this). Run as a script, the persistent compilation
+cache is on (``fnn.programs.use_compilation_cache``): from the second run of the script on,
+a cold start loads its programs from disk instead of compiling them (delete the cache
+folder, or point ``FNN_COMPILATION_CACHE`` at an empty one, to time compilation itself;
+``experiments/bench_compile.py`` measures both). Member-epochs (the compute: per compiled call,
 its padded members × the epochs its loop ran) come from ``SweepResult.member_epochs``.
 Then each selected configuration is retrained over ``--final-seeds`` new seeds in one
 plain ``fnn.sweep`` (each seed keeps its best-validation-epoch params), and only then is
@@ -488,4 +492,5 @@ def plot(history, halved_histories, halved, methods, summary, tested, args):
 
 
 if __name__ == "__main__":
+    fnn.programs.use_compilation_cache()  # a re-run loads the programs this machine compiled before
     main()

@@ -440,4 +440,5 @@ def plot(history, test_acc, args):
 
 
 if __name__ == "__main__":
+    fnn.programs.use_compilation_cache()  # a re-run loads the programs this machine compiled before
     main()

@@ -300,4 +300,5 @@ def plot(result, fixed_history, per_repeat, args):
 
 
 if __name__ == "__main__":
+    fnn.programs.use_compilation_cache()  # a re-run loads the programs this machine compiled before
     main()

@@ -328,5 +328,6 @@ def plot(results, args):
 
 
 if __name__ == "__main__":
+    fnn.programs.use_compilation_cache()  # a re-run loads the programs this machine compiled before
     fnn.distributed.use_cpu_cores()  # one CPU device per core: the sweeps train members on all of them
     main()
