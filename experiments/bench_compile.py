@@ -23,7 +23,8 @@ without scikit-learn), as in ``bench_sweep.py``:
   halving's cold-start ratio.
 
 Every workload runs with one CPU device and with one per core (``use_cpu_cores(n)``
-first), each device setting on a cache of its own.
+first), each workload and device setting on a cache of its own (a cold process compiles
+all of its programs).
 
 Usage: python experiments/bench_compile.py [--devices 1 2] [--cache DIR]
 """
@@ -130,10 +131,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         root = args.cache or Path(scratch)
         rows = {
-            (name, n, start): run_worker(name, n, root / f"devices-{n}")
+            (name, n, start): run_worker(name, n, root / f"{name.replace(' ', '-')}-{n}")
             for n in counts
-            for start in ("cold", "warm")
             for name in WORKLOADS
+            for start in ("cold", "warm")
         }
     print(f"fnn bench_compile: {load()[2]}; {fnn.distributed.cpu_cores()} CPU cores; jax {jax.__version__}\n")
     print("| workload | CPU devices | process | first call s | run s | first − run s | cache hits | misses |")

@@ -307,14 +307,15 @@ def _initial_state(
         return _check_train_state(trainer, train_state, epochs)
     if key is None:
         raise ValueError("key is required (an int seed or a jax.random key) unless train_state= is given")
-    key = as_key(key)
     if params is None:
         if model_state is not None:
             raise ValueError(
                 "model_state= goes with params= (a warm start); without params the model is initialized from key"
             )
-        return jax.eval_shape(trainer.init, key) if abstract else _init_program(trainer, key)
-    return trainer.init(key, params, model_state)
+        if abstract:  # the key too is only traced: no program runs
+            return jax.eval_shape(lambda: trainer.init(as_key(key)))
+        return _init_program(trainer, as_key(key))
+    return trainer.init(as_key(key), params, model_state)
 
 
 # The initial state as one compiled program (params drawn for every layer at once): run

@@ -157,9 +157,7 @@ def initial_loop(trainer: Trainer, state: TrainState, epochs: int, has_validatio
         diverged_step=minus_one,
         last_finite_loss=float_array(),
     )
-    return Loop(
-        result=result, best_value=float_array(-jnp.inf if maximize else jnp.inf), wait=jnp.asarray(0, jnp.int32)
-    )
+    return Loop(result=result, best_value=float_array(-jnp.inf if maximize else jnp.inf), wait=host_array(0, np.int32))
 
 
 def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Settings):

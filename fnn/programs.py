@@ -49,18 +49,21 @@ def jit_program(fn: Callable, static_argnames: tuple[str, ...]) -> Callable:
     The options are read at the first call (then the backend is known; importing fnn
     does not start it, so that ``fnn.distributed.use_cpu_cores`` can still set the number
     of CPU devices). JAX takes compiler options only on a top-level ``jit``: called inside
-    another trace (a user's ``jit`` or ``vmap`` of ``fit``), where some argument is a
-    tracer, the program is a plain ``jit`` and the outer program's options apply.
+    another trace (a user's ``jit`` or ``vmap`` of ``fit``, a sweep's program), where some
+    argument is a tracer, ``fn`` is traced into the outer program and its options apply: a
+    nested ``jit`` would be traced alone and then batched, twice the tracing of every run
+    a sweep compiles (tracing, not XLA, is most of what a process pays for a program that
+    the persistent cache holds).
     """
-    plain = jax.jit(fn, static_argnames=static_argnames)
     tuned = functools.cache(lambda: jax.jit(fn, static_argnames=static_argnames, compiler_options=compiler_options()))
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        nested = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
-        return (plain if nested else tuned())(*args, **kwargs)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+            return fn(*args, **kwargs)  # traced into the outer program once (a nested jit is traced, then batched)
+        return tuned()(*args, **kwargs)
 
-    call._cache_size = lambda: plain._cache_size() + tuned()._cache_size()  # type: ignore[attr-defined]  # as jit's
+    call._cache_size = lambda: tuned()._cache_size()  # type: ignore[attr-defined]  # as jit's
     return call
 
 

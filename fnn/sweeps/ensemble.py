@@ -41,9 +41,10 @@ from fnn import losses as losses_lib
 from fnn.checks import check_int
 from fnn.layers import Layer, check_params
 from fnn.layers.base import NoInitializer
-from fnn.programs import jit_program
+from fnn.programs import device_array, jit_program
 from fnn.pytree import pytree_dataclass, static_field
 from fnn.sweeps.members import check_configurations
+from fnn.sweeps.population import take
 from fnn.sweeps.table import SweepResult
 from fnn.train import Trainer
 
@@ -90,15 +91,14 @@ def ensemble(
     )
     points = table.groups()
     _check_members(config(**points[0][0]), stacked)
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = device_array(x), device_array(y)
     return [_score(config(**point), point, which, stacked, x, y, batch_size) for point, which in points]
 
 
 def _score(trainer: Trainer, point: dict, which: list[int], stacked: tuple, x, y, batch_size: int) -> dict[str, Any]:
     """One grid point's row: its members (``which``) scored together and alone."""
     link = output_link(trainer.loss)
-    index = jnp.asarray(which)
-    params, model_state = jax.tree.map(lambda a: a[index], stacked)
+    params, model_state = take(stacked, np.asarray(which))
     _averaged(trainer, link).check_data(params, model_state, x, y)
     together, alone = _scores(trainer, link, params, model_state, x, y, batch_size)
     names = ["loss", *(name for name, _ in trainer.metrics)]

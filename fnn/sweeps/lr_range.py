@@ -40,7 +40,7 @@ from fnn.batching import epoch_batches, num_steps
 from fnn.checks import as_key, check_int
 from fnn.distributed import member_sharding, warn_unused_cores
 from fnn.fit import check_fit
-from fnn.programs import jit_program
+from fnn.programs import device_array, host_array, jit_program
 from fnn.sweeps.members import check_configurations
 from fnn.train import Trainer
 
@@ -124,14 +124,12 @@ def lr_range(
     trainer = check_configurations(config, {"lr": rates, "seed": np.zeros(rates.size, dtype=int)})
     check_fit(trainer, x, y, key=key, epochs=1, batch_size=batch_size, validation=validation)
     warn_unused_cores("fnn.lr_range", devices)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    x_eval, y_eval = (x, y) if validation is None else tuple(jnp.asarray(a) for a in validation)
+    x, y = device_array(x), device_array(y)
+    x_eval, y_eval = (x, y) if validation is None else tuple(device_array(a) for a in validation)
     sharding = member_sharding(devices, rates.size)
     multiple = 1 if sharding is None else sharding.num_devices
     padded = np.concatenate([rates, np.repeat(rates[-1:], -rates.size % multiple)])
-    members = jnp.asarray(padded, jnp.result_type(float))
-    if sharding is not None:
-        members = jax.device_put(members, sharding)
+    members = jax.device_put(host_array(padded, float), sharding)
     losses = _range_test(config, steps, batch_size, x, y, x_eval, y_eval, members, as_key(key))
     losses = np.asarray(losses, dtype=float)[: rates.size]
     losses = np.where(np.isfinite(losses), losses, np.inf)

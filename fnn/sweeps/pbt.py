@@ -32,7 +32,7 @@ from jax.typing import ArrayLike
 from fnn.checks import as_key, check_int
 from fnn.distributed import member_sharding, resolve_devices
 from fnn.loop import Loop, history_names, run_epochs
-from fnn.programs import jit_program
+from fnn.programs import device_array, jit_program
 from fnn.sweeps.members import grid_points
 from fnn.sweeps.population import member_run, place
 from fnn.sweeps.program import check_members, reporting, split_options
@@ -150,7 +150,7 @@ def pbt(
     sharding = member_sharding(_dividing(devices, size), size)
     with reporting(fit_kwargs):
         out = _program(
-            config, options, spec, jnp.asarray(x), jnp.asarray(y), arrays, place(table, sharding), as_key(key)
+            config, options, spec, device_array(x), device_array(y), arrays, place(table, sharding), as_key(key)
         )
     results, trajectory, parents, scores = jax.device_get(out)
     return PBTResult(

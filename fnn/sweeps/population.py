@@ -67,9 +67,9 @@ advance = jit_program(_advance, ("config", "options"))
 
 
 @jax.jit
-def _take(loops: Loop, index) -> Loop:
-    """The carries of members ``index`` ([k] ints): every leaf's rows ``index``."""
-    return jax.tree.map(lambda a: a[index], loops)
+def take(tree, index):
+    """The members ``index`` ([k] ints) of a stacked pytree (carries, params): every leaf's rows ``index``."""
+    return jax.tree.map(lambda a: a[index], tree)
 
 
 @jax.jit
@@ -164,15 +164,15 @@ class Population:
         padded = np.concatenate([piece, np.repeat(piece[-1:], size - piece.size)])
         sharding = member_sharding(self._devices, size)
         members = place({k: v[padded] for k, v in self.table.items()}, sharding)
-        loops = None if self.loops is None else _take(self.loops, padded)
+        loops = None if self.loops is None else take(self.loops, padded)
         if loops is not None and sharding is not None:
             loops = jax.device_put(loops, sharding)
         if self.progress:
             progress_lib.start(members=piece.size, label=label, restart_clock=False)
-        new = self._program(members, loops, jnp.asarray(end, jnp.int32))
+        new = self._program(members, loops, np.int32(end))
         if self.progress:
             jax.block_until_ready(new)  # its lines before the next call's
-        new = _take(new, np.arange(piece.size)) if size > piece.size else new
+        new = take(new, np.arange(piece.size)) if size > piece.size else new
         ran = np.asarray(new.result.train_state.epoch) - self.epochs()[piece]  # until the slowest member stops
         self.member_epochs += size * int(ran.max())
         self.calls += 1

@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -264,7 +263,7 @@ def _chunk_size(chunk_size, memory_budget, devices, n: int, trainer: Trainer, x,
     per_member = memory_lib.member_bytes(
         trainer, x, y, batch_size=fit_kwargs["batch_size"], epochs=epochs, history_entries=entries
     )
-    shared = memory_lib.nbytes((jnp.asarray(x), jnp.asarray(y), fit_kwargs.get("validation")))
+    shared = memory_lib.nbytes((host_array(x), host_array(y), fit_kwargs.get("validation")))
     return memory_lib.chunk_for_budget(per_member, shared, int(budget), n, used)
 
 
