@@ -108,6 +108,42 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_whole(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` if it is a whole number >= ``minimum``, else raise.
+
+    For counts that are not structural, where ``2e9`` reads naturally (a byte budget):
+    a Python or NumPy int, or a Python or NumPy float with no fractional part.
+
+    Raises:
+      ValueError: naming ``name``, for a bool, a non-number, a fraction, inf or NaN, or a
+        value below ``minimum``.
+    """
+    whole = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and bool(np.isfinite(value)) and float(value).is_integer()
+    )
+    if isinstance(value, (bool, np.bool_)) or not whole:
+        raise ValueError(f"{name} must be a whole number (an int, or a float such as 2e9); got {_describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value, low=None, high=None, *, low_open=False, high_open=False) -> float:
+    """Return ``value`` as a ``float`` if it is a real scalar in the interval, else raise.
+
+    For static options read on the host (a fraction of a population, say): a Python or
+    NumPy int or float (``np.float32(0.25)`` as ``0.25``); arrays, tracers and bools are
+    refused. The interval as for :func:`check_in_range`.
+
+    Raises:
+      ValueError: naming ``name``, for another kind or a value outside the interval.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a real number (a Python or NumPy scalar); got {_describe(value)}")
+    check_in_range(name, float(value), low, high, low_open=low_open, high_open=high_open)
+    return float(value)
+
+
 def check_finite(name: str, value):
     """Raise ``ValueError`` if a concrete array holds NaN or inf (skipped when traced)."""
     v = _host_value(value)

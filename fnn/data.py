@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from fnn.checks import check_finite, check_in_range, check_int, is_concrete
+from fnn.checks import as_key, check_finite, check_in_range, check_int, is_concrete
 
 __all__ = ["Dataset", "train_test_split", "standardize", "one_hot", "prepare_images"]
 
@@ -45,7 +45,8 @@ def train_test_split(
     read only once, after selection.
 
     Args:
-      key: a ``jax.random`` key; the same key gives the same split.
+      key: an int seed or a ``jax.random`` key (typed or raw, as ``fnn.fit`` takes it);
+        the same key gives the same split.
       x, y: arrays (NumPy or JAX) with the same number of examples on axis 0.
       test_fraction: a Python number in (0, 1); the held-out part has
         ``round(test_fraction * n)`` examples, which must leave both parts non-empty.
@@ -63,10 +64,12 @@ def train_test_split(
       NumPy out).
 
     Raises:
-      ValueError: for a ``test_fraction`` outside (0, 1) or leaving a part empty, ``x``
+      ValueError: for a ``key`` that is neither an int seed nor a key, a ``test_fraction``
+        outside (0, 1) or leaving a part empty, ``x``
         and ``y`` of different lengths, or ``stratify`` that is not a 1-D array of
         ``n`` class labels.
     """
+    key = as_key(key)
     if not is_concrete(test_fraction):
         raise ValueError("test_fraction must be a concrete Python number: it sets the split sizes")
     check_in_range("test_fraction", test_fraction, 0, 1, low_open=True, high_open=True)

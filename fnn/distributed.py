@@ -58,6 +58,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fnn.checks import check_bool
+
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
@@ -336,11 +338,11 @@ def process_shard(
       n_examples: the number of examples (>= 0).
       process_index: which process (default ``jax.process_index()``).
       process_count: how many processes (default ``jax.process_count()``).
-      drop_remainder: equal shards, dropping the ``n % count`` examples at the end.
+      drop_remainder: equal shards, dropping the ``n % count`` examples at the end (a bool).
     Returns:
       a ``slice`` to index the example axis with.
     Raises:
-      ValueError: naming the argument that is out of range.
+      ValueError: naming the argument that is out of range or of another kind.
     """
     count = jax.process_count() if process_count is None else process_count
     index = jax.process_index() if process_index is None else process_index
@@ -349,6 +351,7 @@ def process_shard(
             raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < count:
         raise ValueError(f"process_index must be an int in [0, {count}); got {index!r}")
+    drop_remainder = check_bool("drop_remainder", drop_remainder)
     size, extra = divmod(int(n_examples), int(count))
     if drop_remainder:
         return slice(index * size, (index + 1) * size)

@@ -188,10 +188,11 @@ class Trainer:
         """Eager checks of a dataset against the model and the loss, before any tracing.
 
         x must be a non-empty floating array [n, ...] of finite values that the model
-        accepts; y must have n rows of the targets the loss declares
-        (:func:`fnn.losses.check_targets`), and the loss must accept the model's output
-        with them (abstract evaluation: nothing is computed). Value checks are skipped
-        for traced arrays.
+        accepts, giving one output row per example (checked for 1 and 2 examples; x of
+        shape [n] has no feature axis: a model of 1 input takes ``x[:, None]``); y must
+        have n rows of the targets the loss declares (:func:`fnn.losses.check_targets`),
+        and the loss must accept the model's output with them (abstract evaluation:
+        nothing is computed). Value checks are skipped for traced arrays.
 
         Args:
           params, model_state: the model's parameters and state (their shapes only).
@@ -216,18 +217,40 @@ class Trainer:
                 "(scale integer pixels with fnn.prepare_images)"
             )
         check_finite(name_x, x)
-        try:
-            out = jax.eval_shape(lambda p, s, xb: self.model.apply(p, xb, state=s), params, model_state, _one_row(x))
-        except ValueError as error:
-            raise ValueError(f"{name_x} of shape {jnp.shape(x)} does not fit the model: {error}") from None
+        out = self._output(params, model_state, x, name_x)
         losses_lib.check_targets(self.loss, name_y, y, tuple(out.shape[1:]))
         try:
-            jax.eval_shape(lambda o, t: self.loss(o, t, None), out, _one_row(y))
+            jax.eval_shape(lambda o, t: self.loss(o, t, None), out, _rows(y, 1))
         except (ValueError, TypeError) as error:
             raise ValueError(
                 f"{name_y} of shape {jnp.shape(y)} does not fit the loss for the model's output: {error}"
             ) from None
         return tuple(out.shape[1:])
+
+    def _output(self, params: Any, model_state: Any, x: jax.Array, name_x: str) -> jax.ShapeDtypeStruct:
+        """The model's output for ``x[:1]`` (abstract), once it is known to map [b, ...] to
+        [b, ...] for b = 1 and 2; a ValueError names ``name_x``, its shape and, for rank 1,
+        the missing feature axis."""
+        hint = (
+            f"; {name_x} has rank 1 (one number per example, no feature axis): a model of 1 input takes "
+            f"{name_x}[:, None], of shape ({jnp.shape(x)[0]}, 1)"
+            if jnp.ndim(x) == 1
+            else ""
+        )
+        apply = lambda rows: jax.eval_shape(  # noqa: E731
+            lambda p, s, xb: self.model.apply(p, xb, state=s), params, model_state, _rows(x, rows)
+        )
+        try:
+            outs = [apply(1), apply(2)]
+        except ValueError as error:
+            raise ValueError(f"{name_x} of shape {jnp.shape(x)} does not fit the model: {error}{hint}") from None
+        one, two = (tuple(out.shape) for out in outs)
+        if one[:1] != (1,) or two != (2, *one[1:]):
+            raise ValueError(
+                f"{name_x} of shape {jnp.shape(x)} does not fit the model: its output must have one row per example "
+                f"([batch, ...]); for 1 and 2 examples it has shapes {one} and {two}{hint}"
+            )
+        return outs[0]
 
     def evaluate(
         self, params: Any, model_state: Any, x: ArrayLike, y: ArrayLike, batch_size: int = 1024
@@ -263,6 +286,6 @@ class Trainer:
         return jax.tree.map(lambda t: t / n, totals)
 
 
-def _one_row(a) -> jax.ShapeDtypeStruct:
-    """The shape and dtype of ``a[:1]``, for abstract evaluation (no program runs)."""
-    return jax.ShapeDtypeStruct((1, *jnp.shape(a)[1:]), jnp.result_type(a))
+def _rows(a, rows: int) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of ``rows`` examples of ``a``, for abstract evaluation (no program runs)."""
+    return jax.ShapeDtypeStruct((rows, *jnp.shape(a)[1:]), jnp.result_type(a))

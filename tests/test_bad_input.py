@@ -1,13 +1,14 @@
 """Bad input gets a clear error at every door: one table of calls, each row the call, the
 exception type and a phrase its message must contain.
 
-The doors: ``fit``, ``sweep`` (which traces ``fit`` inside, so it must check first),
-``Trainer.evaluate``, the optimizer / layer / schedule / regularizer constructors and
-``checkpoint.restore``. Sweep rows also assert that nothing was compiled: the sweep's
-program is never called.
+The doors: ``fit``, ``sweep`` and ``pbt`` (which trace ``fit`` inside, so they must check
+first), ``Trainer.evaluate``, the optimizer / layer / schedule / regularizer constructors,
+the data and process-sharding helpers and ``checkpoint.restore``. Sweep and PBT rows also
+assert that nothing was compiled: their program is never called.
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import checkpoint, schedules
+from fnn import checkpoint, distributed, schedules
 from fnn.datasets import load_digits
+
+pbt_lib = importlib.import_module("fnn.sweeps.pbt")  # the module; fnn.sweeps.pbt is the function
 
 N, BATCH = 300, 50
 
@@ -66,6 +69,26 @@ FIT = [
     ("NaN in x", lambda x, y: fit(np.where(np.arange(64) == 3, np.nan, x).astype(np.float32), y), "x holds"),
     ("x rank", lambda x, y: fit(x[:, :, None], y), "x of shape (300, 64, 1) does not fit the model"),
     ("x features", lambda x, y: fit(x[:, :63], y), "does not fit the model"),
+    (
+        "x rank 1, 1-input model",
+        lambda x, y: fit(x[:, 0], y, trainer(fnn.mlp([1, 16, 10]))),
+        "x of shape (300,) does not fit the model: Dense(1, 16) expects",
+    ),
+    (
+        "x rank 1, named",
+        lambda x, y: fit(x[:, 0], y, trainer(fnn.mlp([1, 16, 10]))),
+        "x has rank 1 (one number per example, no feature axis): a model of 1 input takes x[:, None]",
+    ),
+    (
+        "validation x rank 1",
+        lambda x, y: fit(x[:, :1], y, trainer(fnn.mlp([1, 16, 10])), validation=(x[:5, 0], y[:5])),
+        "validation must be (x_val, y_val) with x_val of shape [m, 1]",
+    ),
+    (
+        "output without a row per example",
+        lambda x, y: fit(x, y, trainer(lambda p, xb: jnp.sum(xb, axis=0) @ p), params=jnp.zeros((64, 10), jnp.float32)),
+        "its output must have one row per example ([batch, ...]); for 1 and 2 examples it has shapes (10,) and (10,)",
+    ),
     # float64 data for a float32 model: an error under strict dtype promotion (set by tests/conftest.py)
     ("x float64", lambda x, y: fit(x.astype(np.float64), y), "x of shape (300, 64) does not fit the model"),
     ("float labels", lambda x, y: fit(x, y.astype(np.float32)), "integer class labels"),
@@ -239,7 +262,11 @@ SWEEP = [
         lambda x, y: sweep(x, y, chunk_size="auto", memory_budget=1000),
         "more than the memory budget of",
     ),
-    ("memory_budget float", lambda x, y: sweep(x, y, chunk_size="auto", memory_budget=1e9), "memory_budget must be"),
+    (
+        "memory_budget fraction",
+        lambda x, y: sweep(x, y, chunk_size="auto", memory_budget=1e9 + 0.5),
+        "memory_budget must be",
+    ),
 ]
 
 EVALUATE = [
@@ -249,6 +276,72 @@ EVALUATE = [
     ("labels out of range", lambda x, y: trainer().evaluate(PARAMS, STATE, x, y + 10), "y must lie in [0, 10)"),
     ("NaN in x", lambda x, y: trainer().evaluate(PARAMS, STATE, np.full_like(x, np.nan), y), "x holds"),
     ("empty x", lambda x, y: trainer().evaluate(PARAMS, STATE, x[:0], y[:0]), "x must be a non-empty array"),
+    ("x rank 1", lambda x, y: trainer().evaluate(PARAMS, STATE, x[:, 0], y), "x has rank 1"),
+]
+
+
+def pbt(x, y, **change):
+    arguments = dict(population={"lr": [1e-2, 1e-3]}, interval=1, hyperparameters=["lr"], epochs=2, batch_size=BATCH)
+    return fnn.pbt(config, x, y, **(arguments | change))
+
+
+PBT = [
+    ("population empty", lambda x, y: pbt(x, y, population={"lr": []}), "population['lr'] must list at least one"),
+    (
+        "population lengths",
+        lambda x, y: pbt(x, y, population={"lr": [1e-2, 1e-3], "dropout": [0.1]}),
+        "population arrays must have equal lengths (one value per member); got {'lr': 2, 'dropout': 1}",
+    ),
+    ("bounds a list", lambda x, y: pbt(x, y, bounds=["lr"]), "bounds must be a dict {name: (low, high)} or None"),
+    ("fraction array", lambda x, y: pbt(x, y, fraction=np.array([0.25])), "fraction must be a real number"),
+    ("fraction 0.75", lambda x, y: pbt(x, y, fraction=np.float32(0.75)), "fraction must lie in (0, 0.5]"),
+    ("interval = epochs", lambda x, y: pbt(x, y, interval=2), "interval must be < epochs"),
+    ("interval > epochs", lambda x, y: pbt(x, y, interval=5), "interval=5 with epochs=2 would never exploit"),
+    (
+        "dropout past 1",
+        lambda x, y: pbt(
+            x, y, population={"dropout": [0.5, 0.9]}, hyperparameters=["dropout"], epochs=4, perturb=(1.25,)
+        ),
+        "exploring can take 'dropout' to 1.758",
+    ),
+    (
+        "dropout bound 1",
+        lambda x, y: pbt(
+            x, y, population={"dropout": [0.5, 0.9]}, hyperparameters=["dropout"], bounds={"dropout": (0, 1)}
+        ),
+        "rate must lie in [0.0, 1.0); got 1.0; give bounds={'dropout': (low, high)}",
+    ),
+    ("labels out of range", lambda x, y: pbt(x, np.full(N, 10, np.int32)), r"y must lie in [0, 10)"),
+]
+
+FUNCTIONS = [
+    ("halving eta 0", lambda: fnn.halving(2, eta=0), "eta must be >= 2; got 0"),
+    ("halving eta 1", lambda: fnn.halving(2, eta=1), "eta must be >= 2; got 1"),
+    (
+        "train_test_split key string",
+        lambda: fnn.train_test_split("seed", np.zeros((10, 2)), np.zeros(10), 0.3),
+        "key must be an int seed or a jax.random key",
+    ),
+    (
+        "train_test_split key float",
+        lambda: fnn.train_test_split(0.5, np.zeros((10, 2)), np.zeros(10), 0.3),
+        "key must be an int seed or a jax.random key",
+    ),
+    (
+        "process_shard drop_remainder string",
+        lambda: distributed.process_shard(10, 0, 3, drop_remainder="no"),
+        "drop_remainder must be a bool (True or False); got 'no' (str)",
+    ),
+    (
+        "shard_for_process drop_remainder 0",
+        lambda: distributed.shard_for_process(np.zeros(10), 0, 3, drop_remainder=0),
+        "drop_remainder must be a bool",
+    ),
+    (
+        "GlobalAvgPool of nothing",
+        lambda: fnn.GlobalAvgPool().apply((), jnp.zeros((2, 0, 3), jnp.float32)),
+        "GlobalAvgPool expects input x of shape [batch, *spatial, channels] (rank >= 3, every spatial size >= 1)",
+    ),
 ]
 
 CONSTRUCTORS = [
@@ -346,7 +439,18 @@ def test_sweep_refuses_before_compiling(data, call, match, monkeypatch):
     assert match in str(info.value)
 
 
-@pytest.mark.parametrize("call, match", rows(CONSTRUCTORS, "constructor"))
+@pytest.mark.parametrize("call, match", rows(PBT, "pbt"))
+def test_pbt_refuses_before_compiling(data, call, match, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the pbt program ran although the input is bad")
+
+    monkeypatch.setattr(pbt_lib, "_program", never)
+    with pytest.raises(ValueError) as info:
+        call(*data)
+    assert match in str(info.value)
+
+
+@pytest.mark.parametrize("call, match", rows(CONSTRUCTORS, "constructor") + rows(FUNCTIONS, "function"))
 def test_constructors_refuse(call, match):
     with pytest.raises(ValueError) as info:
         call()

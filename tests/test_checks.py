@@ -164,3 +164,30 @@ EXAMPLES = [
 def test_examples_raise_value_error_with_the_documented_message(build, message):
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         build()
+
+
+def test_check_whole_takes_whole_floats_as_ints():
+    """A byte budget of 2e9 is a count: a whole float passes as an int; a fraction, inf,
+    NaN, a bool or a string does not, and the message names the argument."""
+    for value, expected in ((2e9, 2_000_000_000), (np.float32(4.0), 4), (np.int64(5), 5), (7, 7)):
+        got = checks.check_whole("memory_budget", value)
+        assert type(got) is int and got == expected
+    for value in (2.5, float("inf"), float("nan"), True, np.bool_(True), "2e9", None, np.array([2.0])):
+        with pytest.raises(ValueError, match="^memory_budget must be a whole number"):
+            checks.check_whole("memory_budget", value)
+    with pytest.raises(ValueError, match="memory_budget must be >= 1; got 0.0"):
+        checks.check_whole("memory_budget", 0.0)
+
+
+def test_check_number_takes_numpy_scalars_as_python_floats():
+    """np.float32(0.25) is 0.25 as np.float64(0.25) is (the latter subclasses float, the
+    former does not); arrays and bools are refused, the interval is checked."""
+    for value in (0.25, np.float32(0.25), np.float64(0.25), np.float16(0.25)):
+        got = checks.check_number("fraction", value, 0, 0.5, low_open=True)
+        assert type(got) is float and got == 0.25
+    assert checks.check_number("fraction", np.int8(0), 0, 0.5) == 0.0
+    for value in (np.array(0.25), jnp.asarray(0.25), True, "0.25", None):
+        with pytest.raises(ValueError, match="^fraction must be a real number"):
+            checks.check_number("fraction", value, 0, 0.5)
+    with pytest.raises(ValueError, match=re.escape("fraction must lie in (0, 0.5]; got 0.75")):
+        checks.check_number("fraction", np.float32(0.75), 0, 0.5, low_open=True)

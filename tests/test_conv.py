@@ -187,6 +187,22 @@ def test_sizes_are_normalized_and_equal_layers_hash_alike():
     assert jax.tree.leaves(Conv2D(2, 3, 3)) == []  # every field is structural: static
 
 
+def test_numpy_ints_are_sizes_as_python_ints():
+    """NumPy ints (from a shape or a config file) pass as channel counts and as sizes alike,
+    stored as Python ints: the same layer, hash and compiled program as with Python ints."""
+    i = np.int64
+    layer = Conv1D(i(2), i(3), kernel_size=i(3), strides=i(2), padding=i(1), dilation=np.int32(1))
+    assert layer == Conv1D(2, 3, 3, strides=2, padding=1) and hash(layer) == hash(Conv1D(2, 3, 3, strides=2, padding=1))
+    assert all(type(v) is int for v in (layer.in_channels, *layer.kernel_size, *layer.strides, *layer.padding[0]))
+    assert Conv2D(2, 3, (i(3), i(1)), padding=[i(1), (i(0), i(2))]).padding == ((1, 1), (0, 2))
+    assert MaxPool2D(i(2)).window == (2, 2) and type(MaxPool2D(i(2)).window[0]) is int
+    assert fnn.Reshape((i(4), i(-1))).shape == (4, -1)
+    with pytest.raises(ValueError, match="kernel_size must be an int"):
+        Conv1D(2, 3, np.float64(3.0))
+    with pytest.raises(ValueError, match="kernel_size must be an int"):
+        Conv1D(2, 3, np.bool_(True))
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 

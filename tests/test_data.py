@@ -46,6 +46,20 @@ def test_split_depends_only_on_the_key():
     assert raw.y_test.shape == (15,)
 
 
+def test_split_takes_an_int_seed_as_fit_does():
+    """key=1 is jax.random.key(1) (and its raw form), also stratified; other kinds are
+    refused by name (JAX's own TypeError is not an answer)."""
+    x, y = toy()
+    seeded, typed = train_test_split(1, x, y, 0.3), train_test_split(jax.random.key(1), x, y, 0.3)
+    np.testing.assert_array_equal(seeded.y_test, typed.y_test)
+    np.testing.assert_array_equal(seeded.y_test, train_test_split(jax.random.PRNGKey(1), x, y, 0.3).y_test)
+    stratified = train_test_split(np.int64(1), x, y, 0.3, stratify=y)
+    np.testing.assert_array_equal(stratified.y_test, train_test_split(jax.random.key(1), x, y, 0.3, stratify=y).y_test)
+    for key in ("1", 1.0, None):
+        with pytest.raises(ValueError, match="key must be an int seed or a jax.random key"):
+            train_test_split(key, x, y, 0.3)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, float("nan")])
 def test_split_rejects_fraction_outside_open_interval(fraction):
     with pytest.raises(ValueError, match="test_fraction"):

@@ -187,6 +187,21 @@ def test_an_ensemble_of_8_digits_mlps_beats_its_members_mean(digits, swept):
         assert row["loss"] < row["member_mean_loss"], row
 
 
+def test_diverged_members_are_left_out_and_counted(digits, swept):
+    """Seeds 0-3 of lr 1e-2 and every seed of lr 3e-3 marked as diverged: the first grid
+    point is the ensemble of seeds 4-7 (the same program as a table of those four alone:
+    bit-identical), the second has no ensemble (NaN), and each row counts what it left out."""
+    diverged = np.array([True] * 4 + [False] * 4 + [True] * 8)
+    marked = swept._replace(results=swept.results._replace(diverged=diverged))
+    first, second = ensemble(digits_config, marked, *digits[2])
+    pick = lambda tree: jax.tree.map(lambda a: a[4:8], tree)  # noqa: E731
+    alone = swept._replace(hyperparameters=pick(swept.hyperparameters), results=pick(swept.results))
+    [expected] = ensemble(digits_config, alone, *digits[2])
+    assert first == expected | {"diverged": 4}
+    assert (second["lr"], second["members"], second["diverged"]) == (3e-3, 0, 8)
+    assert all(np.isnan(second[k]) for k in ("loss", "accuracy", "member_mean_loss", "member_mean_accuracy"))
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 

@@ -105,6 +105,25 @@ def test_ties_go_to_the_lower_member_index(data, options):
     assert table.rung.tolist() == [2, 1, 0, 0]  # identical members: 4 -> 2 -> 1 by index
 
 
+def test_a_diverged_member_never_reaches_a_rung_it_did_not_train_in(data, options):
+    """lr 1e6 diverges at its second update (loss above the threshold). With 4 members and
+    eta 2, rung 0 keeps member 0 and, ranked last but filling the second place, member 1,
+    which cannot train on: it stays at rung 0. When every member diverges (threshold 1e-3:
+    at the first update), every member stays at rung 0: no finalist that never trained."""
+    halving = fnn.halving(rung_epochs=1, eta=2)
+    table = fnn.sweep(
+        config, *data[:2], grid={"lr": [1e-2] + [1e6] * 3}, schedule=halving, divergence_threshold=100.0, **options
+    )
+    assert table.results.diverged.tolist() == [False, True, True, True]
+    assert table.rung.tolist() == [2, 0, 0, 0]  # kept or not, the diverged members stopped at rung 0
+    assert [row["rung"] for row in table.rows()] == [2, 0, 0, 0]
+    every = fnn.sweep(
+        config, *data[:2], grid={"lr": [1e-2] * 4}, schedule=halving, divergence_threshold=1e-3, **options
+    )
+    assert all(every.results.diverged) and every.rung.tolist() == [0, 0, 0, 0]
+    assert every.calls == 1  # nothing ran after rung 0
+
+
 def test_rank_by_accuracy_is_maximized(data, options, grid):
     table = fnn.sweep(
         config, *data[:2], grid=grid, schedule=fnn.halving(rung_epochs=2, eta=3, monitor="val_accuracy"), **options
@@ -172,7 +191,8 @@ def test_bad_input_is_refused_before_compiling(data, options, grid, change, matc
     [
         (dict(rung_epochs=0), "rung_epochs"),
         (dict(rung_epochs=2.5), "rung_epochs"),
-        (dict(rung_epochs=2, eta=1), "eta must be an int >= 2"),
+        (dict(rung_epochs=2, eta=1), "eta must be >= 2; got 1"),
+        (dict(rung_epochs=2, eta=0), "eta must be >= 2; got 0"),  # not ">= 1": 1 is refused too
         (dict(rung_epochs=2, monitor=3), "monitor must be"),
     ],
 )

@@ -116,6 +116,15 @@ def test_dropout_training_drops_rate_and_scales_kept(rate, dtype):
     assert abs(ratio - 1) < 5 * np.sqrt(rate / (1 - rate) / x.size)
 
 
+def test_dropout_of_integer_input_scales_in_float32():
+    """A kept uint8 200 at rate 0.5 is 400, which uint8 would wrap to 144: float32 in both modes."""
+    x = jnp.full((4, 64), 200, jnp.uint8)
+    y, _ = Dropout(0.5).apply_train((), x, key=KEY)
+    assert y.dtype == jnp.float32 and set(np.unique(np.asarray(y)).tolist()) == {0.0, 400.0}
+    evaluated = Dropout(0.5).apply((), x)
+    assert evaluated.dtype == jnp.float32 and np.all(np.asarray(evaluated) == 200.0)
+
+
 def test_dropout_mask_depends_only_on_the_key():
     _, a = dropped_and_kept(0.5)
     _, b = dropped_and_kept(0.5)
@@ -242,6 +251,25 @@ def test_batchnorm_rejects_bad_shapes_and_configuration():
 
 
 # --- LayerNorm ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [LayerNorm(2), BatchNorm(2)], ids=["LayerNorm", "BatchNorm"])
+@pytest.mark.parametrize("train", [False, True])
+def test_norms_of_integer_and_bool_input_are_those_of_its_float32_values(layer, train):
+    """uint8 pixels and a bool mask are normalized as their float32 values (not in their
+    own dtype, and without mixing dtypes: strict promotion would refuse uint8 - float32)."""
+    params, state = layer.init(KEY)
+    for x in (np.array([[200, 100], [50, 250]], np.uint8), np.array([[True, False], [True, True]])):
+        as_float = x.astype(np.float32)
+        if train:
+            got, expected = (
+                layer.apply_train(params, x, state=state)[0],
+                layer.apply_train(params, as_float, state=state)[0],
+            )
+        else:
+            got, expected = layer.apply(params, x, state=state), layer.apply(params, as_float, state=state)
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_layernorm_normalizes_each_example():

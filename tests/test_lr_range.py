@@ -16,7 +16,7 @@ import pytest
 import fnn
 from fnn.batching import epoch_batches
 from fnn.datasets import load_digits
-from fnn.sweeps.lr_range import lr_range, smooth, suggest
+from fnn.sweeps.lr_range import LRRangeResult, lr_range, smooth, suggest
 
 lr_range_module = importlib.import_module("fnn.sweeps.lr_range")  # the module; fnn.sweeps.lr_range is the function
 
@@ -182,3 +182,19 @@ def test_smoothing_is_a_centered_moving_average_and_keeps_divergence():
     np.testing.assert_allclose(smooth(losses, window=3)[:4], [4.5, 4.0, 3.0, 2.0])  # an end: the neighbours it has
     assert np.isinf(smooth(losses, window=3)[4:]).all()
     np.testing.assert_allclose(smooth(losses[:5]), [4.0, 3.5, 3.0, 2.5, 2.0])  # window 5
+
+
+def test_no_suggestion_says_why():
+    """On a coarse grid a diverged rate's +inf reaches every window above the smallest
+    rate: no suggestion, and the summary says so (use a finer grid), not "try smaller
+    rates", which is the advice only when the smoothed loss rises from the smallest rate."""
+    lrs = np.array([1e-3, 1e-2, 1e-1, 1.0])
+    coarse = np.array([2.0, 1.0, 0.5, np.inf])  # descending, then diverged
+    smoothed = smooth(coarse)
+    assert np.isfinite(smoothed[0]) and np.isinf(smoothed[1:]).all() and np.isnan(suggest(lrs, smoothed))
+    summary = LRRangeResult(lrs, coarse, smoothed, suggest(lrs, smoothed), 10).summary()
+    assert "the rate 1 diverged" in summary and "use more rates below 1 (a finer grid)" in summary
+    assert "try smaller rates" not in summary
+    rising = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
+    summary = LRRangeResult(np.logspace(-4, 0, 5), rising, smooth(rising), np.nan, 10).summary()
+    assert summary.endswith("no suggestion: the smoothed loss is lowest at the smallest rate; try smaller rates")

@@ -85,16 +85,72 @@ def test_a_copy_gets_a_fresh_key(data, options):
     assert run.hyperparameters["lr"][1, child] == run.hyperparameters["lr"][0, parent]
 
 
-def test_one_interval_is_a_plain_sweep(data, options):
+def test_the_first_interval_is_a_plain_sweep(data, options):
+    """Until the first exploit every member trains as a sweep member would; at the end,
+    each member holds the first-interval history of the member its lineage started from."""
     seeds = np.zeros(SIZE, dtype=int)  # a sweep's grid points share seed 0
     run = fnn.pbt(
-        config, *data[:2], population={"lr": LRS}, interval=EPOCHS, hyperparameters=["lr"], seeds=seeds, **options
+        config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], seeds=seeds, **options
     )
-    table = fnn.sweep(config, *data[:2], grid={"lr": LRS}, **options)
+    table = fnn.sweep(config, *data[:2], grid={"lr": LRS}, **options | dict(epochs=INTERVAL))
+    np.testing.assert_allclose(run.scores[0], np.asarray(table.results.history["val_loss"])[:, -1], rtol=1e-5)
     for name in table.results.history:
         np.testing.assert_allclose(
-            np.asarray(run.results.history[name]), np.asarray(table.results.history[name]), rtol=1e-5
+            np.asarray(run.results.history[name])[:, :INTERVAL],
+            np.asarray(table.results.history[name])[[run.lineage(j)[0] for j in range(SIZE)]],
+            rtol=1e-5,
         )
+
+
+def test_best_skips_diverged_members_and_refuses_when_all_diverged(run):
+    """best() ranks only members that did not diverge; with none left there is no best."""
+    scores = np.array([[1.0, 2.0, 3.0, 4.0], [0.1, 0.5, np.nan, 0.3]])
+    diverged = np.array([True, False, True, False])
+    result = run._replace(scores=scores, results=run.results._replace(diverged=diverged))
+    assert result.best() == 3  # member 0 has the lowest score but diverged
+    every = result._replace(results=run.results._replace(diverged=np.ones(4, bool)))
+    with pytest.raises(ValueError, match="no best member: all 4 members diverged"):
+        every.best()
+    with pytest.raises(ValueError, match="no best member"):  # no finite final score either
+        result._replace(scores=np.full((2, 4), np.nan)).best()
+
+
+def dropout_config(lr=1e-2, dropout=0.5):
+    return fnn.Trainer(fnn.mlp([64, 16, 10], dropout=dropout), fnn.adam(lr), fnn.cross_entropy)
+
+
+def test_reachable_values_must_be_ones_the_configuration_accepts():
+    """4 intervals, 3 explores by (0.8, 1.25): a dropout rate of 0.6 can reach 0.6 * 1.25^3
+    = 1.17, which Dropout refuses; bounds inside [0, 1) make it fine; (0, 1) is not
+    (1.0 itself is refused). The extremes of every start times up to 3 factors."""
+    reach = pbt_lib._reach
+    assert reach(np.array([0.1, 0.6]), (0.8, 1.25), 3, (-np.inf, np.inf)) == pytest.approx(
+        [0.1 * 0.8**3, 0.6 * 1.25**3]
+    )
+    assert reach(np.array([0.1, 0.6]), (0.8, 1.25), 3, (0.0, 0.9)) == [0.0, 0.9]
+    assert reach(np.array([1e-3]), (0.8, 1.25), 2, (1e-4, np.inf)) == pytest.approx([1e-4, 1e-3 * 1.25**2])
+    assert reach(np.array([0.0, 0.5]), (2.0, 4.0), 5000, (-np.inf, np.inf)) == [0.0, np.inf]  # 0 stays 0
+    assert reach(np.array([0.5]), (1.5, 2.0), 3, (-np.inf, np.inf)) == [0.75, 4.0]  # factors > 1: at least one
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(population={"dropout": [0.1, 0.6]}), r"exploring can take 'dropout' to 1\.172 .*rate must lie in \[0"),
+        (dict(population={"dropout": [0.1, 0.6]}, bounds={"dropout": (0.0, 1.0)}), "can take 'dropout' to 1 "),
+        (dict(population={"dropout": [0.1, 0.6]}, bounds={"dropout": (0.0, 0.9)}), None),  # reaches the program
+        (dict(population={"lr": [1e-3, 1e-2]}, hyperparameters=["lr"], perturb=(0.5,)), None),
+        (dict(population={"lr": [1e-3, 1e-2]}, hyperparameters=["lr"], perturb=(-1.0,)), "perturb"),
+    ],
+)
+def test_perturbed_values_are_checked_before_compiling(data, options, change, match, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the pbt program ran")
+
+    monkeypatch.setattr(pbt_lib, "_program", never)
+    arguments = dict(interval=INTERVAL, hyperparameters=["dropout"]) | options | change
+    with pytest.raises(AssertionError if match is None else ValueError, match=match or "the pbt program ran"):
+        fnn.pbt(dropout_config, *data[:2], **arguments)
 
 
 def test_new_starting_values_reuse_the_program(data, options, run):
@@ -124,7 +180,14 @@ def test_a_population_count_starts_at_the_defaults_and_bounds_clip(data, options
     "change, match",
     [
         (dict(population=1), "at least 2 members"),
-        (dict(population={"lr": [1e-3, 1e-2], "l2": [0.0]}), "equal lengths"),
+        (dict(population={"lr": [1e-3, 1e-2], "l2": [0.0]}), r"population arrays must have equal lengths \(one value"),
+        (dict(population={"lr": []}), r"population\['lr'\] must list at least one value"),
+        (dict(population={"momentum": [0.9, 0.8]}), "population key 'momentum' is not a hyperparameter"),
+        (dict(bounds=["lr"]), r"bounds must be a dict \{name: \(low, high\)\} or None; got list \['lr'\]"),
+        (dict(interval=EPOCHS), "interval must be < epochs"),
+        (dict(interval=EPOCHS + 5), r"interval=13 with epochs=8 would never exploit"),
+        (dict(fraction=np.array(0.25)), "fraction must be a real number"),
+        (dict(fraction=True), "fraction must be a real number"),
         (dict(hyperparameters=["momentum"]), "not a parameter of the configuration"),
         (dict(hyperparameters="lr"), "non-empty list"),
         (dict(fraction=0.75), "fraction"),
@@ -139,10 +202,19 @@ def test_a_population_count_starts_at_the_defaults_and_bounds_clip(data, options
     ],
 )
 def test_bad_input_is_refused_before_compiling(data, options, change, match, monkeypatch):
+    """Each bad argument is refused by name, before the program runs; pbt's own arguments
+    are named as pbt's (population, not grid)."""
+
     def never(*args, **kwargs):
         raise AssertionError("the pbt program ran although the input is bad")
 
     monkeypatch.setattr(pbt_lib, "_program", never)
     arguments = dict(population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"]) | options | change
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         fnn.pbt(config, *data[:2], **arguments)
+    assert "product=False" not in str(info.value) and "grid[" not in str(info.value)
+
+
+@pytest.mark.parametrize("fraction", [np.float32(0.25), np.float64(0.25), 0.25, np.int64(0) + 0.25])
+def test_numpy_fractions_are_taken_like_python_floats(fraction):
+    assert pbt_lib._replaced(fraction, 8) == 2

@@ -178,6 +178,38 @@ def test_pools_after_a_convolution_under_vmap():
         assert_close_f32(ys[i], model.apply(member, x), atol=(28 + 5 + 5) * EPS32 * np.asarray(scale))
 
 
+# --- dtypes: bool and integer input -------------------------------------------------------------
+
+MASK = np.array([[True, True, False, True], [False, False, False, False]])[None, :, :, None]  # [1, 2, 4, 1]
+
+
+def test_max_pool_of_a_bool_mask_is_an_or_and_keeps_integer_dtypes():
+    """A bool max is an OR over the window (padding with False never wins), an integer
+    max pads with the dtype's minimum: exact, in the input's dtype."""
+    y = MaxPool2D(2).apply((), MASK)
+    assert y.dtype == jnp.bool_ and y[0, :, :, 0].tolist() == [[True, True]]
+    padded = MaxPool2D(2, padding=1).apply((), ~MASK)  # windows at the border hold padding
+    np.testing.assert_array_equal(padded[0, :, :, 0], [[False, True, False], [True, True, True]])
+    assert MaxPool1D(2).apply((), MASK[:, 0]).tolist() == [[[True], [True]]]
+    pixels = np.array([[0, 3, 255, 7]], np.uint8)[:, :, None]
+    y = MaxPool1D(2, padding=1).apply((), pixels)
+    assert y.dtype == jnp.uint8 and y[0, :, 0].tolist() == [0, 255, 7]
+
+
+def test_average_pools_average_bools_and_integers_in_float32():
+    """A window of uint8 200s averages to 200 (a uint8 sum wraps: 800 mod 256 = 32, / 4 = 8);
+    a bool mask to the fraction of True (bool addition is OR: 1.0)."""
+    pixels = np.full((1, 2, 2, 1), 200, np.uint8)
+    for layer in (AvgPool2D(2), AvgPool2D(2, padding=1, count_include_pad=False), GlobalAvgPool()):
+        y = layer.apply((), pixels)
+        assert y.dtype == jnp.float32 and np.all(np.asarray(y) == 200.0), layer
+    np.testing.assert_array_equal(AvgPool2D(2).apply((), MASK)[0, :, :, 0], [[0.5, 0.25]])
+    np.testing.assert_array_equal(AvgPool1D(4).apply((), MASK[:, 0]), [[[0.75]]])
+    np.testing.assert_array_equal(GlobalAvgPool().apply((), MASK), [[3 / 8]])
+    wide = np.array([[[2**31 - 1], [2**31 - 1]]], np.int32)  # an int32 sum would overflow
+    assert AvgPool1D(2).apply((), wide)[0, 0, 0] == np.float32(2**31 - 1)
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -214,6 +246,8 @@ def test_bad_arguments_name_the_argument(build, message):
         (AvgPool2D(2), (4, 9, 3), r"AvgPool2D\(\(2, 2\)\) expects input x of shape \[batch, height, width, channels\]"),
         (MaxPool2D(3), (4, 2, 9, 3), r"MaxPool2D\(\(3, 3\)\) expects spatial sizes of at least \(3, 3\)"),
         (GlobalAvgPool(), (4, 3), r"GlobalAvgPool expects input x of shape \[batch, \*spatial, channels\]"),
+        (GlobalAvgPool(), (4, 0, 3), r"every spatial size >= 1\); got shape \(4, 0, 3\)"),  # not a NaN mean
+        (GlobalAvgPool(), (4, 5, 0, 3), r"GlobalAvgPool expects .* got shape \(4, 5, 0, 3\)"),
         (Flatten(), (4,), r"Flatten expects input x of shape \[batch, \.\.\.\] \(rank >= 2\); got shape \(4,\)"),
         (Reshape((4, 4)), (2, 15), r"Reshape\(\(4, 4\)\) expects .* 16 elements per example; got shape \(2, 15\)"),
         (Reshape((-1, 4)), (2, 3, 5), r"a multiple of 4 elements"),

@@ -167,6 +167,43 @@ def test_aggregate_and_summary_over_seeds(swept):
     assert swept.chunk_size == 6 and swept.calls == 1 and swept.member_epochs == 6 * EPOCHS
 
 
+def test_a_member_that_diverged_in_its_first_epoch_has_every_key_and_the_summary_counts_it(run):
+    """lr 1e6 diverges at the second update (its loss passes the threshold): no best epoch.
+    Its rows hold every key (best_* NaN); aggregate and summary leave it out of the
+    statistics and say so, instead of a KeyError."""
+    table = run(seeds=SEEDS, grid={"lr": [1e-2, 1e6]}, divergence_threshold=100.0)
+    rows = table.rows()
+    assert all(row.keys() == rows[0].keys() for row in rows) and "best_val_loss" in rows[0]
+    assert [row["diverged"] for row in rows] == [False] * SEEDS + [True] * SEEDS
+    assert all(row["best_epoch"] == -1 and np.isnan(row["best_val_loss"]) for row in rows[SEEDS:])
+    good, bad = table.aggregate("best_val_loss")
+    assert (good["seeds"], good["diverged"], good["missing"]) == (SEEDS, 0, 0)
+    assert good["mean"] == pytest.approx(np.mean([row["best_val_loss"] for row in rows[:SEEDS]]))
+    assert (bad["seeds"], bad["diverged"], bad["missing"]) == (SEEDS, SEEDS, SEEDS) and np.isnan(bad["mean"])
+    lines = table.summary("best_loss").splitlines()
+    assert lines[0] == "| lr | seeds | diverged | best_loss mean ± std | min | max |"
+    assert lines[2].startswith("| 0.01 | 3 | 0 | ") and lines[3] == "| 1e+06 | 3 | 3 | nan ± nan | nan | nan |"
+    assert "3 of 6 members diverged; 3 have no best_loss (left out of mean, std, min and max)" in lines
+
+
+def test_aggregate_leaves_out_members_without_a_value(swept):
+    """Member 0 marked as diverged in its first epoch: its grid point's statistics are
+    over the other two seeds, and the counts say so."""
+    r = swept.results
+    table = swept._replace(
+        results=r._replace(best_epoch=np.asarray(r.best_epoch).copy(), diverged=np.asarray(r.diverged).copy())
+    )
+    table.results.best_epoch[0], table.results.diverged[0] = -1, True
+    values = [row["best_val_loss"] for row in swept.rows()[1:SEEDS]]
+    first = table.aggregate("best_val_loss")[0]
+    assert (first["seeds"], first["diverged"], first["missing"]) == (SEEDS, 1, 1)
+    assert (first["mean"], first["min"], first["max"]) == pytest.approx((np.mean(values), min(values), max(values)))
+    assert "1 of 6 members diverged; 1 have no best_val_loss" in table.summary("best_val_loss")
+    assert table.aggregate("final_val_loss")[0]["missing"] == 0  # the final value is the last finite one
+    with pytest.raises(ValueError, match=r"metric must be one of the rows' keys \['lr', 'seed'"):
+        swept.aggregate("best_f1")
+
+
 def test_product_and_zip_of_the_grid():
     grid = {"lr": [1e-2, 1e-3], "l2": [0.0, 1e-4]}
     product = members(config, grid, seeds=2)

@@ -123,6 +123,22 @@ def check_features(name: str, x: ArrayLike, features: int) -> None:
         )
 
 
+def as_floating(x: ArrayLike) -> jax.Array:
+    """``x`` as an array of a floating dtype, for layers that sum or scale their input.
+
+    Floating input keeps its dtype; bool and integer input (a mask, uint8 pixels) becomes
+    float32, the dtype of the params fnn's initializers draw, so that a sum neither wraps
+    around (200 + 200 in uint8 is 144) nor saturates (bool addition is OR).
+
+    Args:
+      x: an array of any real dtype.
+    Returns:
+      ``x`` as a floating array, unchanged if it was one.
+    """
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
 def per_feature(v: ArrayLike, x: ArrayLike) -> jax.Array:
     """A [features] vector reshaped to broadcast against x [..., features] (explicit ranks)."""
     return jnp.reshape(v, (1,) * (jnp.ndim(x) - jnp.ndim(v)) + jnp.shape(v))

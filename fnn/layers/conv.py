@@ -101,8 +101,8 @@ class _Conv(Layer):
     b_init: Any = static_field(default=None)
 
     def __post_init__(self):
-        check_int("in_channels", self.in_channels)
-        check_int("out_channels", self.out_channels)
+        for name in ("in_channels", "out_channels"):  # NumPy ints as Python ints, as the sizes below
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
         n = self.rank
         for name in ("kernel_size", "strides", "dilation"):
             object.__setattr__(self, name, window.as_sizes(name, getattr(self, name), n))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from fnn.checks import check_in_range
-from fnn.layers.base import Layer
+from fnn.layers.base import Layer, as_floating
 from fnn.pytree import pytree_dataclass
 
 
@@ -20,7 +20,9 @@ class Dropout(Layer):
     is the identity.
 
     ``rate`` is the probability of *dropping* (not keeping), in [0, 1); it is a leaf, so
-    it may be traced (swept with ``vmap``). Training mode needs ``key``.
+    it may be traced (swept with ``vmap``). Training mode needs ``key``. Bool and integer
+    input comes back as float32 in both modes (:func:`fnn.layers.base.as_floating`): a
+    kept uint8 200 scaled by 1 / (1 - 0.5) is 400, which uint8 cannot hold.
     """
 
     rate: Any = 0.5
@@ -34,8 +36,9 @@ class Dropout(Layer):
     def forward(
         self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
     ) -> tuple[jax.Array, Any]:
+        x = as_floating(x)
         if not train:
-            return x, state  # type: ignore[return-value]  # the identity: x as given
+            return x, state  # the identity
         if key is None:
             raise ValueError("Dropout in training mode needs key= (a jax.random key)")
         keep = 1.0 - self.rate

@@ -1,5 +1,6 @@
 """Normalization layers: batch norm (with running statistics as explicit state) and
-layer norm."""
+layer norm. Bool and integer input is normalized in float32
+(:func:`fnn.layers.base.as_floating`), never in its own dtype."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from fnn.checks import check_in_range, check_int, check_positive
-from fnn.layers.base import Layer, check_features, is_empty, per_feature
+from fnn.layers.base import Layer, as_floating, check_features, is_empty, per_feature
 from fnn.pytree import pytree_dataclass, static_field
 
 
@@ -63,6 +64,7 @@ class BatchNorm(Layer):
         self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
     ) -> tuple[jax.Array, Any]:
         check_features(f"BatchNorm({self.features})", x, self.features)
+        x = as_floating(x)
         if is_empty(state):
             raise ValueError("BatchNorm needs its running statistics: pass state= (from model.init)")
         if not train:
@@ -102,6 +104,7 @@ class LayerNorm(Layer):
         self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
     ) -> tuple[jax.Array, Any]:
         check_features(f"LayerNorm({self.features})", x, self.features)
+        x = as_floating(x)
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.var(x, axis=-1, keepdims=True)
         return _normalize(x, mean, var, self.eps, params), state

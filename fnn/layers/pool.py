@@ -18,6 +18,12 @@ vmapped runs, against 0.19 s and 7.7 s with ``lax.reduce_window`` (whose gradien
 select-and-scatter). At a tie, ``jnp.maximum`` shares the gradient among the tied entries
 (PyTorch gives it all to the first); either is a valid subgradient, and ties of real
 numbers are rare (after a ReLU, tied zeros get no gradient through the ReLU anyway).
+
+Dtypes: max pooling keeps the input's dtype (an integer or bool input pads with its
+lowest value: the dtype's minimum, ``False``; a bool max is an OR over the window).
+Average pooling averages bool and integer input in float32 (:func:`fnn.layers.base.as_floating`),
+so that a window of uint8 200s averages to 200, not to a sum wrapped around in uint8,
+and a bool mask to the fraction of ``True`` in the window, not to their OR.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from jax.typing import ArrayLike
 
 from fnn.checks import check_bool
 from fnn.layers import window
-from fnn.layers.base import Layer
+from fnn.layers.base import Layer, as_floating
 from fnn.pytree import pytree_dataclass, static_field
 
 
@@ -85,13 +91,20 @@ class _Pool(Layer):
         return window.windows(x, self.window, self.strides, dilation, pads, out, pad_value), pads, out
 
 
+def _lowest(dtype) -> Any:
+    """The value no element of ``dtype`` is below: max pooling's padding."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return -jnp.inf
+    if jnp.issubdtype(dtype, jnp.bool_):
+        return False
+    return jnp.iinfo(dtype).min
+
+
 class _MaxPool(_Pool):
     def forward(
         self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
     ) -> tuple[jax.Array, Any]:
-        dtype = jnp.result_type(x)
-        lowest = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
-        views, _, _ = self._views(x, lowest)
+        views, _, _ = self._views(x, _lowest(jnp.result_type(x)))
         y = views[0]
         for view in views[1:]:
             y = jnp.maximum(y, view)
@@ -109,7 +122,7 @@ class _AvgPool(_Pool):
     def forward(
         self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
     ) -> tuple[jax.Array, Any]:
-        views, pads, out = self._views(x, 0)
+        views, pads, out = self._views(as_floating(x), 0)
         total = views[0]
         for view in views[1:]:
             total = total + view
@@ -222,9 +235,11 @@ class GlobalAvgPool(Layer):
     """The mean over every spatial axis: [batch, *spatial, channels] -> [batch, channels].
 
     Works for any number of spatial axes (>= 1): after Conv1D or Conv2D alike. No params.
+    Bool and integer input is averaged in float32 (as ``AvgPool2D``).
 
     Raises:
-      ValueError: naming the layer, for an input of rank < 3 (no spatial axis).
+      ValueError: naming the layer, for an input of rank < 3 (no spatial axis) or with a
+        spatial axis of size 0 (nothing to average).
     """
 
     def init(self, key: ArrayLike) -> tuple[Any, Any]:
@@ -233,8 +248,10 @@ class GlobalAvgPool(Layer):
     def forward(
         self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
     ) -> tuple[jax.Array, Any]:
-        if jnp.ndim(x) < 3:
+        shape = jnp.shape(x)
+        if len(shape) < 3 or 0 in shape[1:-1]:
             raise ValueError(
-                f"GlobalAvgPool expects input x of shape [batch, *spatial, channels] (rank >= 3); got shape {jnp.shape(x)}"
+                "GlobalAvgPool expects input x of shape [batch, *spatial, channels] (rank >= 3, every spatial "
+                f"size >= 1); got shape {shape}"
             )
-        return jnp.mean(x, axis=tuple(range(1, jnp.ndim(x) - 1))), state
+        return jnp.mean(as_floating(x), axis=tuple(range(1, len(shape) - 1))), state

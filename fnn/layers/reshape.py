@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from fnn.layers.base import Layer
@@ -54,10 +55,12 @@ class Reshape(Layer):
 
     def __post_init__(self):
         shape = self.shape
-        ok = isinstance(shape, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        ok = isinstance(shape, (tuple, list)) and all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape
+        )
         if not ok or any(d < 1 and d != -1 for d in shape) or list(shape).count(-1) > 1:
             raise ValueError(f"shape must be a tuple of ints >= 1 with at most one -1; got {shape!r}")
-        object.__setattr__(self, "shape", tuple(shape))
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
 
     def init(self, key: ArrayLike) -> tuple[Any, Any]:
         return (), ()

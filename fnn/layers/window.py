@@ -24,13 +24,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Pads = tuple[tuple[int, int], ...]
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """True for a Python or NumPy int (``np.int64(3)``, as ``check_int`` takes channel
+    counts), not for a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def as_sizes(name: str, value: Any, rank: int, minimum: int = 1) -> tuple[int, ...]:
@@ -70,7 +73,7 @@ def as_padding(value: Any, rank: int) -> str | Pads:
             return value.upper()
         raise ValueError(f"padding must be {expected}; got {value!r}")
     if _is_int(value) and value >= 0:
-        return ((value, value),) * rank
+        return ((int(value), int(value)),) * rank
     if isinstance(value, Sequence) and len(value) == rank:
         pairs = []
         for entry in value:

@@ -23,6 +23,11 @@ averaged in output space: declare a classification loss on top of ``fnn.cross_en
 Members are evaluated in evaluation mode (no dropout; batch-norm running statistics) by
 ``Trainer.evaluate`` itself: the ensemble is a model (:class:`Average`) whose params are
 the members' params stacked on a leading axis.
+
+Members that diverged are left out: their run did not finish (its ``best_params`` are
+its initial params when it diverged in its first epoch, its ``train_state`` the last
+good state before the divergence). Each row counts them (``diverged``); a grid point
+whose members all diverged has no ensemble, and its scores are NaN.
 """
 
 from __future__ import annotations
@@ -71,9 +76,10 @@ def ensemble(
       batch_size: examples per forward pass.
     Returns:
       one dict per grid point, in the order of ``SweepResult.aggregate``: the grid
-      point's hyperparameters, ``members`` (its seeds), the ensemble's ``loss`` and
-      metrics (e.g. ``accuracy``), and the members' mean of each (``member_mean_loss``,
-      ``member_mean_accuracy``, ...).
+      point's hyperparameters, ``members`` (the seeds averaged: those that did not
+      diverge), ``diverged`` (the seeds left out), the ensemble's ``loss`` and metrics
+      (e.g. ``accuracy``), and the members' mean of each (``member_mean_loss``,
+      ``member_mean_accuracy``, ...); NaN scores where every member diverged.
     Raises:
       ValueError: before anything is compiled, for an unknown ``params``, a table that
         is not a SweepResult or whose params do not fit the configuration's model, and
@@ -92,17 +98,25 @@ def ensemble(
     points = table.groups()
     _check_members(config(**points[0][0]), stacked)
     x, y = device_array(x), device_array(y)
-    return [_score(config(**point), point, which, stacked, x, y, batch_size) for point, which in points]
+    diverged = np.asarray(r.diverged)
+    return [_score(config(**point), point, which, diverged, stacked, x, y, batch_size) for point, which in points]
 
 
-def _score(trainer: Trainer, point: dict, which: list[int], stacked: tuple, x, y, batch_size: int) -> dict[str, Any]:
-    """One grid point's row: its members (``which``) scored together and alone."""
+def _score(
+    trainer: Trainer, point: dict, which: list[int], diverged: np.ndarray, stacked: tuple, x, y, batch_size: int
+) -> dict[str, Any]:
+    """One grid point's row: its members (``which``) that did not diverge, scored
+    together and alone (NaN scores when none is left)."""
     link = output_link(trainer.loss)
     params, model_state = take(stacked, np.asarray(which))
     _averaged(trainer, link).check_data(params, model_state, x, y)
-    together, alone = _scores(trainer, link, params, model_state, x, y, batch_size)
+    kept = [i for i in which if not diverged[i]]
     names = ["loss", *(name for name, _ in trainer.metrics)]
-    row = point | {"members": len(which)} | {k: float(together[k]) for k in names}
+    row = point | {"members": len(kept), "diverged": len(which) - len(kept)}
+    if not kept:
+        return row | dict.fromkeys([*names, *(f"member_mean_{k}" for k in names)], float("nan"))
+    together, alone = _scores(trainer, link, *take(stacked, np.asarray(kept)), x, y, batch_size)
+    row |= {k: float(together[k]) for k in names}
     return row | {f"member_mean_{k}": float(np.mean(alone[k])) for k in names}
 
 

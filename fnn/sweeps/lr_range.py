@@ -56,7 +56,9 @@ class LRRangeResult(NamedTuple):
       losses: [k] each rate's loss after ``steps`` updates (``+inf`` where it diverged).
       smoothed: [k] the losses smoothed over neighbouring rates (:func:`smooth`).
       suggestion: the rate of steepest descent of ``smoothed`` (:func:`suggest`); NaN
-        when the smoothed loss does not descend (its minimum is at the smallest rate).
+        when the smoothed loss does not descend: its minimum is at the smallest rate, or
+        no smoothed loss past the smallest rate is finite (on a coarse grid a diverged
+        rate's ``+inf`` reaches every rate's window); ``summary()`` says which.
       steps: the updates each rate trained.
     """
 
@@ -73,10 +75,21 @@ class LRRangeResult(NamedTuple):
             mark = " ← suggested" if lr == self.suggestion else ""
             lines.append(f"| {lr:.3g} | {loss:.4g} | {smoothed:.4g}{mark} |")
         if math.isnan(self.suggestion):
-            lines.append("\nno suggestion: the smoothed loss is lowest at the smallest rate; try smaller rates")
+            lines.append(f"\nno suggestion: {self._why_no_suggestion()}")
         else:
             lines.append(f"\nsuggested lr {self.suggestion:.3g} (steepest descent of the smoothed loss)")
         return "\n".join(lines)
+
+    def _why_no_suggestion(self) -> str:
+        """Why the smoothed curve gives no rate, and what to try."""
+        diverged = self.lrs[~np.isfinite(self.losses)]
+        if diverged.size and not np.isfinite(self.smoothed[1:]).any():
+            return (
+                f"the rate {diverged[0]:.3g} diverged, and the smoothing averages each rate with its {WINDOW // 2} "
+                f"neighbours on each side, so no rate above the smallest keeps a finite smoothed loss; use more "
+                f"rates below {diverged[0]:.3g} (a finer grid)"
+            )
+        return "the smoothed loss is lowest at the smallest rate; try smaller rates"
 
 
 def lr_range(
@@ -172,7 +185,8 @@ def smooth(losses: ArrayLike, window: int = WINDOW) -> np.ndarray:
     ``smoothed[i]`` is the mean of ``losses[j]`` for ``|j - i| <= window // 2`` (fewer at
     the ends): with log-spaced rates, a window of equal width in ``log(lr)``. A diverged
     rate (``+inf``) makes its neighbours' averages ``+inf`` too, so the curve's minimum
-    keeps clear of the divergence.
+    keeps clear of the divergence (as intended; on a grid of few rates this may leave no
+    finite average above the smallest rate, and so no suggestion).
 
     Args:
       losses: [k] the losses, in the order of increasing rate.

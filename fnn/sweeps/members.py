@@ -16,25 +16,32 @@ from fnn.checks import check_int
 from fnn.train import Trainer
 
 
-def grid_points(config: Callable[..., Any], grid: dict[str, Any], product: bool = True) -> dict[str, np.ndarray]:
+def grid_points(
+    config: Callable[..., Any], grid: dict[str, Any], product: bool = True, argument: str = "grid"
+) -> dict[str, np.ndarray]:
     """Expand ``grid`` into one array per hyperparameter, one entry per grid point.
 
     Args:
       config: the configuration function; every grid key must be one of its parameters.
       grid: ``{name: values}``; 1-D sequences of numbers.
       product: Cartesian product of the value lists (default), or zip them (equal lengths).
+      argument: the name of ``grid`` in messages: ``"grid"`` (a sweep's, where zipping
+        is ``product=False``) or e.g. ``"population"`` (PBT's, always zipped).
     Returns:
       ``{name: [points] float array}``.
+    Raises:
+      ValueError: naming ``argument``, for a non-dict, an unknown key, an empty or
+        non-numeric list, or (zipped) lists of unequal lengths.
     """
     if not isinstance(grid, Mapping):
-        raise ValueError(f"grid must be a dict {{hyperparameter: values}}; got {type(grid).__name__}: {grid!r}")
+        raise ValueError(f"{argument} must be a dict {{hyperparameter: values}}; got {type(grid).__name__}: {grid!r}")
     parameters = inspect.signature(config).parameters
     for name in grid:
         if name not in parameters:
             raise ValueError(
-                f"grid key {name!r} is not a hyperparameter of the configuration; it takes {list(parameters)}"
+                f"{argument} key {name!r} is not a hyperparameter of the configuration; it takes {list(parameters)}"
             )
-    values = {k: _grid_values(k, v) for k, v in grid.items()}
+    values = {k: _grid_values(f"{argument}[{k!r}]", v) for k, v in grid.items()}
     if not values:
         return {}
     if product:
@@ -42,20 +49,22 @@ def grid_points(config: Callable[..., Any], grid: dict[str, Any], product: bool 
         return {k: np.array([c[i] for c in combos]) for i, k in enumerate(values)}
     lengths = {k: v.size for k, v in values.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"grid arrays must have equal lengths when product=False (zip); got {lengths}")
+        zipped = "when product=False (zip)" if argument == "grid" else "(one value per member)"
+        raise ValueError(f"{argument} arrays must have equal lengths {zipped}; got {lengths}")
     return values
 
 
-def _grid_values(name: str, values) -> np.ndarray:
-    """One grid entry as a 1-D float array: numbers only, finite, at least one."""
+def _grid_values(where: str, values) -> np.ndarray:
+    """One grid entry (``where``: its name in messages) as a 1-D float array: numbers
+    only, finite, at least one."""
     try:
         v = np.asarray(values, dtype=float).reshape(-1)
     except (TypeError, ValueError):
-        raise ValueError(f"grid[{name!r}] must be a sequence of numbers; got {values!r}") from None
+        raise ValueError(f"{where} must be a sequence of numbers; got {values!r}") from None
     if v.size == 0:
-        raise ValueError(f"grid[{name!r}] must list at least one value")
+        raise ValueError(f"{where} must list at least one value")
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"grid[{name!r}] must hold finite numbers; got {v.tolist()}")
+        raise ValueError(f"{where} must hold finite numbers; got {v.tolist()}")
     return v
 
 
@@ -76,7 +85,7 @@ def check_configurations(config: Callable[..., Trainer], table: dict[str, np.nda
     """
     names = [k for k in table if k != "seed"]
     points = dict.fromkeys(tuple(float(table[k][i]) for k in names) for i in range(len(table["seed"])))
-    trainers = [_build(config, dict(zip(names, point))) for point in points]
+    trainers = [build(config, dict(zip(names, point))) for point in points]
     _check_traceable(config, dict(zip(names, next(iter(points)))))
     return trainers[0]
 
@@ -117,15 +126,26 @@ def _trace_error(config: Callable, point: dict, traced: list) -> Exception | Non
     return None
 
 
-def _build(config: Callable, hyperparameters: dict) -> Trainer:
+def build(config: Callable, hyperparameters: dict, where: str | None = None) -> Trainer:
+    """``config(**hyperparameters)``, checked to be a Trainer.
+
+    Args:
+      config: the configuration.
+      hyperparameters: ``{name: value}``, concrete.
+      where: what the values are, for messages; default ``"grid point {...}"``.
+    Returns:
+      the Trainer.
+    Raises:
+      ValueError: naming ``where``, when the configuration refuses the values or does
+        not return an fnn.Trainer.
+    """
+    where = f"grid point {hyperparameters}" if where is None else where
     try:
         trainer = config(**hyperparameters)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"grid point {hyperparameters} is refused by the configuration: {error}") from None
+        raise ValueError(f"{where} is refused by the configuration: {error}") from None
     if not isinstance(trainer, Trainer):
-        raise ValueError(
-            f"config must return an fnn.Trainer; at grid point {hyperparameters} it returned {type(trainer).__name__}"
-        )
+        raise ValueError(f"config must return an fnn.Trainer; at {where} it returned {type(trainer).__name__}")
     return trainer
 
 

@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from fnn.checks import as_key, check_int
+from fnn.checks import as_key, check_int, check_number
 from fnn.distributed import member_sharding, resolve_devices
 from fnn.loop import Loop, history_names, run_epochs
 from fnn.programs import device_array, jit_program
-from fnn.sweeps.members import grid_points
+from fnn.sweeps.members import build, grid_points
 from fnn.sweeps.population import member_run, place
 from fnn.sweeps.program import check_members, reporting, split_options
 from fnn.train import Trainer
@@ -68,9 +68,20 @@ class PBTResult(NamedTuple):
         return who[::-1]
 
     def best(self) -> int:
-        """The member with the best monitored value at the end (ties: the lowest index)."""
+        """The member with the best monitored value at the end (ties: the lowest index),
+        among those that did not diverge and have a finite value.
+
+        Raises:
+          ValueError: when no member qualifies (every member diverged): there is no best.
+        """
         final = self.scores[-1] * (-1 if self.monitor.endswith("accuracy") else 1)
-        return int(np.argmin(np.where(np.isfinite(final), final, np.inf)))
+        usable = np.isfinite(final) & ~np.asarray(self.results.diverged)
+        if not usable.any():
+            raise ValueError(
+                f"no best member: all {final.size} members diverged or have no finite final {self.monitor} "
+                "(see results.diverged); try smaller hyperparameters or bounds= for the perturbed ones"
+            )
+        return int(np.argmin(np.where(usable, final, np.inf)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +120,20 @@ def pbt(
       x, y: training data, shared by all members.
       population: the number of members (all starting from ``config``'s defaults), or
         ``{name: [population] values}``: each member's starting hyperparameters.
-      interval: epochs between exploit/explore steps (>= 1).
+      interval: epochs between exploit/explore steps (>= 1, < ``epochs``: the last
+        interval keeps everyone, so with ``interval >= epochs`` nothing would be exploited).
       hyperparameters: the names to perturb (parameters of ``config``).
-      fraction: the bottom ``fraction`` copy the top ``fraction`` (0 < fraction <= 0.5;
-        at least one member).
+      fraction: the bottom ``fraction`` copy the top ``fraction`` (a Python or NumPy
+        number, 0 < fraction <= 0.5; at least one member).
       perturb: factors; each copied hyperparameter is multiplied by one drawn uniformly
         (multiplicative, as in the paper: a hyperparameter that starts at 0 stays 0).
-      bounds: ``{name: (low, high)}``: clip perturbed values into these ranges.
+        Every value exploring can reach (each start times up to ``intervals - 1``
+        factors, clipped to ``bounds``) must be one the configuration accepts: it is
+        built at the extremes before anything runs, so a dropout rate that could grow
+        past 1 is refused, naming ``bounds=`` as the remedy.
+      bounds: ``{name: (low, high)}`` (a dict): clip perturbed values into these ranges.
+        A finite end counts as reachable (a clipped value sits on it), so it must be a
+        value the configuration accepts: ``(0, 1)`` for a dropout rate is refused.
       seeds: one int seed per member (default 0 .. population-1): init, data order, dropout.
       key: int or PRNG key of the exploit/explore draws.
       devices: shard the members over these devices (as ``sweep``; the largest number of
@@ -139,13 +157,14 @@ def pbt(
         raise ValueError(f"monitor must be one of {history_names(trainer, has_validation)}; got {monitor!r}")
     spec = _Spec(
         names=names,
-        interval=check_int("interval", interval),
+        interval=_interval(interval, fit_kwargs["epochs"]),
         epochs=fit_kwargs["epochs"],
         replaced=_replaced(fraction, size),
         perturb=_factors(perturb),
         bounds=_bounds(bounds, names),
         monitor=monitor,
     )
+    _check_reachable(config, table, spec)
     options, arrays = split_options(fit_kwargs)
     sharding = member_sharding(_dividing(devices, size), size)
     with reporting(fit_kwargs):
@@ -236,7 +255,7 @@ def _explore(spec: _Spec, loops: Loop, hyper: dict, parents, key, i):
 def _initial_table(config: Callable, population, seeds) -> dict[str, np.ndarray]:
     """The members' starting hyperparameters and seeds: ``{name: [population]}`` + seed."""
     if isinstance(population, Mapping):
-        table = grid_points(config, dict(population), product=False)
+        table = grid_points(config, dict(population), product=False, argument="population")
         size = len(next(iter(table.values())))
     else:
         size, table = check_int("population", population), {}
@@ -268,10 +287,20 @@ def _check_names(config: Callable, table: dict, names: Sequence[str]) -> tuple[s
     return tuple(names)
 
 
+def _interval(interval, epochs: int) -> int:
+    """``interval`` checked: an int >= 1 below ``epochs`` (else PBT never exploits)."""
+    interval = check_int("interval", interval)
+    if interval >= epochs:
+        raise ValueError(
+            f"interval must be < epochs: members are exploited after every interval but the last, so interval="
+            f"{interval} with epochs={epochs} would never exploit (that is fnn.sweep)"
+        )
+    return interval
+
+
 def _replaced(fraction, size: int) -> int:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
-        raise ValueError(f"fraction must be a number in (0, 0.5]; got {fraction!r}")
-    return max(1, int(fraction * size))
+    """Members replaced per interval: ``fraction`` of ``size``, at least one."""
+    return max(1, int(check_number("fraction", fraction, 0, 0.5, low_open=True) * size))
 
 
 def _factors(perturb) -> tuple[float, ...]:
@@ -285,10 +314,13 @@ def _factors(perturb) -> tuple[float, ...]:
 
 
 def _bounds(bounds, names: tuple[str, ...]) -> tuple[tuple[str, float, float], ...]:
+    """``bounds`` checked: ``(name, low, high)`` for each perturbed name given."""
     if bounds is None:
         return ()
+    if not isinstance(bounds, Mapping):
+        raise ValueError(f"bounds must be a dict {{name: (low, high)}} or None; got {type(bounds).__name__} {bounds!r}")
     out = []
-    for name, pair in dict(bounds).items():
+    for name, pair in bounds.items():
         if name not in names:
             raise ValueError(f"bounds: {name!r} is not one of the perturbed hyperparameters {list(names)}")
         try:
@@ -299,6 +331,46 @@ def _bounds(bounds, names: tuple[str, ...]) -> tuple[tuple[str, float, float], .
             raise ValueError(f"bounds[{name!r}] must have low <= high; got {pair!r}")
         out.append((name, low, high))
     return tuple(out)
+
+
+def _check_reachable(config: Callable, table: dict, spec: _Spec) -> None:
+    """Build the configuration at the extreme values exploring can give each perturbed
+    hyperparameter (:func:`_reach`), the others at member 0's starting values (the
+    constructors check each argument on its own): under the trace those values would
+    skip the constructors' checks, and a dropout rate of 1.2 would train.
+
+    Raises:
+      ValueError: naming the hyperparameter, the value it can reach and why the
+        configuration refuses it, with ``bounds=`` as the remedy.
+    """
+    explores = -(-spec.epochs // spec.interval) - 1
+    first = {k: float(v[0]) for k, v in table.items() if k != "seed"}
+    limits = {name: (low, high) for name, low, high in spec.bounds}
+    for name in spec.names:
+        for value in _reach(table[name], spec.perturb, explores, limits.get(name, (-np.inf, np.inf))):
+            try:
+                build(config, first | {name: value}, where=f"{name}={value:.4g}")
+            except ValueError as error:
+                raise ValueError(
+                    f"hyperparameters: exploring can take {name!r} to {value:.4g} (factors {spec.perturb}, up to "
+                    f"{explores} times, clipped to its bounds): {error}; give bounds={{{name!r}: (low, high)}} "
+                    "inside the range the configuration accepts"
+                ) from None
+
+
+def _reach(starts: np.ndarray, perturb: tuple[float, ...], explores: int, bounds: tuple[float, float]) -> list[float]:
+    """The lowest and highest value exploring can give a hyperparameter that starts at
+    ``starts``: ``start * f_1 * ... * f_k`` for ``1 <= k <= explores`` factors of
+    ``perturb``, clipped to ``bounds`` after each (a clipped value goes on from a finite
+    bound, so those count as starts too). A range that holds every reachable value."""
+    low, high = bounds
+    points = np.concatenate([np.asarray(starts, float), [b for b in bounds if np.isfinite(b)]])
+    with np.errstate(over="ignore", invalid="ignore"):  # many explores: inf, and 0 * inf
+        fmin, fmax = np.float64(min(perturb)), np.float64(max(perturb))
+        factors = np.array([min(fmin, fmin**explores), max(fmax, fmax**explores)])
+        values = np.where(points[:, None] == 0, 0.0, points[:, None] * factors)
+    values = np.clip(values, low, high)
+    return [float(values.min()), float(values.max())]
 
 
 def _dividing(devices, size: int):

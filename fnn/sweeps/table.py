@@ -32,23 +32,23 @@ class SweepResult(NamedTuple):
     rung: np.ndarray | None = None
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per member: hyperparameters, seed, stop epoch, best epoch, divergence,
-        and the final and best value of every history entry."""
+        """One dict per member, every row with the same keys: its hyperparameters,
+        ``seed``, ``stop_epoch``, ``best_epoch``, ``diverged``, ``rung`` (with halving),
+        and for every history entry ``name`` its ``final_{name}`` (the last finite value;
+        NaN if none) and, but for ``lr``, its ``best_{name}`` at the best epoch (NaN for a
+        member without one: it diverged in its first epoch)."""
         r = self.results
         out = []
         for i in range(len(self.hyperparameters["seed"])):
+            best = int(r.best_epoch[i])
             row = {k: _scalar(v[i]) for k, v in self.hyperparameters.items()}
-            row |= {
-                "stop_epoch": int(r.stop_epoch[i]),
-                "best_epoch": int(r.best_epoch[i]),
-                "diverged": bool(r.diverged[i]),
-            }
+            row |= {"stop_epoch": int(r.stop_epoch[i]), "best_epoch": best, "diverged": bool(r.diverged[i])}
             if self.rung is not None:
                 row["rung"] = int(self.rung[i])
             for name, h in r.history.items():
                 row[f"final_{name}"] = _last_finite(np.asarray(h[i]))
-                if name != "lr" and int(r.best_epoch[i]) >= 0:
-                    row[f"best_{name}"] = float(h[i][int(r.best_epoch[i])])
+                if name != "lr":
+                    row[f"best_{name}"] = float(h[i][best]) if best >= 0 else float("nan")
             out.append(row)
         return out
 
@@ -62,15 +62,27 @@ class SweepResult(NamedTuple):
         return [(dict(zip(names, point)), members) for point, members in groups.items()]
 
     def aggregate(self, metric: str) -> list[dict[str, Any]]:
-        """Mean, std, min and max of row field ``metric`` over seeds, per grid point (in
-        the order of ``groups()``)."""
-        values = [row[metric] for row in self.rows()]
+        """Row field ``metric`` over seeds, per grid point (in the order of ``groups()``).
+
+        Args:
+          metric: a key of ``rows()``, e.g. ``"final_val_accuracy"`` or ``"best_loss"``.
+        Returns:
+          one dict per grid point: its hyperparameters, ``seeds`` (its members),
+          ``diverged`` (how many of them diverged), ``missing`` (how many have no value:
+          NaN, a ``best_*`` of a member that diverged in its first epoch), and the
+          ``mean``, ``std``, ``min`` and ``max`` over the members with a value (NaN if none).
+        Raises:
+          ValueError: for a ``metric`` that is not a key of the rows.
+        """
+        rows = self.rows()
+        if metric not in rows[0]:
+            raise ValueError(f"metric must be one of the rows' keys {list(rows[0])}; got {metric!r}")
         out = []
         for point, members in self.groups():
-            v = [values[i] for i in members]
-            out.append(
-                point | {"seeds": len(v), "mean": np.mean(v), "std": np.std(v), "min": np.min(v), "max": np.max(v)}
-            )
+            values = np.array([rows[i][metric] for i in members], dtype=float)
+            diverged = sum(rows[i]["diverged"] for i in members)
+            counts = {"seeds": len(members), "diverged": diverged, "missing": int(np.isnan(values).sum())}
+            out.append(point | counts | _statistics(values[~np.isnan(values)]))
         return out
 
     def ensemble(self, config, x, y, **options) -> list[dict[str, Any]]:
@@ -82,22 +94,25 @@ class SweepResult(NamedTuple):
 
     def summary(self, metric: str = "final_loss") -> str:
         """A markdown table of ``aggregate(metric)``: one line per grid point, then how
-        the members ran (members per compiled call)."""
+        the members ran (members per compiled call). When members diverged, a
+        ``diverged`` column counts them per grid point and a line below says how many
+        diverged and how many have no value (left out of mean, std, min and max)."""
         rows = self.aggregate(metric)
-        head = [k for k in rows[0] if k not in ("seeds", "mean", "std", "min", "max")]
+        counted = ["seeds", "diverged"] if any(r["diverged"] for r in rows) else ["seeds"]
+        head = [k for k in rows[0] if k not in ("seeds", "diverged", "missing", "mean", "std", "min", "max")]
         lines = [
-            "| " + " | ".join([*head, "seeds", f"{metric} mean ± std", "min", "max"]) + " |",
-            "|" + "---|" * (len(head) + 4),
+            "| " + " | ".join([*head, *counted, f"{metric} mean ± std", "min", "max"]) + " |",
+            "|" + "---|" * (len(head) + len(counted) + 3),
         ]
         for r in rows:
-            cells = [f"{r[k]:.4g}" for k in head] + [
-                str(r["seeds"]),
-                f"{r['mean']:.4f} ± {r['std']:.4f}",
-                f"{r['min']:.4f}",
-                f"{r['max']:.4f}",
-            ]
+            cells = [f"{r[k]:.4g}" for k in head] + [str(r[k]) for k in counted]
+            cells += [f"{r['mean']:.4f} ± {r['std']:.4f}", f"{r['min']:.4f}", f"{r['max']:.4f}"]
             lines.append("| " + " | ".join(cells) + " |")
         members = len(self.hyperparameters["seed"])
+        diverged, missing = (sum(r[k] for r in rows) for k in ("diverged", "missing"))
+        if diverged or missing:
+            left_out = f"; {missing} have no {metric} (left out of mean, std, min and max)" if missing else ""
+            lines.append(f"\n{diverged} of {members} members diverged{left_out}")
         if self.chunk_size:
             lines.append(
                 f"\n{members} members in {self.calls} compiled call(s) of up to {self.chunk_size} members; "
@@ -109,6 +124,18 @@ class SweepResult(NamedTuple):
 def _scalar(v):
     v = np.asarray(v)
     return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
+
+
+def _statistics(values: np.ndarray) -> dict[str, float]:
+    """Mean, std, min and max of ``values`` (NaN each when there is none)."""
+    if not values.size:
+        return dict.fromkeys(("mean", "std", "min", "max"), float("nan"))
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
 def _last_finite(h: np.ndarray) -> float:
