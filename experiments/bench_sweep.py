@@ -18,7 +18,15 @@ is per measurement. Times exclude compilation: each call runs once to compile, t
 second call with other seeds is timed; the compile time is the difference. Speed-ups
 compare with sequential ``fit`` at its best device setting.
 
-Usage: python experiments/bench_sweep.py [--epochs 50] [--seeds 32] [--devices 1 2]
+``--memory`` measures instead what a chunked sweep holds (issue 21): 128 members of an
+MLP 64-512-512-10 (Adam), one epoch on the digits, with ``chunk_size`` 16 and 128, each in
+a fresh process on one CPU device, against one member's run: the peak resident set above
+the process before the sweep, the kept results (every member's ``FitResult``), and the
+working set above one member's run and the kept results. The two chunk sizes must give
+the same histories up to float32 rounding (``rtol=1e-4``: another member count per call
+picks other matmul kernels, over 56 Adam steps through 512-wide layers).
+
+Usage: python experiments/bench_sweep.py [--epochs 50] [--seeds 32] [--devices 1 2] [--memory]
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ SIZES = [64, 32, 10]
 BATCH = 32
 LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 CHUNK = 64
+MEMORY_SIZES = [64, 512, 512, 10]
+MEMORY_MEMBERS = 128
 
 
 def load():
@@ -95,6 +105,54 @@ def measure(name: str, devices: int, seeds: int, epochs: int) -> dict:
     }
 
 
+def memory(members: int, chunk: int) -> dict:
+    """Peak resident set of a one-epoch sweep of ``members`` MLPs ``MEMORY_SIZES`` in
+    chunks of ``chunk`` (this process, after ``use_cpu_cores(1)``), and what it keeps."""
+    x, y, _ = load()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    config = lambda: fnn.Trainer(fnn.mlp(MEMORY_SIZES), fnn.adam(1e-3), fnn.cross_entropy)  # noqa: E731
+    result = fnn.sweep(config, x, y, seeds=members, epochs=1, batch_size=BATCH, chunk_size=chunk, devices=1)
+    jax.block_until_ready(result.results)
+    return {
+        "members": members,
+        "chunk": chunk,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before,
+        "kept_mib": sum(leaf.nbytes for leaf in jax.tree.leaves(result.results)) / 2**20,
+        "loss": np.asarray(result.results.history["loss"]).ravel().tolist(),
+    }
+
+
+def memory_table() -> None:
+    """``--memory``: one member, then 128 in chunks of 16 and of 128, each in a fresh process."""
+    runs = [(1, 1), (MEMORY_MEMBERS, 16), (MEMORY_MEMBERS, MEMORY_MEMBERS)]
+    rows = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--memory-worker", str(m), str(c)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.splitlines()[-1]
+        )
+        for m, c in runs
+    ]
+    one = rows[0]["peak_mib"]
+    print(
+        f"fnn bench_sweep --memory: MLP {'-'.join(map(str, MEMORY_SIZES))}, Adam, 1 epoch, batch {BATCH}, 1 CPU device\n"
+    )
+    print(
+        "| members | chunk_size | peak MiB above the process before | kept results MiB | above one member's run and the results |"
+    )
+    print("|---|---|---|---|---|")
+    for r in rows:
+        above = "(the baseline)" if r is rows[0] else f"{r['peak_mib'] - one - r['kept_mib']:.0f}"
+        print(f"| {r['members']} | {r['chunk']} | {r['peak_mib']:.0f} | {r['kept_mib']:.0f} | {above} |")
+    difference = np.max(np.abs(np.subtract(rows[1]["loss"], rows[2]["loss"])))
+    print(f"\nchunk 16 against chunk 128: largest difference of the members' loss {difference:.2g} (float32 rounding)")
+    # one epoch of 56 Adam steps through 512-wide layers, kernels chosen by the member count
+    assert np.allclose(rows[1]["loss"], rows[2]["loss"], rtol=1e-4), "chunk sizes gave different results"
+
+
 def run_worker(name: str, devices: int, args) -> dict:
     command = [sys.executable, __file__, "--epochs", str(args.epochs), "--seeds", str(args.seeds)]
     out = subprocess.run([*command, "--worker", name, str(devices)], check=True, capture_output=True, text=True)
@@ -108,8 +166,16 @@ def main(argv=None):
     parser.add_argument(
         "--devices", type=int, nargs="+", default=None, help="CPU device counts (default: 1 and one per core)"
     )
+    parser.add_argument("--memory", action="store_true", help="measure a chunked sweep's memory instead (issue 21)")
     parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "DEVICES"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=2, type=int, metavar=("MEMBERS", "CHUNK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_worker:
+        fnn.distributed.use_cpu_cores(1)
+        print(json.dumps(memory(*args.memory_worker)))
+        return None
+    if args.memory:
+        return memory_table()
     if args.worker:
         fnn.distributed.use_cpu_cores(int(args.worker[1]))
         print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.seeds, args.epochs)))

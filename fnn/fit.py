@@ -45,7 +45,7 @@ from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_na
 from fnn.programs import device_array, jit_program
 from fnn.train import Trainer, TrainState
 
-__all__ = ["DivergenceError", "FitResult", "check_fit", "fit", "plan"]
+__all__ = ["DivergenceError", "FitResult", "check_checkpoint_options", "check_fit", "fit", "plan"]
 
 
 class DivergenceError(FloatingPointError):
@@ -227,7 +227,7 @@ def prepare(
     check_batch_divisible(batch_size, batch_sharding)
     if not isinstance(trainer, Trainer):
         raise ValueError(f"trainer must be an fnn.Trainer(model, optimizer, loss); got {type(trainer).__name__}")
-    every = _check_checkpoint_options(checkpoint, checkpoint_every, resume, epochs)
+    every = check_checkpoint_options(checkpoint, checkpoint_every, resume, epochs)
     x, y, validation = _as_arrays(x, y, validation)
     state = _initial_state(trainer, key, train_state, params, model_state, epochs, abstract=only_check)
     _check_data(trainer, x, y, validation, batch_size, state)
@@ -253,7 +253,7 @@ def prepare(
     return Run(trainer, loop, data, settings, epochs, checkpoint, every, resume)
 
 
-def _check_checkpoint_options(path, every, resume, epochs: int) -> int:
+def check_checkpoint_options(path, every, resume, epochs: int) -> int:
     """The epochs per chunk; checks the checkpoint destination before any training."""
     if path is None:
         if every is not None or resume:

@@ -62,28 +62,28 @@ def describe(trainer: Trainer, loop: Loop, settings: Settings, data: RunData, ep
         "tol": repr(float(data.tol)),
         "divergence_threshold": repr(float(data.divergence_threshold)),
         "key": np.asarray(jax.random.key_data(loop.result.train_state.key)).tolist(),
-        "data (SHA-256)": _digest((data.x, data.y, data.validation)),
+        "data (SHA-256)": digest((data.x, data.y, data.validation)),
     }
     for path, leaf in jax.tree_util.tree_leaves_with_path(trainer):
         settings_used["trainer" + jax.tree_util.keystr(path)] = np.asarray(leaf).tolist()
     without_history = loop._replace(result=loop.result._replace(history={}))
     arrays = {
-        jax.tree_util.keystr(path): _spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)
+        jax.tree_util.keystr(path): spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)
     }
     return {"settings": settings_used, "arrays": arrays}
 
 
-def _digest(arrays) -> str:
-    """A short SHA-256 of the arrays' dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
+def digest(arrays) -> str:
+    """A short SHA-256 of the arrays' dtypes, shapes and bytes (``None`` leaves skipped)."""
+    sha = hashlib.sha256()
     for leaf in jax.tree.leaves(arrays):
         host = np.ascontiguousarray(leaf)
-        digest.update(f"{host.dtype}{host.shape}".encode())
-        digest.update(host.tobytes())
-    return digest.hexdigest()[:16]
+        sha.update(f"{host.dtype}{host.shape}".encode())
+        sha.update(host.tobytes())
+    return sha.hexdigest()[:16]
 
 
-def _spec(leaf) -> str:
+def spec(leaf) -> str:
     if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         return f"key<{jax.random.key_impl(leaf)}>{list(leaf.shape)}"
     return f"{leaf.dtype}{list(leaf.shape)}"
@@ -106,7 +106,7 @@ def restore(path, like: Loop, description: dict) -> Loop:
     saved = header.get("metadata") or {}
     if set(saved) != {"settings", "arrays"}:
         raise ValueError(f"checkpoint {path} was not written by fnn.fit (no run description); cannot resume from it")
-    _compare(path, saved, description)
+    compare(path, saved, description)
     saved_epochs = saved["settings"]["epochs"]
     old = like._replace(result=like.result._replace(history=_resized(like.result.history, saved_epochs)))
     loop = checkpoint_lib.restore(path, like=old)
@@ -115,9 +115,10 @@ def restore(path, like: Loop, description: dict) -> Loop:
     )
 
 
-def _compare(path, saved: dict, call: dict):
+def compare(path, saved: dict, call: dict, extendable: tuple[str, ...] = ("epochs",)):
     """Raise ValueError for the first difference between the saved run and this call:
-    the carried arrays first (another model or optimizer), then the settings."""
+    the carried arrays first (another model or optimizer), then the settings (a setting
+    in ``extendable`` may be larger in the call: a run extended to more epochs)."""
     for key in [*call["arrays"], *(k for k in saved["arrays"] if k not in call["arrays"])]:  # tree order
         was, now = saved["arrays"].get(key, "nothing"), call["arrays"].get(key, "nothing")
         if was != now:
@@ -128,7 +129,7 @@ def _compare(path, saved: dict, call: dict):
             )
     for name, value in call["settings"].items():
         was = saved["settings"].get(name)
-        if name == "epochs" and isinstance(was, int) and was <= value:
+        if name in extendable and isinstance(was, int) and was <= value:
             continue  # extending a run is allowed
         if was != value:
             hint = f": pass epochs >= {was} to resume it" if name == "epochs" else ""

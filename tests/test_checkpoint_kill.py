@@ -47,8 +47,9 @@ TRIALS = [
 ]
 
 
-def _launch(path: Path, cache: Path, hang_at: int = 0) -> subprocess.Popen:
-    """Start the child training with a checkpoint at ``path``; its stderr goes to child.err beside it."""
+def _launch(path: Path, cache: Path, hang_at: int = 0, kind: str = "fit") -> subprocess.Popen:
+    """Start the child training (``kind``: "fit" or one of ``child.SWEEPS``) with a
+    checkpoint at ``path``; its stderr goes to child.err beside it."""
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(p for p in (str(FNN_ROOT), os.environ.get("PYTHONPATH")) if p),
         "JAX_COMPILATION_CACHE_DIR": str(cache),
@@ -57,7 +58,7 @@ def _launch(path: Path, cache: Path, hang_at: int = 0) -> subprocess.Popen:
     }
     with open(path.with_name("child.err"), "w") as err:
         return subprocess.Popen(
-            [sys.executable, str(CHILD), str(path), str(hang_at)], env=env, stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, str(CHILD), str(path), str(hang_at), kind], env=env, stdout=subprocess.DEVNULL, stderr=err
         )
 
 
@@ -149,3 +150,64 @@ def test_a_killed_run_resumes_bit_identically(tmp_path, run, cache, mode, k, del
     resumed = fnn.fit(trainer, x, y, **child.OPTIONS, checkpoint=path, resume=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child.err", "run.ckpt"]  # no temporary left
     _assert_bit_identical(_outcome(resumed), _outcome(uninterrupted))
+
+
+# ---------------------------------------------------------------------------- sweeps
+# A chunked sweep (4 members in chunks of 2, stopping every 2 of 8 epochs: 8 calls, a save
+# after each) and successive halving (6 members in chunks of 4, rungs of 2 epochs: 4 calls).
+
+SAVES = {"sweep": 8, "halving": 4}
+SWEEP_TRIALS = [
+    (kind, mode, _rng.randint(1, SAVES[kind] - (mode == "after")), _rng.uniform(0, _EPOCH))
+    for kind in SAVES
+    for mode in ("during", "after")
+] + [("sweep", "after", 0, _rng.uniform(0, 0.2))]
+
+
+def _sweep(kind: str, **checkpointing):
+    _, x, y = child.problem()
+    return fnn.sweep(child.config, x, y, **child.SWEEPS[kind], **child.SWEEP_OPTIONS, **checkpointing)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, cache):
+    """``{kind: the uninterrupted sweep's result}``; a first child of each kind runs the
+    same sweep meanwhile, filling the children's compilation cache."""
+    results = {}
+    for kind in SAVES:
+        folder = tmp_path_factory.mktemp(f"uninterrupted-{kind}")
+        first = _launch(folder / "child.ckpt", cache, kind=kind)
+        try:
+            results[kind] = _sweep(kind, checkpoint=folder / "run.ckpt")
+            returncode = first.wait(TIMEOUT)
+        finally:
+            first.kill()
+            first.wait()
+        assert returncode == 0, _stderr(folder)
+        assert results[kind].calls == SAVES[kind]
+    return results
+
+
+@pytest.mark.parametrize(
+    "kind, mode, k, delay", SWEEP_TRIALS, ids=[f"{kind}-{mode}-save-{k}" for kind, mode, k, _ in SWEEP_TRIALS]
+)
+def test_a_killed_sweep_resumes_bit_identically(tmp_path, swept, cache, kind, mode, k, delay):
+    path = tmp_path / "run.ckpt"
+    process = _launch(path, cache, hang_at=k if mode == "during" else 0, kind=kind)
+    try:
+        _wait_for_saves(process, tmp_path, k, completed=mode == "after")
+        time.sleep(delay)
+    finally:
+        process.kill()
+        returncode = process.wait()
+    assert returncode in (0, -signal.SIGKILL), _stderr(tmp_path)
+    saved = k - (mode == "during")
+    assert path.exists() == (saved > 0)
+
+    resumed = _sweep(kind, checkpoint=path, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.err", "run.ckpt"]  # no temporary left
+    whole = swept[kind]
+    _assert_bit_identical(resumed.results, whole.results)
+    assert (resumed.calls, resumed.member_epochs) == (whole.calls, whole.member_epochs)
+    if whole.rung is not None:
+        assert resumed.rung.tolist() == whole.rung.tolist()

@@ -5,7 +5,9 @@ eta=3))`` runs *rungs*: every member trains ``r`` epochs; the best ``⌊n/eta⌋
 monitored value (at each member's last epoch; ties go to the lower member index) go on
 with their whole state — params, optimizer state, PRNG key, history so far — for ``r``
 epochs more; and so on until one member remains, which trains on to epoch ``E`` (or the
-epochs run out first, and the rung that reaches ``E`` ends the sweep). A 27-point grid
+epochs run out first, and the rung that reaches ``E`` ends the sweep). A diverged member
+ranks last; kept or not, it never trains again, and its ``rung`` is the one in which it
+diverged (when every member diverged, none reaches a later rung). A 27-point grid
 with ``eta=3`` runs rungs of 27, 9, 3 and 1 members: 27r + 9r + 3r + (E - 3r)
 member-epochs instead of 27E.
 
@@ -26,6 +28,7 @@ removes them from later runs.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,7 +50,7 @@ def halving(rung_epochs: int, eta: int = 3, monitor: str | None = None) -> Halvi
 
     Args:
       rung_epochs: epochs each rung trains its members (>= 1).
-      eta: after each rung, the best ``⌊members / eta⌋`` (at least one) go on (>= 2).
+      eta: after each rung, the best ``⌊members / eta⌋`` (at least one) go on; an int >= 2.
       monitor: the history entry that ranks members (its value at each member's last
         epoch run); default the sweep's ``monitor``: "val_loss" with validation data,
         else "loss". Names ending in "accuracy" are maximized, others minimized.
@@ -59,35 +62,48 @@ def halving(rung_epochs: int, eta: int = 3, monitor: str | None = None) -> Halvi
     """
     if monitor is not None and not isinstance(monitor, str):
         raise ValueError(f"monitor must be a history entry's name (a str) or None; got {monitor!r}")
-    eta = check_int("eta", eta)
-    if eta < 2:
-        raise ValueError(f"eta must be an int >= 2 (keep 1/eta of the members at each rung); got {eta}")
+    eta = check_int("eta", eta, minimum=2)  # eta = 1 would keep every member: no halving
     return Halving(rung_epochs=check_int("rung_epochs", rung_epochs), eta=eta, monitor=monitor)
 
 
+class Rungs(NamedTuple):
+    """Where successive halving stands: rung ``k`` is running members ``alive``;
+    ``rung[m]`` is the last rung member ``m`` ran in (saved with a sweep's checkpoint)."""
+
+    k: int
+    alive: np.ndarray
+    rung: np.ndarray
+
+
 def run_rungs(population: Population, schedule: Halving, epochs: int, monitor: str, advance) -> np.ndarray:
-    """Run the rungs of ``schedule`` on ``population`` (its members' carries are updated).
+    """Run the rungs of ``schedule`` on ``population`` (its members' carries are updated),
+    from the start or, for a resumed sweep, from ``population.rungs``.
 
     Args:
-      population: the sweep's population, not run yet.
+      population: the sweep's population.
       schedule: the halving schedule.
       epochs: the sweep's total epochs.
       monitor: the history entry that ranks members (checked by the caller).
       advance: ``advance(population, which, end, label)``: runs members ``which`` to
-        epoch ``end`` (the sweep's, so that compaction applies within a rung).
+        epoch ``end`` (the sweep's, so that compaction applies within a rung; members
+        already there are not run again).
     Returns:
-      [members] ints: the rung (0-based) at which each member stopped.
+      [members] ints: the rung (0-based) at which each member stopped: the last rung it
+      ran in. A diverged member ranks last and, when too few members are left, is still
+      kept, but it never trains again: it stays at the rung where it diverged (so when
+      every member diverged, none reaches a later rung).
     """
-    alive = np.arange(population.size)
-    rung = np.zeros(population.size, dtype=int)
-    for k in range(population.size):  # at most one rung per member: each rung keeps fewer
+    n = population.size
+    state = population.rungs or Rungs(0, np.arange(n), np.zeros(n, dtype=int))
+    while True:  # at most one rung per member: each rung keeps fewer
+        k, alive = state.k, state.alive
         end = epochs if alive.size == 1 else min((k + 1) * schedule.rung_epochs, epochs)
+        state.rung[alive[~_diverged(population)[alive]]] = k  # a diverged member keeps the rung it diverged in
+        population.rungs = state
         advance(population, alive, end, f"rung {k} ({alive.size} members)")
-        rung[alive] = k
         if end >= epochs:
-            break
-        alive = survivors(population, alive, schedule.eta, monitor)
-    return rung
+            return state.rung
+        state = Rungs(k + 1, survivors(population, alive, schedule.eta, monitor), state.rung)
 
 
 def survivors(population: Population, alive: np.ndarray, eta: int, monitor: str) -> np.ndarray:
@@ -100,11 +116,18 @@ def survivors(population: Population, alive: np.ndarray, eta: int, monitor: str)
     scores = last_values(population, monitor)[alive]
     if monitor.endswith("accuracy"):
         scores = -scores
-    diverged = np.asarray(population.results.diverged)[alive]
+    diverged = _diverged(population)[alive]
     scores = np.where(np.isfinite(scores) & ~diverged, scores, np.inf)
     order = np.lexsort((alive, scores))  # by score, then by member index
     keep = max(1, alive.size // eta)
     return np.sort(alive[order[:keep]])
+
+
+def _diverged(population: Population) -> np.ndarray:
+    """Whether each member has diverged ([members] bools; none before the first call)."""
+    if population.loops is None:
+        return np.zeros(population.size, dtype=bool)
+    return np.asarray(population.results.diverged)
 
 
 def last_values(population: Population, name: str) -> np.ndarray:

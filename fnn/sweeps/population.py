@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -72,16 +73,35 @@ def take(tree, index):
     return jax.tree.map(lambda a: a[index], tree)
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=0)
 def _put(loops: Loop, index, part: Loop) -> Loop:
-    """``loops`` with the carries of members ``index`` ([k] ints) replaced by ``part``'s."""
+    """``loops`` with the carries of members ``index`` ([k] ints) replaced by ``part``'s,
+    in place (``loops`` is donated: the population is never held twice)."""
     return jax.tree.map(lambda old, new: old.at[index].set(new), loops, part)
 
 
-@jax.jit
-def _concatenate(parts: list[Loop]) -> Loop:
-    """The carries of consecutive pieces of members, as one population."""
-    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+def zeros(shapes):
+    """Zero arrays (PRNG keys of zero key data) of the shapes and dtypes ``shapes``, made
+    on the device by one program (a population's storage; a tree to restore into)."""
+
+    def zero(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jnp.zeros((*leaf.shape, 2), jnp.uint32))
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    return jax.jit(lambda: jax.tree.map(zero, shapes))()
+
+
+class Pending(NamedTuple):
+    """A call of :meth:`Population.run` in progress: its members, end epoch, padding, how
+    many of its pieces have run (a resumed population runs the rest first), and whether
+    it is the first call (its members start from scratch)."""
+
+    which: np.ndarray
+    end: int
+    compact: bool
+    done: int
+    first: bool
 
 
 def place(members: dict, sharding) -> dict:
@@ -130,41 +150,67 @@ class Population:
         self._program = functools.partial(advance, config, options, x, y, arrays)
         self.member_epochs = 0  # the compute spent: per call, its padded members x the epochs its loop ran
         self.calls = 0
+        self.pending: Pending | None = None  # the call in progress, while its pieces run
+        self.after_piece: Callable[[Population], None] | None = None  # e.g. save a checkpoint
+        self.rungs: Any = None  # successive halving's position (fnn.sweeps.halving.Rungs), if it runs
 
     def run(self, which: np.ndarray, end: int, label: str = "", compact: bool = True) -> None:
         """Advance members ``which`` (indices; the first call: every member, in order) to
         epoch ``end``, in pieces of at most one chunk, each padded to the smallest bucket
         that holds it (``compact``) or to a whole chunk (one program for every call);
-        their new carries replace the old ones. ``label`` prefixes progress lines."""
+        their new carries replace the old ones as each piece ends, and ``after_piece``
+        (if set) is called then: the population is in a state it can be saved in and
+        resumed from (the call in progress is ``pending``). ``label`` prefixes progress lines."""
         which = np.asarray(which, dtype=int)
-        if self.loops is None and not np.array_equal(which, np.arange(self.size)):
+        first = self.loops is None and self.pending is None
+        if first and not np.array_equal(which, np.arange(self.size)):
             raise ValueError("a population's first call starts every member, in order")
-        step = self.buckets[0]
-        pieces = [which[i : i + step] for i in range(0, which.size, step)]
-        new = [
-            self._run_piece(
-                piece, end, compact, f"{label} chunk {i + 1}/{len(pieces)}".strip() if len(pieces) > 1 else label
-            )
-            for i, piece in enumerate(pieces)
-        ]
-        if self.loops is None and len(new) == 1:
-            self.loops = new[0]  # as it came (sharded over the devices, if it ran on several)
-            return
-        new = [jax.device_put(part, jax.devices()[0]) for part in new]  # one device, to concatenate and scatter
-        if self.loops is None:
-            self.loops = _concatenate(new)
-        else:
-            self.loops = jax.device_put(self.loops, jax.devices()[0])
-            for piece, part in zip(pieces, new, strict=True):
-                self.loops = _put(self.loops, piece, part)
+        self.pending = Pending(which, end, compact, done=0, first=first)
+        self.finish_pending(label)
 
-    def _run_piece(self, piece: np.ndarray, end: int, compact: bool, label: str) -> Loop:
-        """One compiled call: ``piece``'s members padded to a bucket; their new carries."""
+    def finish_pending(self, label: str = "") -> None:
+        """Run the pieces of the call in progress (``pending``) that have not run yet."""
+        call = self.pending
+        if call is None:
+            return
+        step = self.buckets[0]
+        pieces = [call.which[i : i + step] for i in range(0, call.which.size, step)]
+        for i in range(call.done, len(pieces)):
+            text = f"{label} chunk {i + 1}/{len(pieces)}".strip() if len(pieces) > 1 else label
+            part = self._run_piece(pieces[i], call.end, call.compact, text, call.first)
+            self._keep(pieces[i], part, whole=call.first and len(pieces) == 1)
+            self.pending = call._replace(done=i + 1) if i + 1 < len(pieces) else None
+            if self.after_piece is not None:
+                self.after_piece(self)
+
+    def _keep(self, piece: np.ndarray, part: Loop, whole: bool) -> None:
+        """Write a finished piece's carries into the population's storage: one device's
+        arrays for every member, allocated once (members not run yet hold zeros: epoch 0,
+        not stopped) and updated in place, so that a sweep holds its members' carries once
+        plus one chunk's working set. A first call in one piece (``whole``) is the
+        population as it came (sharded over the devices, if it ran on several)."""
+        if whole:
+            self.loops = part
+            return
+        device = jax.devices()[0]
+        if self.loops is None:
+            self.loops = jax.device_put(zeros(self.carry_shapes(self.size)), device)
+        self.loops = _put(jax.device_put(self.loops, device), piece, jax.device_put(part, device))
+
+    def carry_shapes(self, members: int) -> Loop:
+        """The shapes and dtypes of ``members`` members' carries (abstract: nothing runs)."""
+        float_dtype = jax.dtypes.canonicalize_dtype(float)
+        table = {k: jax.ShapeDtypeStruct((members,), np.int32 if k == "seed" else float_dtype) for k in self.table}
+        return jax.eval_shape(self._program, table, None, np.int32(1))
+
+    def _run_piece(self, piece: np.ndarray, end: int, compact: bool, label: str, first: bool) -> Loop:
+        """One compiled call: ``piece``'s members padded to a bucket (from scratch in the
+        ``first`` call, else from their carries); their new carries."""
         size = min(b for b in self.buckets if b >= piece.size) if compact else self.buckets[0]
         padded = np.concatenate([piece, np.repeat(piece[-1:], size - piece.size)])
         sharding = member_sharding(self._devices, size)
         members = place({k: v[padded] for k, v in self.table.items()}, sharding)
-        loops = None if self.loops is None else take(self.loops, padded)
+        loops = None if first else take(self.loops, padded)
         if loops is not None and sharding is not None:
             loops = jax.device_put(loops, sharding)
         if self.progress:

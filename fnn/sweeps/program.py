@@ -35,6 +35,7 @@ matmuls and may add up sums in another order, so the numbers are not bit-identic
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -44,11 +45,12 @@ from jax.typing import ArrayLike
 
 from fnn import memory as memory_lib
 from fnn import progress as progress_lib
-from fnn.checks import check_int
+from fnn.checks import check_bool, check_int, check_whole
 from fnn.distributed import resolve_devices, warn_unused_cores
-from fnn.fit import check_fit
+from fnn.fit import check_checkpoint_options, check_fit
 from fnn.loop import history_names
 from fnn.programs import device_array, host_array
+from fnn.sweeps import resume as sweep_resume
 from fnn.sweeps.halving import Halving, run_rungs
 from fnn.sweeps.members import check_configurations, members
 from fnn.sweeps.population import Population
@@ -59,7 +61,7 @@ from fnn.train import Trainer
 # keys from seeds. Array options are passed to the compiled program as traced data, shared
 # by every member (tol and divergence_threshold too, when not None: a new value reuses
 # the compiled program); every other option is static (hashable) and part of its key.
-_PER_RUN_OPTIONS = ("key", "train_state", "checkpoint", "checkpoint_every", "resume")
+_PER_RUN_OPTIONS = ("key", "train_state")
 _ARRAY_OPTIONS = ("validation", "params", "model_state", "tol", "divergence_threshold")
 _SCALAR_OPTIONS = ("tol", "divergence_threshold")  # as fit's float dtype: 0.1 and np.array(0.1) share a program
 
@@ -73,10 +75,13 @@ def sweep(
     grid: dict[str, Any] | None = None,
     product: bool = True,
     chunk_size: int | str | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | float | None = None,
     devices: int | Sequence[jax.Device] | None = None,
     compact_every: int | None = None,
     schedule: Halving | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     **fit_kwargs: Any,
 ) -> SweepResult:
     """Train every member of seeds × grid with one vmapped, compiled ``fit``.
@@ -91,7 +96,8 @@ def sweep(
         all; ``"auto"``: the largest chunk whose estimated live memory fits
         ``memory_budget`` (see ``fnn.memory``). The chunk that ran is in the result.
       memory_budget: bytes for ``chunk_size="auto"`` (per device on accelerators, for all
-        CPU devices together on the host); default half of the memory free now.
+        CPU devices together on the host): an int, or a whole float such as ``2e9``;
+        default half of the memory free now.
       devices: shard each chunk's members over these devices: ``None`` (all local
         devices), a count (the first that many) or a list; ``[jax.devices()[0]]`` or ``1``
         runs on one. See ``fnn.distributed.member_sharding``. Left at ``None`` on a single
@@ -107,8 +113,18 @@ def sweep(
         each rung of ``rung_epochs`` epochs only the best ``1/eta`` of the members go on
         (``fnn.sweeps.halving``); the result's ``rung`` column says where each stopped,
         and its row holds its metrics there. Default ``None``: every member trains on.
+      checkpoint: a file path: after every compiled call (each chunk, rung and interval)
+        the whole population is saved there atomically (``fnn.sweeps.resume``); its
+        folder is checked before anything runs. Default ``None``: nothing is saved.
+      checkpoint_every: also stop the compiled run every this many epochs to save (as
+        ``compact_every`` does, dropping the members that stopped: numbers as without
+        it to float32 rounding). Default: save only at the calls the sweep makes anyway.
+      resume: continue from ``checkpoint`` if the file exists (else start): the result
+        is bit-identical to the uninterrupted sweep's; a file written for another sweep
+        (members, epochs, schedule, chunk, options, data, model) is refused, naming what
+        differs. With ``progress=True`` a line says where the sweep resumed.
       **fit_kwargs: passed to ``fit`` (epochs, batch_size, validation, patience, ...).
-        ``key``, ``train_state`` and checkpoints are per-run options and are refused here.
+        ``key`` and ``train_state`` are per-run options and are refused here.
         Everything ``fit`` checks is checked first, eagerly (``fnn.fit.check_fit``),
         and the configuration is built once at every grid point with concrete values
         and traced once abstractly (``check_configurations``), so a sweep refuses what
@@ -122,17 +138,23 @@ def sweep(
         named with its keys and values.
     """
     table = members(config, {} if grid is None else grid, seeds, product)
-    every = None if compact_every is None else check_int("compact_every", compact_every)
+    compact = None if compact_every is None else check_int("compact_every", compact_every)
     if schedule is not None and not isinstance(schedule, Halving):
         raise ValueError(f"schedule must be fnn.halving(...) or None; got {type(schedule).__name__}")
     population = populate(config, x, y, table, chunk_size, memory_budget, devices, fit_kwargs, "fnn.sweep")
     epochs = fit_kwargs["epochs"]
+    saves = check_checkpoint_options(checkpoint, checkpoint_every, resume, epochs)
+    resume = check_bool("resume", resume)
     monitor = "" if schedule is None else _monitor(schedule, population, fit_kwargs)
+    stops = tuple(every for every in (compact, None if checkpoint_every is None else saves) if every is not None)
 
     def advance(population: Population, which: np.ndarray, end: int, label: str = "") -> None:
-        _advance(population, which, end, every, label)
+        _advance(population, which, end, stops, label)
 
     with reporting(fit_kwargs):
+        if checkpoint is not None:
+            settings = dict(epochs=epochs, schedule=repr(schedule), compact_every=compact, checkpoint_every=saves)
+            _keep_saved(population, checkpoint, resume, x, y, settings, fit_kwargs)
         if schedule is None:
             advance(population, np.arange(population.size), epochs)
             return result_table(population)
@@ -140,19 +162,37 @@ def sweep(
     return result_table(population, rung)
 
 
-def _advance(population: Population, which: np.ndarray, end: int, every: int | None, label: str) -> None:
-    """Run the live members of ``which`` to epoch ``end``: in one call, or stopping every
-    ``every`` epochs to drop the members that stopped early or diverged (compaction).
-    The first call pads every chunk to a whole chunk (one program); later calls pad to
-    the smallest population bucket that holds their members."""
+def _advance(population: Population, which: np.ndarray, end: int, stops: tuple[int, ...], label: str) -> None:
+    """Run the live members of ``which`` to epoch ``end``: in one call, or stopping at
+    every multiple of each of ``stops`` (``compact_every``, ``checkpoint_every``) to drop
+    the members that stopped early or diverged (compaction). The first call pads every
+    chunk to a whole chunk (one program); later calls pad to the smallest population
+    bucket that holds their members. Members already at ``end`` are not run again (a
+    resumed sweep), and a resumed call in progress is finished first."""
+    population.finish_pending(f"{label} (resumed)".strip())
     start = int(population.epochs()[which].min()) if which.size else end
-    boundaries = [end] if every is None else range(start - start % every + every, end + every, every)
-    for boundary in boundaries:
-        stop = min(boundary, end)
+    boundaries = sorted({end, *(b for every in stops for b in range(start - start % every + every, end, every))})
+    for stop in boundaries:
         live = which[population.live()[which] & (population.epochs()[which] < stop)]
         if live.size:
-            text = label if every is None else f"{label} to epoch {stop}".strip()
+            text = label if not stops else f"{label} to epoch {stop}".strip()
             population.run(live, stop, label=text, compact=population.loops is not None)
+
+
+def _keep_saved(population: Population, path, resume: bool, x, y, settings: dict, fit_kwargs: dict) -> None:
+    """Resume ``population`` from ``path`` (when asked and the file exists), and save it
+    there after every compiled call from now on."""
+    description = sweep_resume.describe(population, x, y, settings, fit_kwargs)
+    if resume and os.path.exists(path):
+        sweep_resume.restore(path, population, description)
+        if population.progress:
+            epochs = population.epochs()
+            print(
+                f"resumed from {path}: {population.calls} compiled calls done, members at epochs "
+                f"{epochs.min()}-{epochs.max()}" + ("" if population.pending is None else ", finishing a call"),
+                flush=True,
+            )
+    population.after_piece = lambda p: sweep_resume.save(path, p, description)
 
 
 def _monitor(schedule: Halving, population: Population, fit_kwargs: dict) -> str:
@@ -196,7 +236,7 @@ def populate(
     y: ArrayLike,
     table: dict[str, np.ndarray],
     chunk_size: int | str | None,
-    memory_budget: int | None,
+    memory_budget: int | float | None,
     devices: int | Sequence[jax.Device] | None,
     fit_kwargs: dict,
     entry: str,
@@ -256,7 +296,7 @@ def _chunk_size(chunk_size, memory_budget, devices, n: int, trainer: Trainer, x,
     budget = (
         memory_lib.DEFAULT_FRACTION * memory_lib.free_memory(used[0])
         if memory_budget is None
-        else check_int("memory_budget", memory_budget)
+        else check_whole("memory_budget", memory_budget)
     )
     epochs = fit_kwargs["epochs"]
     entries = len(history_names(trainer, fit_kwargs.get("validation") is not None))

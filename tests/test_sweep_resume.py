@@ -1,0 +1,133 @@
+"""Sweeps resume from their checkpoint bit for bit (fnn.sweeps.resume).
+
+Here a sweep is stopped right after its k-th save, for every k, by an exception from the
+save (in this process, so every program is compiled once); tests/test_checkpoint_kill.py
+SIGKILLs child processes at random moments, during training and during saves.
+"""
+
+import re
+
+import chex
+import numpy as np
+import pytest
+
+import fnn
+from fnn.sweeps import resume as sweep_resume
+
+
+def config(lr=1e-2, dropout=0.0):
+    return fnn.Trainer(fnn.mlp([64, 16, 10], dropout=dropout), fnn.adam(lr), fnn.cross_entropy)
+
+
+KINDS = {
+    "chunks and checkpoint_every": dict(seeds=3, grid={"lr": [1e-2, 3e-2]}, chunk_size=4, checkpoint_every=3),
+    "halving": dict(
+        seeds=[0], grid={"lr": [1e-3, 1e-2, 3e-2], "dropout": [0.0, 0.1, 0.2]}, schedule=fnn.halving(2), chunk_size=4
+    ),
+    "compaction": dict(seeds=4, grid={"lr": [1e-2, 1.0]}, compact_every=2, patience=1, chunk_size=4),
+}
+
+
+class Stopped(Exception):
+    """Raised by a save to stop the sweep there, as a kill after the save would."""
+
+
+def _options(digits, kind: str) -> dict:
+    *_, x_val, y_val = digits
+    return dict(epochs=7, batch_size=50, validation=(x_val, y_val), devices=1, **KINDS[kind])
+
+
+def _stop_after_save(monkeypatch, k: int):
+    """Make the k-th save of the next sweep stop it (the file written)."""
+    save, count = sweep_resume.save, [0]
+
+    def save_then_stop(*args):
+        save(*args)
+        count[0] += 1
+        if count[0] == k:
+            raise Stopped
+
+    monkeypatch.setattr(sweep_resume, "save", save_then_stop)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_sweep_stopped_after_any_save_resumes_bit_identically(digits_300, tmp_path, monkeypatch, kind):
+    x, y, *_ = digits_300
+    options = _options(digits_300, kind)
+    whole = fnn.sweep(config, x, y, checkpoint=tmp_path / "whole.ckpt", **options)
+    assert whole.calls >= 4  # several chunks, rungs or intervals: saves to stop after
+    for k in range(1, whole.calls):
+        path = tmp_path / f"stopped-{k}.ckpt"
+        with monkeypatch.context() as patch:
+            _stop_after_save(patch, k)
+            with pytest.raises(Stopped):
+                fnn.sweep(config, x, y, checkpoint=path, **options)
+        resumed = fnn.sweep(config, x, y, checkpoint=path, resume=True, **options)
+        chex.assert_trees_all_equal(resumed.results, whole.results, strict=True)
+        assert (resumed.calls, resumed.member_epochs) == (whole.calls, whole.member_epochs), k
+        if whole.rung is not None:
+            np.testing.assert_array_equal(resumed.rung, whole.rung)
+
+
+def test_checkpoint_every_changes_the_numbers_by_rounding_only(digits_300, tmp_path):
+    x, y, *_ = digits_300
+    options = _options(digits_300, "chunks and checkpoint_every")
+    saved = fnn.sweep(config, x, y, checkpoint=tmp_path / "run.ckpt", **options)
+    options.pop("checkpoint_every")
+    plain = fnn.sweep(config, x, y, **options)
+    chex.assert_trees_all_close(saved.results.history, plain.results.history, rtol=1e-5, atol=1e-6)
+    assert saved.calls > plain.calls
+
+
+def test_resume_says_where_it_resumed_and_a_finished_sweep_runs_nothing(digits_300, tmp_path, capsys):
+    x, y, *_ = digits_300
+    options = _options(digits_300, "halving")
+    whole = fnn.sweep(config, x, y, checkpoint=tmp_path / "run.ckpt", **options)
+    again = fnn.sweep(config, x, y, checkpoint=tmp_path / "run.ckpt", resume=True, progress=True, **options)
+    assert f"resumed from {tmp_path / 'run.ckpt'}: {whole.calls} compiled calls done" in capsys.readouterr().out
+    chex.assert_trees_all_equal(again.results, whole.results)
+    assert again.calls == whole.calls
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(seeds=4), "members="),
+        (dict(epochs=8), "epochs=8"),
+        (dict(schedule=fnn.halving(3)), "schedule="),
+        (dict(chunk_size=2), "chunk=2"),
+        (dict(batch_size=25), "batch_size="),
+        (dict(tol=0.5), "tol="),
+        (dict(x_scale=2.0), "data \\(SHA-256\\)="),
+        (
+            dict(
+                config=lambda lr=1e-2, dropout=0.0: fnn.Trainer(fnn.mlp([64, 8, 10]), fnn.adam(lr), fnn.cross_entropy)
+            ),
+            "parameters differ",
+        ),
+    ],
+)
+def test_a_checkpoint_of_another_sweep_is_refused_with_what_differs(digits_300, tmp_path, change, message):
+    x, y, *_ = digits_300
+    options = _options(digits_300, "halving")
+    path = tmp_path / "run.ckpt"
+    fnn.sweep(config, x, y, checkpoint=path, **options)
+    build = change.pop("config", config)
+    x = x * change.pop("x_scale", 1.0)
+    with pytest.raises(ValueError, match=f"cannot resume from {re.escape(str(path))}: .*{message}"):
+        fnn.sweep(build, x, y, checkpoint=path, resume=True, **(options | change))
+
+
+def test_checkpoint_options_are_checked_before_anything_runs(digits_300, tmp_path):
+    x, y, *_ = digits_300
+    options = _options(digits_300, "halving")
+    with pytest.raises(ValueError, match="checkpoint_every and resume need checkpoint="):
+        fnn.sweep(config, x, y, resume=True, **options)
+    with pytest.raises(ValueError, match="checkpoint"):
+        fnn.sweep(config, x, y, checkpoint=tmp_path / "no-such-folder" / "run.ckpt", **options)
+    with pytest.raises(ValueError, match="resume must be"):
+        fnn.sweep(config, x, y, checkpoint=tmp_path / "run.ckpt", resume="yes", **options)
+    fnn.fit(config(), x, y, key=0, epochs=2, batch_size=50, checkpoint=tmp_path / "fit.ckpt")
+    with pytest.raises(ValueError, match="not written by fnn.sweep"):
+        fnn.sweep(config, x, y, checkpoint=tmp_path / "fit.ckpt", resume=True, **options)
+    assert not (tmp_path / "run.ckpt").exists()
