@@ -132,7 +132,7 @@ def compare(path, saved: dict, call: dict, extendable: tuple[str, ...] = ("epoch
         if name in extendable and isinstance(was, int) and was <= value:
             continue  # extending a run is allowed
         if was != value:
-            hint = f": pass epochs >= {was} to resume it" if name == "epochs" else ""
+            hint = f": pass epochs >= {was} to resume it" if name == "epochs" and name in extendable else ""
             raise ValueError(
                 f"cannot resume from {path}: the checkpoint was written for {name}={was!r}; "
                 f"this call has {name}={value!r}{hint}"

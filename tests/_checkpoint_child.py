@@ -4,11 +4,12 @@
 
 trains ``problem()`` with a checkpoint at ``PATH`` after every epoch (``KIND`` "fit", the
 default), or runs the sweep ``SWEEPS[KIND]`` of the same problem with a checkpoint after
-every compiled call (chunks of 2 members every 2 epochs; successive halving). Every fsync of a
+every compiled call (chunks of 2 members every 2 epochs; successive halving), or ("pbt")
+population-based training of it with a checkpoint after every interval. Every fsync of a
 file sleeps ``FSYNC_SECONDS`` (a slow disk: saves take a good share of the run, so that a
 kill at a random moment can land in one), and with ``HANG_AT_SAVE = k > 0`` the k-th
 save hangs in its fsync, its temporary file written, until the process is killed.
-The test imports ``problem``, ``OPTIONS``, ``config`` and ``SWEEPS`` from here, to run the
+The test imports ``problem``, ``OPTIONS``, ``config``, ``SWEEPS`` and ``PBT`` from here, to run the
 same training itself.
 """
 
@@ -47,6 +48,7 @@ SWEEPS = {
     ),
 }
 SWEEP_OPTIONS = dict(epochs=EPOCHS, batch_size=16, devices=1)
+PBT = dict(population={"lr": [1e-3, 3e-3, 1e-2, 3e-2]}, interval=2, hyperparameters=["lr"])  # 4 intervals
 
 
 def _slow_fsync(fsync, hang_at: int):
@@ -72,6 +74,8 @@ def main(path: str, hang_at: int = 0, kind: str = "fit"):
     trainer, x, y = problem()
     if kind == "fit":
         fnn.fit(trainer, x, y, **OPTIONS, checkpoint=path)
+    elif kind == "pbt":
+        fnn.pbt(config, x, y, **PBT, **SWEEP_OPTIONS, checkpoint=path)
     else:
         fnn.sweep(config, x, y, **SWEEPS[kind], **SWEEP_OPTIONS, checkpoint=path)
 

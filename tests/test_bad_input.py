@@ -267,6 +267,14 @@ SWEEP = [
         lambda x, y: sweep(x, y, chunk_size="auto", memory_budget=1e9 + 0.5),
         "memory_budget must be",
     ),
+    ("resume alone", lambda x, y: sweep(x, y, resume=True), "checkpoint_every and resume need checkpoint="),
+    ("checkpoint_every 0", lambda x, y: sweep(x, y, checkpoint="s.ckpt", checkpoint_every=0), "checkpoint_every must"),
+    (
+        "checkpoint folder",
+        lambda x, y: sweep(x, y, checkpoint="/no/such/folder/s.ckpt"),
+        "the folder /no/such/folder does not exist",
+    ),
+    ("resume a word", lambda x, y: sweep(x, y, checkpoint="s.ckpt", resume="yes"), "resume must be a bool"),
 ]
 
 EVALUATE = [
@@ -312,6 +320,12 @@ PBT = [
         "rate must lie in [0.0, 1.0); got 1.0; give bounds={'dropout': (low, high)}",
     ),
     ("labels out of range", lambda x, y: pbt(x, np.full(N, 10, np.int32)), r"y must lie in [0, 10)"),
+    ("resume alone", lambda x, y: pbt(x, y, resume=True), "checkpoint_every and resume need checkpoint="),
+    (
+        "checkpoint folder",
+        lambda x, y: pbt(x, y, checkpoint="/no/such/folder/p.ckpt"),
+        "the folder /no/such/folder does not exist",
+    ),
 ]
 
 FUNCTIONS = [

@@ -39,7 +39,7 @@ def _options(digits, kind: str) -> dict:
 
 def _stop_after_save(monkeypatch, k: int):
     """Make the k-th save of the next sweep stop it (the file written)."""
-    save, count = sweep_resume.save, [0]
+    save, count = sweep_resume.save_population, [0]
 
     def save_then_stop(*args):
         save(*args)
@@ -47,7 +47,7 @@ def _stop_after_save(monkeypatch, k: int):
         if count[0] == k:
             raise Stopped
 
-    monkeypatch.setattr(sweep_resume, "save", save_then_stop)
+    monkeypatch.setattr(sweep_resume, "save_population", save_then_stop)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -131,3 +131,40 @@ def test_checkpoint_options_are_checked_before_anything_runs(digits_300, tmp_pat
     with pytest.raises(ValueError, match="not written by fnn.sweep"):
         fnn.sweep(config, x, y, checkpoint=tmp_path / "fit.ckpt", resume=True, **options)
     assert not (tmp_path / "run.ckpt").exists()
+
+
+PBT = dict(population={"lr": [1e-3, 3e-3, 1e-2, 3e-2]}, interval=2, hyperparameters=["lr"], epochs=7, batch_size=50)
+
+
+def _pbt_outcome(run):
+    return run.results, run.parents, run.scores, run.hyperparameters
+
+
+def test_pbt_stopped_after_any_save_resumes_bit_identically(digits_300, tmp_path, monkeypatch):
+    x, y, x_val, y_val = digits_300
+    options = PBT | dict(validation=(x_val, y_val), devices=1)
+    whole = fnn.pbt(config, x, y, checkpoint=tmp_path / "whole.ckpt", **options)
+    chex.assert_trees_all_equal(_pbt_outcome(fnn.pbt(config, x, y, **options)), _pbt_outcome(whole), strict=True)
+    for k in range(1, 4):  # 4 intervals, a save after each
+        path = tmp_path / f"stopped-{k}.ckpt"
+        with monkeypatch.context() as patch:
+            save, count = sweep_resume.save, [0]
+
+            def save_then_stop(*args, save=save, count=count, k=k):
+                save(*args)
+                count[0] += 1
+                if count[0] == k:
+                    raise Stopped
+
+            patch.setattr(sweep_resume, "save", save_then_stop)
+            with pytest.raises(Stopped):
+                fnn.pbt(config, x, y, checkpoint=path, **options)
+        resumed = fnn.pbt(config, x, y, checkpoint=path, resume=True, **options)
+        chex.assert_trees_all_equal(_pbt_outcome(resumed), _pbt_outcome(whole), strict=True)
+    with pytest.raises(ValueError, match="cannot resume from .*key="):
+        fnn.pbt(config, x, y, checkpoint=tmp_path / "whole.ckpt", resume=True, key=1, **options)
+    with pytest.raises(ValueError, match="written for epochs='7'; this call has epochs='8'$"):
+        fnn.pbt(config, x, y, checkpoint=tmp_path / "stopped-1.ckpt", resume=True, **options | dict(epochs=8))
+    fnn.fit(config(), x, y, key=0, epochs=2, batch_size=50, checkpoint=tmp_path / "fit.ckpt")
+    with pytest.raises(ValueError, match="not written by fnn.pbt"):
+        fnn.pbt(config, x, y, checkpoint=tmp_path / "fit.ckpt", resume=True, **options)

@@ -20,21 +20,26 @@ member that copies another gets a fresh PRNG key for its data order and dropout,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from fnn.checks import as_key, check_int, check_number
+from fnn import checkpoint as checkpoint_lib
+from fnn.checks import as_key, check_bool, check_int, check_number
 from fnn.distributed import member_sharding, resolve_devices
+from fnn.fit import check_checkpoint_options
 from fnn.loop import Loop, history_names, run_epochs
-from fnn.programs import device_array, jit_program
+from fnn.programs import device_array, host_array, jit_program
+from fnn.sweeps import resume as sweep_resume
 from fnn.sweeps.members import build, grid_points
-from fnn.sweeps.population import member_run, place
+from fnn.sweeps.population import member_run, place, zeros
 from fnn.sweeps.program import check_members, reporting, split_options
 from fnn.train import Trainer
 
@@ -111,6 +116,9 @@ def pbt(
     seeds: Sequence[int] | None = None,
     key: ArrayLike = 0,
     devices: int | Sequence[jax.Device] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     **fit_kwargs: Any,
 ) -> PBTResult:
     """Population-based training of ``config``'s members in one compiled program.
@@ -138,6 +146,15 @@ def pbt(
       key: int or PRNG key of the exploit/explore draws.
       devices: shard the members over these devices (as ``sweep``; the largest number of
         them that divides the population).
+      checkpoint: a file path: the run is split into compiled calls of whole intervals
+        and the whole population (every member's run, hyperparameters, the intervals'
+        records) is saved there atomically after each (``fnn.sweeps.resume``); its folder
+        is checked before anything runs. Default ``None``: one compiled call, nothing saved.
+      checkpoint_every: epochs between saves, rounded down to whole intervals (at least
+        one); default every interval.
+      resume: continue from ``checkpoint`` if the file exists (else start): the result is
+        bit-identical to the uninterrupted run's with the same options; a file written
+        for another run is refused, naming what differs.
       **fit_kwargs: ``fit``'s options (epochs, batch_size, validation, monitor, ...);
         ``patience`` is refused (a member's run does not stop early in PBT).
     Returns:
@@ -165,29 +182,77 @@ def pbt(
         monitor=monitor,
     )
     _check_reachable(config, table, spec)
+    intervals = -(-spec.epochs // spec.interval)
+    saves = check_checkpoint_options(checkpoint, checkpoint_every, resume, spec.epochs)
+    per_call = (
+        intervals if checkpoint is None else max(1, (saves if checkpoint_every else spec.interval) // spec.interval)
+    )
+    resume = check_bool("resume", resume)
     options, arrays = split_options(fit_kwargs)
     sharding = member_sharding(_dividing(devices, size), size)
+    run = functools.partial(
+        _program, config, options, spec, device_array(x), device_array(y), arrays, place(table, sharding)
+    )
+    key = as_key(key)
+    carry, records, done = None, None, 0
     with reporting(fit_kwargs):
-        out = _program(
-            config, options, spec, device_array(x), device_array(y), arrays, place(table, sharding), as_key(key)
-        )
-    results, trajectory, parents, scores = jax.device_get(out)
+        if checkpoint is not None:
+            shapes = jax.eval_shape(functools.partial(run, count=1), None, key, host_array(0, int))
+            settings = {"entry": "fnn.pbt", "spec": repr(spec), "per call": per_call}
+            settings["key"] = np.asarray(jax.random.key_data(key)).tolist()
+            description = sweep_resume.describe(table, shapes[0][0], x, y, settings, fit_kwargs)
+            if resume and os.path.exists(checkpoint):
+                carry, records, done = _restore(checkpoint, description, shapes, sharding)
+        while done < intervals:
+            count = min(per_call, intervals - done)
+            carry, record = run(carry, key, host_array(done, int), count)  # the default int, as i
+            records, done = _joined(records, jax.device_get(record)), done + count
+            if checkpoint is not None:
+                sweep_resume.save(checkpoint, {"carry": carry, "records": records}, description, {"done": done})
+    trajectory, parents, scores = cast(tuple, records)
     return PBTResult(
-        hyperparameters={k: np.asarray(v) for k, v in trajectory.items()} | {"seed": table["seed"]},
-        parents=np.asarray(parents),
-        scores=np.asarray(scores),
-        results=results,
+        hyperparameters=trajectory | {"seed": table["seed"]},
+        parents=parents,
+        scores=scores,
+        results=jax.device_get(cast(tuple, carry)[0].result),
         monitor=monitor,
     )
 
 
-def _run(config: Callable, options: tuple, spec: _Spec, x, y, arrays: dict, members: dict, key):
-    """The compiled PBT run: start every member, then scan over intervals (advance the
-    population to the interval's end; then exploit and explore)."""
+def _joined(records, new):
+    """The intervals' records so far (``None``: none yet) followed by ``new``'s (NumPy)."""
+    new = jax.tree.map(np.asarray, new)
+    return new if records is None else jax.tree.map(lambda a, b: np.concatenate([a, b]), records, new)
+
+
+def _restore(path, description: dict, shapes, sharding):
+    """``(carry, records, intervals done)`` saved at ``path`` for the run ``description``;
+    ``shapes``: those of one interval's ``_run`` (its carry and records)."""
+    done = sweep_resume.load(path, description)["done"]
+    carry, record = shapes
+    records = jax.tree.map(lambda r: np.zeros((done, *r.shape[1:]), r.dtype), record)
+    tree = checkpoint_lib.restore(path, {"carry": zeros(carry), "records": records})
+    carry = tree["carry"] if sharding is None else jax.device_put(tree["carry"], sharding)
+    return carry, jax.device_get(tree["records"]), done
+
+
+def _run(config: Callable, options: tuple, spec: _Spec, x, y, arrays: dict, members: dict, carry, key, first, count):
+    """Intervals ``first`` .. ``first + count - 1`` of a PBT run, compiled (``count``
+    static): from ``carry`` = (every member's loop carry, hyperparameters), or, for
+    ``None``, every member from its start; each interval advances the population to its
+    end, then exploits and explores.
+
+    Returns:
+      ``(carry, (hyperparameters, parents, scores))``: the new carry, and each interval's
+      hyperparameters ``{name: [count, population]}``, parents and monitored values.
+    """
     size = members["seed"].shape[0]
     seeds = members["seed"]
-    hyper = {k: v for k, v in members.items() if k != "seed"}
-    loops = jax.vmap(lambda m: member_run(config, options, x, y, arrays, m).loop)(members)
+    if carry is None:
+        hyper = {k: v for k, v in members.items() if k != "seed"}
+        loops = jax.vmap(lambda m: member_run(config, options, x, y, arrays, m).loop)(members)
+    else:
+        loops, hyper = carry
 
     def advance(hyper: dict, loops: Loop, end) -> Loop:
         def one(h, seed, loop):
@@ -207,11 +272,10 @@ def _run(config: Callable, options: tuple, spec: _Spec, x, y, arrays: dict, memb
         return (new_loops, new_hyper), (hyper, parents, scores)
 
     intervals = -(-spec.epochs // spec.interval)
-    (loops, _), (trajectory, parents, scores) = jax.lax.scan(interval, (loops, hyper), jnp.arange(intervals))
-    return loops.result, trajectory, parents, scores
+    return jax.lax.scan(interval, (loops, hyper), first + jnp.arange(count))
 
 
-_program = jit_program(_run, ("config", "options", "spec"))
+_program = jit_program(_run, ("config", "options", "spec", "count"))
 
 
 def _exploit(spec: _Spec, scores, diverged, key) -> jax.Array:

@@ -182,9 +182,10 @@ def _advance(population: Population, which: np.ndarray, end: int, stops: tuple[i
 def _keep_saved(population: Population, path, resume: bool, x, y, settings: dict, fit_kwargs: dict) -> None:
     """Resume ``population`` from ``path`` (when asked and the file exists), and save it
     there after every compiled call from now on."""
-    description = sweep_resume.describe(population, x, y, settings, fit_kwargs)
+    settings = {"entry": "fnn.sweep", **settings, "chunk": population.buckets[0]}
+    description = sweep_resume.describe(population.table, population.carry_shapes(1), x, y, settings, fit_kwargs)
     if resume and os.path.exists(path):
-        sweep_resume.restore(path, population, description)
+        sweep_resume.restore_population(path, population, description)
         if population.progress:
             epochs = population.epochs()
             print(
@@ -192,7 +193,7 @@ def _keep_saved(population: Population, path, resume: bool, x, y, settings: dict
                 f"{epochs.min()}-{epochs.max()}" + ("" if population.pending is None else ", finishing a call"),
                 flush=True,
             )
-    population.after_piece = lambda p: sweep_resume.save(path, p, description)
+    population.after_piece = lambda p: sweep_resume.save_population(path, p, description)
 
 
 def _monitor(schedule: Halving, population: Population, fit_kwargs: dict) -> str:

@@ -32,23 +32,24 @@ from fnn.sweeps.population import Pending, Population, zeros
 FORMAT = "fnn.sweep 1"
 
 
-def describe(population: Population, x, y, settings: dict, fit_kwargs: dict) -> dict:
-    """The sweep's description, stored with its checkpoint and compared on resume.
+def describe(table: dict, carry, x, y, settings: dict, fit_kwargs: dict) -> dict:
+    """A sweep's (or a PBT run's) description, stored with its checkpoint and compared
+    on resume.
 
     Args:
-      population: the sweep's population (not run yet).
+      table: ``{name: [members]}``: the members' hyperparameters and seeds.
+      carry: the shapes of one member's carry (``[1, ...]``, e.g. ``Population.carry_shapes(1)``).
       x, y: the training data.
-      settings: the sweep's own options that decide its numbers (JSON values), e.g.
-        ``{"epochs": 20, "schedule": "...", "compact_every": None, ...}``.
+      settings: the entry point's own options that decide its numbers (JSON values), e.g.
+        ``{"entry": "fnn.sweep", "epochs": 20, "schedule": "...", ...}``.
       fit_kwargs: fit's options (by ``repr``; arrays such as ``validation`` by a digest;
         ``progress`` left out).
     Returns:
       ``{"settings": {...}, "arrays": {path: "dtype[shape]"}}``: ``settings`` with fit's
-      options, the members (hyperparameters and seeds), the chunk and a digest of the
-      data, and the shape of one member's carry outside its histories.
+      options, the members and a digest of the data, and the shape of one member's carry
+      outside its histories.
     """
-    members = {name: np.asarray(values).tolist() for name, values in population.table.items()}
-    carry = population.carry_shapes(1)
+    members = {name: np.asarray(values).tolist() for name, values in table.items()}
     arrays = {
         jax.tree_util.keystr(path): f"{leaf.dtype}{list(leaf.shape[1:])}"
         for path, leaf in jax.tree_util.tree_leaves_with_path(carry._replace(result=carry.result._replace(history={})))
@@ -63,15 +64,38 @@ def describe(population: Population, x, y, settings: dict, fit_kwargs: dict) -> 
             **options,
             **settings,
             "members": members,
-            "chunk": population.buckets[0],
             "data (SHA-256)": resume_lib.digest((x, y)),
         },
         "arrays": arrays,
     }
 
 
-def save(path: str | os.PathLike[str], population: Population, description: dict) -> None:
-    """Write the population's state to ``path`` atomically (see the module docstring)."""
+def save(path: str | os.PathLike[str], tree, description: dict, state: dict) -> None:
+    """Write ``tree`` (arrays) and ``state`` (JSON values) with ``description`` to ``path``, atomically."""
+    checkpoint_lib.save(path, tree, metadata={"format": FORMAT, **description, "state": state})
+
+
+def load(path: str | os.PathLike[str], description: dict) -> dict:
+    """The JSON state saved at ``path``, once its description matches ``description``.
+
+    Raises:
+      ValueError: the file was not written by a sweep or PBT run, or for another one
+        (naming the first setting or array that differs).
+      fnn.checkpoint.CheckpointError: a damaged file.
+    """
+    header, _ = checkpoint_lib.read(path)
+    saved = header.get("metadata") or {}
+    if saved.get("format") != FORMAT:
+        raise ValueError(
+            f"checkpoint {path} was not written by {description['settings']['entry']} (no such run's description); "
+            "cannot resume from it"
+        )
+    resume_lib.compare(path, saved, description, extendable=())
+    return saved["state"]
+
+
+def save_population(path: str | os.PathLike[str], population: Population, description: dict) -> None:
+    """Write a sweep's population to ``path`` atomically (see the module docstring)."""
     pending, rungs = population.pending, population.rungs
     state = {
         "calls": population.calls,
@@ -80,25 +104,13 @@ def save(path: str | os.PathLike[str], population: Population, description: dict
         "pending": None if pending is None else [pending.which.tolist(), *pending[1:]],
         "rungs": None if rungs is None else [rungs.k, rungs.alive.tolist(), rungs.rung.tolist()],
     }
-    checkpoint_lib.save(path, {"loops": population.loops}, metadata={"format": FORMAT, **description, "state": state})
+    save(path, {"loops": population.loops}, description, state)
 
 
-def restore(path: str | os.PathLike[str], population: Population, description: dict) -> None:
-    """Fill ``population`` with the state saved at ``path`` for the sweep ``description``.
-
-    Raises:
-      ValueError: the file was not written by a sweep, or for another sweep (naming the
-        first setting or array that differs).
-      fnn.checkpoint.CheckpointError: a damaged file.
-    """
-    header, _ = checkpoint_lib.read(path)
-    saved = header.get("metadata") or {}
-    if saved.get("format") != FORMAT:
-        raise ValueError(
-            f"checkpoint {path} was not written by fnn.sweep (no sweep description); cannot resume from it"
-        )
-    resume_lib.compare(path, saved, description, extendable=())
-    state = saved["state"]
+def restore_population(path: str | os.PathLike[str], population: Population, description: dict) -> None:
+    """Fill ``population`` with the state saved at ``path`` for the sweep ``description``
+    (raises as :func:`load`)."""
+    state = load(path, description)
     like = {"loops": zeros(population.carry_shapes(population.size)) if state["loops"] else None}
     population.loops = checkpoint_lib.restore(path, like)["loops"]
     population.calls, population.member_epochs = state["calls"], state["member_epochs"]
