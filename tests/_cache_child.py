@@ -1,9 +1,10 @@
 """The process that tests/test_programs.py starts twice on one compilation cache.
 
-    python tests/_cache_child.py CACHE_FOLDER
+    python tests/_cache_child.py CACHE_FOLDER [WORKLOAD ...]
 
 turns on fnn's persistent compilation cache at ``CACHE_FOLDER``, then runs a short
-``fit``, a ``sweep``, a halving sweep (three rung sizes) and a ``pbt`` run on 200 digits,
+``fit``, a ``sweep``, a halving sweep (three rung sizes) and a ``pbt`` run on 200 digits
+(or only the named ones),
 and prints one JSON line: the cache folder, JAX's cache hits and misses per workload
 (its monitoring events), and a digest of each result's numbers (a program loaded from the
 cache computes the bits the compiled one did).
@@ -68,7 +69,8 @@ def digest(tree) -> str:
     return hashlib.sha256(b"".join(leaves)).hexdigest()
 
 
-def main(cache: str) -> dict:
+def main(cache: str, *names: str) -> dict:
+    """Run ``names`` (default every workload) with the cache at ``cache``; the report."""
     folder = fnn.programs.use_compilation_cache(cache)
     counts: dict[str, int] = {}
     jax.monitoring.register_event_listener(
@@ -80,10 +82,12 @@ def main(cache: str) -> dict:
     x = (x[:200] / 16.0).astype(np.float32)
     report = {"folder": str(folder)}
     for name, run in workloads(x, y[:200]).items():
+        if names and name not in names:
+            continue
         counts.clear()
         report[name] = {"digest": digest(jax.block_until_ready(run())), "hits": 0, "misses": 0} | counts
     return report
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    print(json.dumps(main(*sys.argv[1:])))

@@ -17,10 +17,10 @@ CHILD = Path(__file__).with_name("_cache_child.py")
 WORKLOADS = ("fit", "sweep", "halving", "pbt")
 
 
-def _child(cache: Path) -> dict:
-    """Run tests/_cache_child.py on ``cache`` in a fresh process; its report."""
+def _child(cache: Path, *names: str) -> dict:
+    """Run tests/_cache_child.py on ``cache`` (workloads ``names``, default all) in a fresh process; its report."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(CHILD.parents[1]), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(CHILD), str(cache)], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(CHILD), str(cache), *names], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -36,8 +36,8 @@ def test_a_second_process_loads_every_program_and_another_versions_cache_is_not_
         assert warm[name]["digest"] == cold[name]["digest"], name  # the loaded programs compute the same bits
     # the same entries under another version's folder name: a fresh process compiles everything again
     folder.rename(tmp_path / "jax-0.0.0-jaxlib-0.0.0")
-    other = _child(tmp_path)
-    assert all(other[name]["hits"] == 0 and other[name]["misses"] == cold[name]["misses"] for name in WORKLOADS)
+    other = _child(tmp_path, "fit")
+    assert other["fit"]["hits"] == 0 and other["fit"]["misses"] == cold["fit"]["misses"]
 
 
 def test_an_unwritable_cache_folder_is_an_error_that_names_it(tmp_path):
