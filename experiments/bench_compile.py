@@ -44,7 +44,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-import fnn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sweep import load  # noqa: E402  (the digits, or a synthetic stand-in)
+
+import fnn  # noqa: E402
 
 SIZES = [64, 32, 10]
 BATCH = 32
@@ -53,15 +57,6 @@ GRID = {"lr": [1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.1,
 HALVING_EPOCHS = 20
 WORKLOADS = ("W2", "W3", "halving", "full sweep")
 EVENTS = ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses")
-
-
-def load():
-    try:
-        x, y = fnn.datasets.load_digits()
-        return (x / 16.0).astype(np.float32), y, "scikit-learn digits"
-    except ImportError:
-        rng = np.random.default_rng(0)
-        return rng.random((1797, 64), np.float32), rng.integers(0, 10, 1797).astype(np.int32), "synthetic stand-in"
 
 
 def config(lr=1e-3, l2=0.0, dropout=0.0):

@@ -85,6 +85,23 @@ def _wait_for_saves(process: subprocess.Popen, folder: Path, count: int, complet
         time.sleep(0.001)
 
 
+def _kill(path: Path, cache: Path, mode: str, k: int, delay: float, kind: str = "fit") -> int:
+    """Launch a child of ``kind`` checkpointing to ``path`` and SIGKILL it ``delay`` s after
+    its k-th save (``mode`` "after") or while its k-th save hangs mid-write ("during");
+    the number of saves it completed."""
+    process = _launch(path, cache, hang_at=k if mode == "during" else 0, kind=kind)
+    try:
+        _wait_for_saves(process, path.parent, k, completed=mode == "after")
+        time.sleep(delay)
+    finally:
+        process.kill()
+        returncode = process.wait()
+    assert returncode in (0, -signal.SIGKILL), _stderr(path.parent)
+    if mode == "during":
+        assert _temporaries(path.parent), "the kill was to land in a save, with its temporary file written"
+    return k - (mode == "during")
+
+
 def _train_state(result):
     """The run's final TrainState (``FitResult.train_state``; ``.state`` before that rename)."""
     return getattr(result, "train_state", None) or result.state
@@ -132,17 +149,7 @@ def test_a_run_in_a_child_process_is_bit_identical_to_one_here(run):
 def test_a_killed_run_resumes_bit_identically(tmp_path, run, cache, mode, k, delay):
     trainer, x, y, uninterrupted, _ = run
     path = tmp_path / "run.ckpt"
-    process = _launch(path, cache, hang_at=k if mode == "during" else 0)
-    try:
-        _wait_for_saves(process, tmp_path, k, completed=mode == "after")
-        time.sleep(delay)
-    finally:
-        process.kill()
-        returncode = process.wait()
-    assert returncode in (0, -signal.SIGKILL), _stderr(tmp_path)
-    if mode == "during":
-        assert _temporaries(tmp_path), "the kill was to land in a save, with its temporary file written"
-    saved = k - (mode == "during")
+    saved = _kill(path, cache, mode, k, delay)
     assert path.exists() == (saved > 0)
     if saved:
         checkpoint.read(path)  # complete and verified
@@ -203,15 +210,7 @@ def swept(tmp_path_factory, cache):
 )
 def test_a_killed_sweep_resumes_bit_identically(tmp_path, swept, cache, kind, mode, k, delay):
     path = tmp_path / "run.ckpt"
-    process = _launch(path, cache, hang_at=k if mode == "during" else 0, kind=kind)
-    try:
-        _wait_for_saves(process, tmp_path, k, completed=mode == "after")
-        time.sleep(delay)
-    finally:
-        process.kill()
-        returncode = process.wait()
-    assert returncode in (0, -signal.SIGKILL), _stderr(tmp_path)
-    saved = k - (mode == "during")
+    saved = _kill(path, cache, mode, k, delay, kind)
     assert path.exists() == (saved > 0)
 
     resumed = _sweep(kind, checkpoint=path, resume=True)
