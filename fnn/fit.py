@@ -36,6 +36,7 @@ from jax.sharding import NamedSharding
 from jax.typing import ArrayLike
 
 from fnn import checkpoint as checkpoint_lib
+from fnn import losses as losses_lib
 from fnn import progress as progress_lib
 from fnn import resume as resume_lib
 from fnn.checks import as_key, check_bool, check_int, check_nonnegative, check_positive, is_concrete
@@ -45,7 +46,7 @@ from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_na
 from fnn.programs import device_array, jit_program
 from fnn.train import Trainer, TrainState
 
-__all__ = ["DivergenceError", "FitResult", "check_checkpoint_options", "check_fit", "fit", "plan"]
+__all__ = ["DivergenceError", "FitResult", "check_checkpoint_options", "check_fit", "fit", "plan", "resolve_monitor"]
 
 
 class DivergenceError(FloatingPointError):
@@ -123,7 +124,9 @@ def fit(
       tol, patience: early stopping when the monitored value has not improved by more
         than ``tol`` (a scalar >= 0) for ``patience`` epochs (``None``: never stop early).
       monitor: history entry to watch; default "val_loss" with validation data, else
-        "loss". Names ending in "accuracy" are maximized, others minimized. The best
+        "loss". Metrics declared ``fnn.losses.higher_is_better`` (accuracy is) are
+        maximized, the loss and ``lower_is_better`` metrics minimized; monitoring a metric of
+        no declared direction is an error. The best
         params are those at the best monitored epoch.
       divergence_threshold: a mini-batch training loss above it counts as divergence,
         like a non-finite one (``None``: only non-finite values diverge).
@@ -231,17 +234,14 @@ def prepare(
     x, y, validation = _as_arrays(x, y, validation)
     state = _initial_state(trainer, key, train_state, params, model_state, epochs, abstract=only_check)
     _check_data(trainer, x, y, validation, batch_size, state)
-    names = history_names(trainer, validation is not None)
-    monitor = monitor or ("val_loss" if validation is not None else "loss")
-    if monitor not in names:
-        raise ValueError(f"monitor must be one of {names}; got {monitor!r}")
+    monitor, maximize = resolve_monitor(trainer, monitor, validation is not None)
     settings = Settings(
         batch_size=batch_size,
         drop_last=check_bool("drop_last", drop_last),
         eval_batch_size=min(check_int("eval_batch_size", eval_batch_size), len(validation[0]) if validation else 1),
         patience=None if patience is None else check_int("patience", patience),
         monitor=monitor,
-        maximize=monitor.endswith("accuracy"),
+        maximize=maximize,
         progress=check_bool("progress", progress),
         batch_sharding=batch_sharding,
     )
@@ -251,6 +251,27 @@ def prepare(
         return None
     loop = initial_loop(trainer, state, epochs, validation is not None, settings.maximize)
     return Run(trainer, loop, data, settings, epochs, checkpoint, every, resume)
+
+
+def resolve_monitor(trainer: Trainer, monitor: str | None, has_validation: bool, what: str = "monitor"):
+    """The history entry a run monitors and whether it is maximized: the one place that
+    decides both for fit's best epoch and early stopping, halving and PBT.
+
+    Args:
+      trainer: the run's trainer (its metrics and their declared directions).
+      monitor: a history entry's name, or ``None``: "val_loss" with validation data, else "loss".
+      has_validation: whether the run has validation data.
+      what: the argument's name in messages (e.g. "halving's monitor").
+    Returns:
+      ``(monitor, maximize)`` (``fnn.losses.maximizes``).
+    Raises:
+      ValueError: ``monitor`` is not a history entry, or a metric of no declared direction.
+    """
+    names = history_names(trainer, has_validation)
+    monitor = monitor or ("val_loss" if has_validation else "loss")
+    if monitor not in names:
+        raise ValueError(f"{what} must be one of the history's entries {names}; got {monitor!r}")
+    return monitor, losses_lib.maximizes(monitor, trainer.metrics)
 
 
 def check_checkpoint_options(path, every, resume, epochs: int) -> int:

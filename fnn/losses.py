@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -97,6 +97,94 @@ def binary_accuracy(logits: jax.Array, targets: ArrayLike, weights: ArrayLike | 
     _check_same_shape(logits, targets)
     correct = ((logits > 0) == (jnp.asarray(targets) > 0.5)).astype(jnp.result_type(float))
     return weighted_mean(_per_example_mean(correct), weights)
+
+
+accuracy.higher_is_better = True  # type: ignore[attr-defined]
+binary_accuracy.higher_is_better = True  # type: ignore[attr-defined]
+
+
+# --- which way is better -----------------------------------------------------------------
+
+
+def higher_is_better(metric: Callable[..., jax.Array]) -> Directed:
+    """``metric`` declared as better when higher (an F1 score, an AUC): monitored by
+    ``fit(monitor=...)``, halving and PBT, it is maximized. ``fnn.accuracy`` and
+    ``fnn.binary_accuracy`` are declared so already.
+
+    Args:
+      metric: ``metric(predictions, targets, weights) -> scalar``.
+    Returns:
+      the same metric (a :class:`Directed` wrapper), with ``higher_is_better = True``.
+    """
+    return _directed(metric, True)
+
+
+def lower_is_better(metric: Callable[..., jax.Array]) -> Directed:
+    """``metric`` declared as better when lower (an error rate, a distance): minimized
+    when monitored. Returns the same metric (a :class:`Directed` wrapper), with
+    ``higher_is_better = False``."""
+    return _directed(metric, False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Directed:
+    """A metric and the way it is better: called as the metric itself; equal (and hashed)
+    by the two, so that a configuration built twice declares the same metrics."""
+
+    metric: Callable[..., jax.Array]
+    higher_is_better: bool
+
+    def __call__(self, predictions, targets, weights=None):
+        return self.metric(predictions, targets, weights)
+
+
+def _directed(metric, higher: bool) -> Directed:
+    if not callable(metric):
+        raise ValueError(f"metric must be a function metric(predictions, targets, weights); got {metric!r}")
+    return Directed(getattr(metric, "metric", metric), higher)
+
+
+def maximizes(monitor: str, metrics: Sequence[tuple[str, Callable]]) -> bool:
+    """Whether the history entry ``monitor`` is better when higher — the one place that
+    decides it for fit's best epoch and early stopping, halving and PBT.
+
+    ``loss``, ``lr`` and their ``val_`` entries are minimized; a metric (or ``val_``
+    metric) goes the way it was declared (:func:`higher_is_better`, :func:`lower_is_better`).
+
+    Args:
+      monitor: a history entry's name (checked by the caller against the history).
+      metrics: the trainer's ``((name, metric), ...)``.
+    Raises:
+      ValueError: ``monitor`` names a metric whose direction was not declared.
+    """
+    name = monitor.removeprefix("val_")
+    metric = dict(metrics).get(name)
+    if metric is None:
+        return False
+    higher = getattr(metric, "higher_is_better", None)
+    if higher is None:
+        raise ValueError(
+            f"monitor={monitor!r} names a metric whose direction is not declared: pass it to metrics= as "
+            f"fnn.losses.higher_is_better({name}) or fnn.losses.lower_is_better({name})"
+        )
+    return bool(higher)
+
+
+def ranking(values, maximize: bool, usable=True):
+    """Keys that rank members best first when sorted ascending (ties: keep a stable sort):
+    ``values`` negated when higher is better; a value that is not finite, or not
+    ``usable`` (a diverged member), ranks last (``inf``). Works on NumPy and JAX arrays,
+    also inside a trace (PBT's exploit step).
+
+    Args:
+      values: [members] monitored values.
+      maximize: :func:`maximizes` of the monitor.
+      usable: [members] bools (or True): members that may rank.
+    Returns:
+      [members] floats: lower is better.
+    """
+    keys = -values if maximize else values
+    return jnp.where(jnp.isfinite(keys) & jnp.asarray(usable), keys, jnp.inf)
 
 
 # --- what a loss says about itself ---------------------------------------------------------

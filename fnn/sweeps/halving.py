@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fnn import losses as losses_lib
 from fnn.checks import check_int
 from fnn.sweeps.population import Population
 
@@ -53,7 +54,8 @@ def halving(rung_epochs: int, eta: int = 3, monitor: str | None = None) -> Halvi
       eta: after each rung, the best ``⌊members / eta⌋`` (at least one) go on; an int >= 2.
       monitor: the history entry that ranks members (its value at each member's last
         epoch run); default the sweep's ``monitor``: "val_loss" with validation data,
-        else "loss". Names ending in "accuracy" are maximized, others minimized.
+        else "loss"; maximized or minimized as ``fit`` does it
+        (``fnn.fit.resolve_monitor``: by the metric's declared direction).
     Returns:
       the schedule.
     Raises:
@@ -109,16 +111,15 @@ def run_rungs(population: Population, schedule: Halving, epochs: int, monitor: s
 def survivors(population: Population, alive: np.ndarray, eta: int, monitor: str) -> np.ndarray:
     """The best ``max(1, ⌊len(alive) / eta⌋)`` of members ``alive``, in member order.
 
-    Ranked by the monitored value at each member's last epoch run (higher is better for
-    names ending in "accuracy", lower otherwise); a diverged member or one without a
-    finite value ranks last; ties go to the lower member index.
+    Ranked by the monitored value at each member's last epoch run, in the monitor's
+    direction (``fnn.losses.maximizes``); a diverged member or one without a finite value
+    ranks last (``fnn.losses.ranking``); ties go to the lower member index.
     """
-    scores = last_values(population, monitor)[alive]
-    if monitor.endswith("accuracy"):
-        scores = -scores
-    diverged = _diverged(population)[alive]
-    scores = np.where(np.isfinite(scores) & ~diverged, scores, np.inf)
-    order = np.lexsort((alive, scores))  # by score, then by member index
+    maximize = losses_lib.maximizes(monitor, population.trainer.metrics)
+    keys = np.asarray(
+        losses_lib.ranking(last_values(population, monitor)[alive], maximize, ~_diverged(population)[alive])
+    )
+    order = np.lexsort((alive, keys))  # by key, then by member index
     keep = max(1, alive.size // eta)
     return np.sort(alive[order[:keep]])
 

@@ -34,8 +34,9 @@ from jax.typing import ArrayLike
 from fnn import checkpoint as checkpoint_lib
 from fnn.checks import as_key, check_bool, check_int, check_number
 from fnn.distributed import member_sharding, resolve_devices
-from fnn.fit import check_checkpoint_options
-from fnn.loop import Loop, history_names, run_epochs
+from fnn.fit import check_checkpoint_options, resolve_monitor
+from fnn.loop import Loop, run_epochs
+from fnn.losses import ranking
 from fnn.programs import device_array, host_array, jit_program
 from fnn.sweeps import resume as sweep_resume
 from fnn.sweeps.members import build, grid_points
@@ -57,6 +58,7 @@ class PBTResult(NamedTuple):
       results: the final ``FitResult`` of every member (fields with a leading
         [population] axis; histories [population, epochs], inherited across copies).
       monitor: the history entry that ranked the members.
+      maximize: whether a higher ``monitor`` is better (its declared direction).
     """
 
     hyperparameters: dict[str, np.ndarray]
@@ -64,6 +66,7 @@ class PBTResult(NamedTuple):
     scores: np.ndarray
     results: Any
     monitor: str
+    maximize: bool
 
     def lineage(self, member: int) -> list[int]:
         """The member whose state ``member`` carried during each interval ([intervals])."""
@@ -79,14 +82,13 @@ class PBTResult(NamedTuple):
         Raises:
           ValueError: when no member qualifies (every member diverged): there is no best.
         """
-        final = self.scores[-1] * (-1 if self.monitor.endswith("accuracy") else 1)
-        usable = np.isfinite(final) & ~np.asarray(self.results.diverged)
-        if not usable.any():
+        keys = np.asarray(ranking(self.scores[-1], self.maximize, ~np.asarray(self.results.diverged)))
+        if not np.isfinite(keys).any():
             raise ValueError(
-                f"no best member: all {final.size} members diverged or have no finite final {self.monitor} "
+                f"no best member: all {keys.size} members diverged or have no finite final {self.monitor} "
                 "(see results.diverged); try smaller hyperparameters or bounds= for the perturbed ones"
             )
-        return int(np.argmin(np.where(usable, final, np.inf)))
+        return int(np.argmin(keys))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,7 @@ class _Spec:
     perturb: tuple[float, ...]
     bounds: tuple[tuple[str, float, float], ...]
     monitor: str
+    maximize: bool  # the monitor's direction (fnn.fit.resolve_monitor)
 
 
 def pbt(
@@ -169,9 +172,7 @@ def pbt(
         raise ValueError("patience= is not a pbt option: members do not stop early (the worst copy the best)")
     trainer = check_members(config, x, y, table, fit_kwargs, "fnn.pbt", devices)
     has_validation = fit_kwargs.get("validation") is not None
-    monitor = fit_kwargs.get("monitor") or ("val_loss" if has_validation else "loss")
-    if monitor not in history_names(trainer, has_validation):
-        raise ValueError(f"monitor must be one of {history_names(trainer, has_validation)}; got {monitor!r}")
+    monitor, maximize = resolve_monitor(trainer, fit_kwargs.get("monitor"), has_validation)
     spec = _Spec(
         names=names,
         interval=_interval(interval, fit_kwargs["epochs"]),
@@ -180,6 +181,7 @@ def pbt(
         perturb=_factors(perturb),
         bounds=_bounds(bounds, names),
         monitor=monitor,
+        maximize=maximize,
     )
     _check_reachable(config, table, spec)
     intervals = -(-spec.epochs // spec.interval)
@@ -216,6 +218,7 @@ def pbt(
         scores=scores,
         results=jax.device_get(cast(tuple, carry)[0].result),
         monitor=monitor,
+        maximize=maximize,
     )
 
 
@@ -281,12 +284,10 @@ _program = jit_program(_run, ("config", "options", "spec", "count"))
 def _exploit(spec: _Spec, scores, diverged, key) -> jax.Array:
     """Truncation selection: [population] parent indices — each of the bottom
     ``spec.replaced`` members draws one of the top ``spec.replaced``; the others keep
-    their own. Ranked by ``scores`` (maximized for accuracies; non-finite or diverged
-    last; ties by member index)."""
+    their own. Ranked by ``scores`` in the monitor's direction (``fnn.losses.ranking``:
+    non-finite or diverged last; ties by member index)."""
     size = scores.shape[0]
-    worse = -scores if spec.monitor.endswith("accuracy") else scores
-    worse = jnp.where(jnp.isfinite(worse) & ~diverged, worse, jnp.inf)
-    order = jnp.argsort(worse, stable=True)
+    order = jnp.argsort(ranking(scores, spec.maximize, ~diverged), stable=True)
     top, bottom = order[: spec.replaced], order[size - spec.replaced :]
     chosen = top[jax.random.randint(jax.random.fold_in(key, 0), (spec.replaced,), 0, spec.replaced)]
     return jnp.arange(size).at[bottom].set(chosen)

@@ -47,7 +47,7 @@ from fnn import memory as memory_lib
 from fnn import progress as progress_lib
 from fnn.checks import check_bool, check_int, check_whole
 from fnn.distributed import resolve_devices, warn_unused_cores
-from fnn.fit import check_checkpoint_options, check_fit
+from fnn.fit import check_checkpoint_options, check_fit, resolve_monitor
 from fnn.loop import history_names
 from fnn.programs import device_array, host_array
 from fnn.sweeps import resume as sweep_resume
@@ -198,12 +198,9 @@ def _keep_saved(population: Population, path, resume: bool, x, y, settings: dict
 
 def _monitor(schedule: Halving, population: Population, fit_kwargs: dict) -> str:
     """The history entry that ranks a halving sweep's members (checked against the history)."""
+    monitor = schedule.monitor or fit_kwargs.get("monitor")
     has_validation = fit_kwargs.get("validation") is not None
-    monitor = schedule.monitor or fit_kwargs.get("monitor") or ("val_loss" if has_validation else "loss")
-    names = history_names(population.trainer, has_validation)
-    if monitor not in names:
-        raise ValueError(f"halving's monitor must be one of the history's entries {names}; got {monitor!r}")
-    return monitor
+    return resolve_monitor(population.trainer, monitor, has_validation, "halving's monitor")[0]
 
 
 def result_table(population: Population, rung: np.ndarray | None = None) -> SweepResult:
