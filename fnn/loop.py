@@ -27,7 +27,7 @@ import numpy as np
 from fnn import progress as progress_lib
 from fnn.batching import epoch_batches
 from fnn.programs import host_array, jit_program
-from fnn.train import Trainer, TrainState
+from fnn.train import Trainer, TrainState, order_key
 
 
 class FitResult(NamedTuple):
@@ -168,8 +168,9 @@ def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Se
       and the epoch's example-weighted means of the loss and metrics (plus "lr").
     """
     state = result.train_state
-    order_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.epoch)
-    indices, weights = epoch_batches(order_key, data.x.shape[0], settings.batch_size, settings.drop_last)
+    indices, weights = epoch_batches(
+        order_key(state.key, state.epoch), data.x.shape[0], settings.batch_size, settings.drop_last
+    )
     names = ["loss", *(name for name, _ in trainer.metrics)]
 
     def step(carry: _StepCarry, batch):

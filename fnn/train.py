@@ -13,9 +13,9 @@ A ``TrainState`` is everything that changes during training, also a pytree::
     opt_state     the optimizer's state (moments, accumulators, its step count)
     step          number of updates applied so far (int32)
     epoch         number of epochs completed (int32)
-    key           the run's base PRNG key; the dropout key of update t is
-                  fold_in(fold_in(key, 1), t) and the data order of epoch e comes from
-                  fold_in(fold_in(key, 0), e), so a run is a function of this key alone.
+    key           the run's base PRNG key; every random draw of the run comes from it
+                  (:func:`params_key`, :func:`order_key`, :func:`dropout_key`), so a run
+                  is a function of this key alone.
 
 One update (``Trainer.train_step``), for a mini-batch (x, y) with example weights w::
 
@@ -49,6 +49,25 @@ class TrainState(NamedTuple):
     step: jax.Array
     epoch: jax.Array
     key: jax.Array
+
+
+# The run key's streams (the PRNG contract), derived here and nowhere else.
+_ORDER, _DROPOUT, _PARAMS = 0, 1, 2
+
+
+def params_key(run_key: jax.Array) -> jax.Array:
+    """The key the model's params are drawn from: ``fold_in(run_key, 2)``."""
+    return jax.random.fold_in(run_key, _PARAMS)
+
+
+def order_key(run_key: jax.Array, epoch) -> jax.Array:
+    """The key of epoch ``epoch``'s data order: ``fold_in(fold_in(run_key, 0), epoch)``."""
+    return jax.random.fold_in(jax.random.fold_in(run_key, _ORDER), epoch)
+
+
+def dropout_key(run_key: jax.Array, step) -> jax.Array:
+    """The dropout key of update ``step``: ``fold_in(fold_in(run_key, 1), step)``."""
+    return jax.random.fold_in(jax.random.fold_in(run_key, _DROPOUT), step)
 
 
 _RESERVED = ("loss", "lr", "weight")  # history entries the engine writes itself
@@ -110,7 +129,7 @@ class Trainer:
         step 0, epoch 0, and the run key.
 
         Args:
-          key: int seed or PRNG key; params are drawn from ``fold_in(key, 2)``.
+          key: int seed or PRNG key; params are drawn from :func:`params_key`.
           params, model_state: start from these instead of ``model.init`` (a warm
             start); ``model_state`` may be left out only for a model without state.
             Both are checked against the model's structure.
@@ -119,7 +138,7 @@ class Trainer:
         """
         run_key = as_key(key)
         if params is None:
-            params, model_state = self.model.init(jax.random.fold_in(run_key, 2))
+            params, model_state = self.model.init(params_key(run_key))
         else:
             model_state = check_params(self.model, params, model_state, names=("params", "model_state"))
             for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -162,14 +181,14 @@ class Trainer:
         Args:
           state: the TrainState before the update.
           batch: ``(x, y)`` or ``(x, y, weights)``; x [b, ...], y [b, ...], weights [b].
-          key: dropout key; default ``fold_in(fold_in(state.key, 1), state.step)``.
+          key: dropout key; default :func:`dropout_key` of the run key and ``state.step``.
         Returns:
           ``(new_state, metrics)``: metrics is a dict with "loss" (the data loss, without
           the penalty), "lr" (the learning rate used) and the trainer's metrics.
         """
         x, y, weights = batch if len(batch) == 3 else (*batch, None)
         if key is None:
-            key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
+            key = dropout_key(state.key, state.step)
         grad_fn = jax.grad(self.objective, has_aux=True)
         grads, (loss, model_state, predictions) = grad_fn(state.params, state.model_state, x, y, weights, key)
         lr = self.optimizer.learning_rate(state.opt_state)

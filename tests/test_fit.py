@@ -313,3 +313,16 @@ def test_progress_under_vmap_prints_one_summary_line_per_epoch(digits, capsys):
     low, high = sorted(float(v) for v in result.history["loss"][:, 0])
     assert f"[{low:.4f}–{high:.4f}]" in lines[0]
     assert f"loss {float(result.history['loss'][0, 3]):.4f} " in lines[3]  # one member left: its own value
+
+
+def test_every_draw_of_a_run_comes_from_its_key_as_documented():
+    """The PRNG contract (fnn.train): params from fold_in(key, 2), the data order of epoch
+    e from fold_in(fold_in(key, 0), e), the dropout key of update t from fold_in(fold_in(key, 1), t)."""
+    key = jax.random.key(3)
+    trainer = fnn.Trainer(fnn.mlp([64, 8, 10]), fnn.sgd(0.1), fnn.cross_entropy)
+    chex.assert_trees_all_equal(trainer.init(key).params, trainer.model.init(jax.random.fold_in(key, 2))[0])
+    data = jax.random.key_data
+    fold = jax.random.fold_in
+    np.testing.assert_array_equal(data(fnn.train.order_key(key, 5)), data(fold(fold(key, 0), 5)))
+    np.testing.assert_array_equal(data(fnn.train.dropout_key(key, 7)), data(fold(fold(key, 1), 7)))
+    np.testing.assert_array_equal(data(fnn.train.params_key(key)), data(fold(key, 2)))

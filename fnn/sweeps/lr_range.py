@@ -42,7 +42,7 @@ from fnn.distributed import member_sharding, warn_unused_cores
 from fnn.fit import check_fit
 from fnn.programs import device_array, host_array, jit_program
 from fnn.sweeps.members import check_configurations
-from fnn.train import Trainer
+from fnn.train import Trainer, order_key
 
 WINDOW = 5  # rates averaged by the smoothing: the rate and two neighbours on each side
 EVAL_BATCH_SIZE = 1024  # examples per forward pass of the final evaluation
@@ -227,9 +227,9 @@ def suggest(lrs: ArrayLike, smoothed: ArrayLike) -> float:
 
 def _batches(key: jax.Array, n: int, batch_size: int, steps: int) -> tuple[jax.Array, jax.Array]:
     """The first ``steps`` mini-batches (indices, weights: [steps, b]) of a run keyed ``key``:
-    epoch ``e`` is ``epoch_batches(fold_in(fold_in(key, 0), e))``, as in ``fnn.loop``."""
+    epoch ``e`` is ``epoch_batches(order_key(key, e))``, as in ``fnn.loop``."""
     epochs = -(-steps // num_steps(n, batch_size, False))
-    parts = [epoch_batches(jax.random.fold_in(jax.random.fold_in(key, 0), e), n, batch_size) for e in range(epochs)]
+    parts = [epoch_batches(order_key(key, e), n, batch_size) for e in range(epochs)]
     indices, weights = zip(*parts)
     return jnp.concatenate(indices)[:steps], jnp.concatenate(weights)[:steps]
 
