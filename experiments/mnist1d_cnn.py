@@ -297,7 +297,7 @@ def count_params(trainer) -> int:
 
 
 def load_average() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages (other users' jobs share the cores)."""
+    """The 1, 5 and 15-minute load averages (how busy the cores were during the run)."""
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):

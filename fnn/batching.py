@@ -32,11 +32,10 @@ def permutation(key, n: int):
     Method: random sort keys, as in ``jax.random.permutation``, but each key packs
     (32 - b) random bits above the b = ceil(log2 n) bits of the element's position into
     one uint32, so that a round is a plain sort of integers — several times faster on
-    CPU than the key-value sort ``jax.random.permutation`` runs (2 CPU cores, 32 vmapped
-    permutations of 1,797 for 50 epochs: 0.14 s per round here, 1.66 s for
-    ``jax.random.permutation``). Equal random parts (ties) would be broken by
-    position; ``rounds`` independent rounds make the result uniform to the same standard
-    as ``jax.random.permutation``'s: rounds = ceil(3 ln n / ((32 - b) ln 2)).
+    CPU than the key-value sort ``jax.random.permutation`` runs (docs/performance.md).
+    Equal random parts (ties) would be broken by position; ``rounds`` independent rounds
+    make the result uniform to the same standard as ``jax.random.permutation``'s:
+    rounds = ceil(3 ln n / ((32 - b) ln 2)).
     For n >= 2^24 it falls back to ``jax.random.permutation``.
     """
     bits = max(1, math.ceil(math.log2(n))) if n > 1 else 1

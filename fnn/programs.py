@@ -33,10 +33,9 @@ def compiler_options() -> dict[str, Any]:
     On CPU, LLVM optimizes the generated loops at level 1 instead of XLA's default 3
     (``xla_backend_optimization_level``), unless ``XLA_FLAGS`` sets a level: the matrix
     products run in libraries either way and the elementwise loops come out as fast,
-    while the programs compile in about half the time (measured in
-    ``experiments/bench_sweep.py``; see README, Performance). Training is bit-identical
-    to level 3; sums in the evaluation may be added up in another order (the last bits
-    of ``val_loss``; tests/test_fit.py). Other platforms keep XLA's defaults.
+    while the programs compile markedly faster (docs/performance.md). Training is
+    bit-identical to level 3; sums in the evaluation may be added up in another order (the
+    last bits of ``val_loss``; tests/test_fit.py). Other platforms keep XLA's defaults.
     """
     if jax.default_backend() != "cpu" or "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
         return {}

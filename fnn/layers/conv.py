@@ -21,36 +21,8 @@ convolution), stacked into patches [batch, *out, taps * in_channels] and multipl
 kernel reshaped to [taps * in_channels, out_channels]: one matmul, which ``vmap`` turns
 into a batched matmul, and whose gradient is a matmul and a pad/add per tap. The patches
 array is ``taps`` times the input (a 3x3 kernel: 9 times); a memory cost for large inputs.
-
-Measured (jax 0.10.2, XLA:CPU, 2 CPU cores shared with other jobs, 1-minute load average
-3.5-4.5; formulations timed interleaved in one process; seconds per training run, compile
-excluded, min of 3): the MNIST-1D CNN (three Conv1D of 25 channels, kernels 5/3/3, strides
-2, padding 1, ReLU, Dense(125, 10); hand-written Adam, 5 epochs of 4,000 examples, batch
-100, ``jax.grad``), alone and as 32 runs vmapped over members (own weights, own data
-order); and an 8x8x1 CNN (Conv2D 3x3 to 16 and 32 channels, SAME, ReLU, MaxPool2D(2) each,
-Dense(128, 10); 5 epochs of 1,500, batch 50):
-
-    ==============================================  ==========  ==========
-    formulation (MNIST-1D CNN)                      one run     32 vmapped
-    ==============================================  ==========  ==========
-    ``lax.conv_general_dilated``                    0.74 s      23.7 s
-    ``lax.conv_general_dilated_patches`` + matmul   0.37 s      11.1 s
-    strided views, stacked, one matmul (this)       0.17 s      5.3 s
-    strided views, one matmul per tap, summed       0.19 s      5.9 s [1]
-    ==============================================  ==========  ==========
-
-    ==============================================  ==========  ==========
-    formulation (8x8 CNN, max pools as fnn's)       one run     32 vmapped
-    ==============================================  ==========  ==========
-    ``lax.conv_general_dilated``                    1.44 s      116 s [2]
-    ``lax.conv_general_dilated_patches`` + matmul   0.36 s      12.2 s
-    strided views, stacked, one matmul (this)       0.17 s      6.1 s
-    ==============================================  ==========  ==========
-
-[1] an earlier run (load 4-5), against 0.18 s / 5.7 s for this formulation there.
-[2] an earlier run (load 5-7, 2-D pools as ``lax.reduce_window``), against 0.21 s / 5.3 s
-for this formulation there. The patches' einsum with either operand first, or reshaped to a
-2-D matmul, all ran at 19-29 s vmapped in a first run where this one took 5.6 s.
+Of the formulations timed, this was the fastest on XLA:CPU, alone and vmapped over members
+(``lax.conv_general_dilated`` and its patches + matmul included; docs/performance.md).
 """
 
 from __future__ import annotations

@@ -11,13 +11,12 @@ the window (so no window is padding only; PyTorch asks for at most half). Output
 round down (PyTorch's ``ceil_mode=False``).
 
 Computed like the convolutions (:mod:`fnn.layers.conv`): the input's strided views, one per
-window tap (a pad and strided slices), reduced elementwise with ``maximum`` or a sum. In the
-8x8 CNN of :mod:`fnn.layers.conv` (two Conv2D + MaxPool2D(2), XLA:CPU, 2 shared cores, load
-average ~4, interleaved in one process), this max pool took 0.17 s a run and 6.1 s for 32
-vmapped runs, against 0.19 s and 7.7 s with ``lax.reduce_window`` (whose gradient is a
-select-and-scatter). At a tie, ``jnp.maximum`` shares the gradient among the tied entries
-(PyTorch gives it all to the first); either is a valid subgradient, and ties of real
-numbers are rare (after a ReLU, tied zeros get no gradient through the ReLU anyway).
+window tap (a pad and strided slices), reduced elementwise with ``maximum`` or a sum: on
+XLA:CPU this max pool trains faster, alone and vmapped, than ``lax.reduce_window`` (whose
+gradient is a select-and-scatter; docs/performance.md). At a tie, ``jnp.maximum`` shares
+the gradient among the tied entries (PyTorch gives it all to the first); either is a valid
+subgradient, and ties of real numbers are rare (after a ReLU, tied zeros get no gradient
+through the ReLU anyway).
 
 Dtypes: max pooling keeps the input's dtype (an integer or bool input pads with its
 lowest value: the dtype's minimum, ``False``; a bool max is an OR over the window).
