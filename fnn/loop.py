@@ -107,7 +107,8 @@ class _StepCarry(NamedTuple):
     diverged: jax.Array
     diverged_step: jax.Array
     last_loss: jax.Array
-    sums: dict  # weighted sums of the loss and metrics, and of the weights
+    sums: dict  # example-weighted sums of the loss and metrics
+    weight: jax.Array  # the sum of the example weights
     lr: jax.Array
 
 
@@ -183,20 +184,23 @@ def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Se
         loss = float_array(metrics["loss"])  # float32 for a float32 model; sums and thresholds are float64 under x64
         ok = jnp.isfinite(loss) & (loss <= data.divergence_threshold) & _all_finite(new_state.params) & ~carry.diverged
         total = float_array(jnp.sum(w))
-        counted = {k: float_array(metrics[k]) * total for k in names} | {"weight": total}
+        counted = {k: float_array(metrics[k]) * total for k in names}
         return _StepCarry(
             state=_tree_where(ok, new_state, carry.state),
             diverged=carry.diverged | ~ok,
             diverged_step=jnp.where(ok | carry.diverged, carry.diverged_step, carry.state.step),
             last_loss=jnp.where(ok, loss, carry.last_loss),
             sums={k: carry.sums[k] + jnp.where(ok, counted[k], 0) for k in carry.sums},
+            weight=carry.weight + jnp.where(ok, total, 0),
             lr=jnp.where(ok, float_array(metrics["lr"]), carry.lr),
         ), None
 
-    sums = {k: float_array(0.0) for k in [*names, "weight"]}
-    start = _StepCarry(state, result.diverged, result.diverged_step, result.last_finite_loss, sums, float_array())
+    sums = {k: float_array(0.0) for k in names}
+    start = _StepCarry(
+        state, result.diverged, result.diverged_step, result.last_finite_loss, sums, float_array(0.0), float_array()
+    )
     end, _ = jax.lax.scan(step, start, (indices, weights))
-    means = {k: end.sums[k] / end.sums["weight"] for k in names} | {"lr": end.lr}
+    means = {k: end.sums[k] / end.weight for k in names} | {"lr": end.lr}
     result = result._replace(
         train_state=end.state,
         diverged=end.diverged,

@@ -70,7 +70,7 @@ def dropout_key(run_key: jax.Array, step) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(run_key, _DROPOUT), step)
 
 
-_RESERVED = ("loss", "lr", "weight")  # history entries the engine writes itself
+_RESERVED = ("loss", "lr")  # history entries the engine writes itself
 
 
 def _checked_metrics(metrics) -> tuple:
@@ -103,7 +103,7 @@ class Trainer:
       regularizer: optional ``reg(params) -> scalar`` added to the loss (``fnn.l2``).
       metrics: ``{name: metric(predictions, targets, weights)}``; by default the loss's
         declared metrics (accuracy for the classification losses, nothing for mse). Names
-        must not be "loss", "lr", "weight" or start with "val_" (history entries).
+        must not be "loss" or "lr" or start with "val_" (history entries).
     """
 
     model: Any

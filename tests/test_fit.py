@@ -326,3 +326,16 @@ def test_every_draw_of_a_run_comes_from_its_key_as_documented():
     np.testing.assert_array_equal(data(fnn.train.order_key(key, 5)), data(fold(fold(key, 0), 5)))
     np.testing.assert_array_equal(data(fnn.train.dropout_key(key, 7)), data(fold(fold(key, 1), 7)))
     np.testing.assert_array_equal(data(fnn.train.params_key(key)), data(fold(key, 2)))
+
+
+def test_a_metric_may_be_named_weight(digits):
+    """The epoch loop keeps its sum of example weights apart from the metrics' sums."""
+    x, y, *_ = digits
+    weight = fnn.losses.lower_is_better(lambda p, t, w=None: fnn.losses.weighted_mean(jnp.sum(p * p, -1), w))
+    trainer = fnn.Trainer(fnn.mlp([64, 8, 10]), fnn.adam(1e-2), fnn.cross_entropy, metrics={"weight": weight})
+    result = fnn.fit(trainer, x[:200], y[:200], key=0, epochs=2, batch_size=64, validation=(x[200:300], y[200:300]))
+    history = {k: np.asarray(v) for k, v in result.history.items()}
+    assert sorted(history) == ["loss", "lr", "val_loss", "val_weight", "weight"]
+    assert np.all(history["weight"] > 0) and np.all(np.isfinite(history["val_weight"]))
+    expected = trainer.evaluate(result.train_state.params, result.train_state.model_state, x[200:300], y[200:300])
+    np.testing.assert_allclose(history["val_weight"][-1], expected["weight"], rtol=1e-6)
