@@ -140,7 +140,7 @@ def _pbt_outcome(run):
     return run.results, run.parents, run.scores, run.hyperparameters
 
 
-def test_pbt_stopped_after_a_save_resumes_bit_identically(digits_300, tmp_path, monkeypatch):
+def test_pbt_stopped_after_a_save_resumes_bit_identically(digits_300, tmp_path, monkeypatch, capsys):
     x, y, x_val, y_val = digits_300
     options = PBT | dict(validation=(x_val, y_val), devices=1)
     whole = fnn.pbt(config, x, y, checkpoint=tmp_path / "whole.ckpt", **options)
@@ -159,8 +159,10 @@ def test_pbt_stopped_after_a_save_resumes_bit_identically(digits_300, tmp_path, 
             patch.setattr(sweep_resume, "save", save_then_stop)
             with pytest.raises(Stopped):
                 fnn.pbt(config, x, y, checkpoint=path, **options)
-        resumed = fnn.pbt(config, x, y, checkpoint=path, resume=True, **options)
+        resumed = fnn.pbt(config, x, y, checkpoint=path, resume=True, progress=k == 1, **options)
         chex.assert_trees_all_equal(_pbt_outcome(resumed), _pbt_outcome(whole), strict=True)
+        if k == 1:
+            assert f"resumed from {path}: 1 of 4 intervals done" in capsys.readouterr().out
     with pytest.raises(ValueError, match="cannot resume from .*key="):
         fnn.pbt(config, x, y, checkpoint=tmp_path / "whole.ckpt", resume=True, key=1, **options)
     with pytest.raises(ValueError, match="written for epochs='7'; this call has epochs='8'$"):

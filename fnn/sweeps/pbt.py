@@ -157,7 +157,8 @@ def pbt(
         one); default every interval.
       resume: continue from ``checkpoint`` if the file exists (else start): the result is
         bit-identical to the uninterrupted run's with the same options; a file written
-        for another run is refused, naming what differs.
+        for another run is refused, naming what differs. With ``progress=True`` a line
+        says where the run resumed.
       **fit_kwargs: ``fit``'s options (epochs, batch_size, validation, monitor, ...);
         ``patience`` is refused (a member's run does not stop early in PBT).
     Returns:
@@ -205,6 +206,8 @@ def pbt(
             description = sweep_resume.describe(table, shapes[0][0], x, y, settings, fit_kwargs)
             if resume and os.path.exists(checkpoint):
                 carry, records, done = _restore(checkpoint, description, shapes, sharding)
+                if fit_kwargs.get("progress"):
+                    print(f"resumed from {checkpoint}: {done} of {intervals} intervals done", flush=True)
         while done < intervals:
             count = min(per_call, intervals - done)
             carry, record = run(carry, key, host_array(done, int), count)  # the default int, as i
