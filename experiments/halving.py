@@ -143,7 +143,7 @@ def configuration(sizes, activation: str, steps: int):
 
 
 def rung_sizes(n: int, eta: int, rung_epochs: int, epochs: int) -> list[tuple[int, int]]:
-    """The rungs ``fnn.halving`` runs: ``(members, end epoch)`` each (as ``fnn.sweeps.halving``)."""
+    """The rungs ``fnn.halving`` runs: ``(members, end epoch)`` each (as ``fnn.sweeps.successive_halving``)."""
     out, alive = [], n
     for k in range(n):
         end = epochs if alive == 1 else min((k + 1) * rung_epochs, epochs)
@@ -163,7 +163,7 @@ def unpadded(rungs: list[tuple[int, int]]) -> int:
 def replay(history: dict, eta: int, rung_epochs: int, epochs: int, monitor: str) -> int:
     """The finalist successive halving would pick, replayed on the full sweep's histories
     (a member that goes on is the same run as in the full sweep, to float32 rounding; the rule of
-    ``fnn.sweeps.halving.survivors``: best ``max(1, n // eta)`` at each rung's last epoch,
+    ``fnn.sweeps.successive_halving.survivors``: best ``max(1, n // eta)`` at each rung's last epoch,
     non-finite last, ties to the lower index; of the last rung, the best validation accuracy)."""
     values = np.asarray(history[monitor], dtype=float)
     alive = np.arange(values.shape[0])

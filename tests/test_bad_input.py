@@ -8,7 +8,6 @@ assert that nothing was compiled: their program is never called.
 """
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +17,7 @@ import pytest
 import fnn
 from fnn import checkpoint, distributed, schedules
 from fnn.datasets import load_digits
-
-pbt_lib = importlib.import_module("fnn.sweeps.pbt")  # the module; fnn.sweeps.pbt is the function
+from fnn.sweeps import population_based as pbt_lib
 
 N, BATCH = 300, 50
 

@@ -9,7 +9,6 @@ anything is compiled.
 """
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +17,8 @@ import pytest
 
 import fnn
 from fnn.datasets import load_digits
-from fnn.sweeps.ensemble import average, ensemble, output_link
-
-ensemble_module = importlib.import_module("fnn.sweeps.ensemble")  # the module; fnn.sweeps.ensemble is the function
+from fnn.sweeps import ensembles as ensemble_module
+from fnn.sweeps.ensembles import average, ensemble, output_link
 
 N, FEATURES, SEEDS = 30, 4, 3
 

@@ -6,8 +6,6 @@ exponential-ramp test on digits; bad input is refused before anything is compile
 the smoothing and the suggestion rule do what their docstrings say on known curves.
 """
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,9 +14,8 @@ import pytest
 import fnn
 from fnn.batching import epoch_batches
 from fnn.datasets import load_digits
-from fnn.sweeps.lr_range import LRRangeResult, lr_range, smooth, suggest
-
-lr_range_module = importlib.import_module("fnn.sweeps.lr_range")  # the module; fnn.sweeps.lr_range is the function
+from fnn.sweeps import range_test as lr_range_module
+from fnn.sweeps.range_test import LRRangeResult, lr_range, smooth, suggest
 
 
 def config(lr=1e-2):

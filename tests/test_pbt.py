@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
 import fnn
-
-pbt_lib = importlib.import_module("fnn.sweeps.pbt")  # the module; fnn.sweeps.pbt is the function
+from fnn.sweeps import population_based as pbt_lib
 
 EPOCHS, BATCH, INTERVAL, SIZE = 8, 50, 2, 8
 LRS = np.logspace(-4, -1, SIZE)

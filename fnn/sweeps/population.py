@@ -5,7 +5,7 @@ Every member of a sweep runs ``fit``'s own loop (``fnn.fit.plan`` builds its car
 member that stopped keeps riding the loop until the last one stops, so a sweep that
 wants to spend its compute on the live members must stop the compiled run at epoch
 boundaries and choose who goes on: successive halving keeps the best fraction
-(``fnn.sweeps.halving``), compaction drops members that stopped early (``sweep(...,
+(``fnn.sweeps.successive_halving``), compaction drops members that stopped early (``sweep(...,
 compact_every=k)``). :class:`Population` holds every member's loop carry between those
 calls, runs any subset of members to a given epoch, and writes their new carries back.
 
@@ -152,7 +152,7 @@ class Population:
         self.calls = 0
         self.pending: Pending | None = None  # the call in progress, while its pieces run
         self.after_piece: Callable[[Population], None] | None = None  # e.g. save a checkpoint
-        self.rungs: Any = None  # successive halving's position (fnn.sweeps.halving.Rungs), if it runs
+        self.rungs: Any = None  # successive halving's position (fnn.sweeps.successive_halving.Rungs), if it runs
 
     def run(self, which: np.ndarray, end: int, label: str = "", compact: bool = True) -> None:
         """Advance members ``which`` (indices; the first call: every member, in order) to

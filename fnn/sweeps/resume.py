@@ -26,8 +26,8 @@ import numpy as np
 
 from fnn import checkpoint as checkpoint_lib
 from fnn import resume as resume_lib
-from fnn.sweeps.halving import Rungs
 from fnn.sweeps.population import Pending, Population, zeros
+from fnn.sweeps.successive_halving import Rungs
 
 FORMAT = "fnn.sweep 1"
 

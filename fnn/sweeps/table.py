@@ -20,7 +20,7 @@ class SweepResult(NamedTuple):
       member_epochs: the compute the sweep spent, in member-epochs: for each compiled
         call, its members (padding included) times the epochs its loop ran (under
         ``vmap`` a member that stopped rides along until the last one stops).
-      rung: with ``fnn.sweeps.halving``, the rung (0-based) at which each member stopped
+      rung: with ``fnn.sweeps.successive_halving``, the rung (0-based) at which each member stopped
         ([members] ints); ``None`` otherwise.
     """
 
@@ -87,8 +87,8 @@ class SweepResult(NamedTuple):
 
     def ensemble(self, config, x, y, **options) -> list[dict[str, Any]]:
         """Each grid point's seed ensemble scored on (x, y), next to its members' mean:
-        ``fnn.ensemble(config, self, x, y, **options)`` (see :mod:`fnn.sweeps.ensemble`)."""
-        from fnn.sweeps.ensemble import ensemble  # that module reads SweepResult: imported here, when called
+        ``fnn.ensemble(config, self, x, y, **options)`` (see :mod:`fnn.sweeps.ensembles`)."""
+        from fnn.sweeps.ensembles import ensemble  # that module reads SweepResult: imported here, when called
 
         return ensemble(config, self, x, y, **options)
 

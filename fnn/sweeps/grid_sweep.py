@@ -24,7 +24,7 @@ Between compiled calls every member's run is carried by ``fnn.sweeps.population`
 sweep may stop at epoch boundaries and go on with fewer members: ``compact_every=k``
 drops the members that stopped early or diverged every ``k`` epochs, and
 ``schedule=fnn.halving(...)`` keeps the best ``1/eta`` after each rung
-(``fnn.sweeps.halving``). ``result.member_epochs`` says what was computed.
+(``fnn.sweeps.successive_halving``). ``result.member_epochs`` says what was computed.
 
 Each member's seed is its seed index ``s`` (``0 .. seeds-1``, or the given seed values),
 so member (grid point g, seed s) matches ``fit(config(**g), x, y, key=s, ...)`` run alone
@@ -51,9 +51,9 @@ from fnn.fit import check_checkpoint_options, check_fit, resolve_monitor
 from fnn.loop import history_names
 from fnn.programs import device_array, host_array
 from fnn.sweeps import resume as sweep_resume
-from fnn.sweeps.halving import Halving, run_rungs
 from fnn.sweeps.members import check_configurations, members
 from fnn.sweeps.population import Population
+from fnn.sweeps.successive_halving import Halving, run_rungs
 from fnn.sweeps.table import SweepResult
 from fnn.train import Trainer
 
@@ -111,7 +111,7 @@ def sweep(
         Default ``None``: one call per chunk, to the end.
       schedule: ``fnn.halving(rung_epochs, eta, monitor)``: successive halving — after
         each rung of ``rung_epochs`` epochs only the best ``1/eta`` of the members go on
-        (``fnn.sweeps.halving``); the result's ``rung`` column says where each stopped,
+        (``fnn.sweeps.successive_halving``); the result's ``rung`` column says where each stopped,
         and its row holds its metrics there. Default ``None``: every member trains on.
       checkpoint: a file path: after every compiled call (each chunk, rung and interval)
         the whole population is saved there atomically (``fnn.sweeps.resume``); its

@@ -39,9 +39,9 @@ from fnn.loop import Loop, run_epochs
 from fnn.losses import ranking
 from fnn.programs import device_array, host_array, jit_program
 from fnn.sweeps import resume as sweep_resume
+from fnn.sweeps.grid_sweep import check_members, reporting, split_options
 from fnn.sweeps.members import build, grid_points
 from fnn.sweeps.population import member_run, place, zeros
-from fnn.sweeps.program import check_members, reporting, split_options
 from fnn.train import Trainer
 
 
