@@ -2,9 +2,10 @@
 
 ``fit`` reads top to bottom as the run it performs:
 
-1. :func:`prepare` checks every argument eagerly (types, shapes, label ranges, finite
-   values, the params and model state against the model, the checkpoint destination)
-   and builds the run: the static :class:`~fnn.loop.Settings`, the arrays it reads
+1. :func:`build_run` checks every argument eagerly — each option on its own, as
+   declared once in :mod:`fnn.options`, then types, shapes, label ranges, finite values,
+   the params and model state against the model, the checkpoint destination — and builds
+   the run: the static :class:`~fnn.loop.Settings`, the arrays it reads
    (:class:`~fnn.loop.RunData`) and the initial loop carry.
 2. The compiled epoch loop (:mod:`fnn.loop`) runs once, or in chunks of
    ``checkpoint_every`` epochs with an atomic checkpoint after each (:mod:`fnn.resume`
@@ -25,9 +26,8 @@ concrete values: under a trace the value checks (finite data, label ranges) cann
 
 from __future__ import annotations
 
-import inspect
 import os
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +37,14 @@ from jax.typing import ArrayLike
 
 from fnn import checkpoint as checkpoint_lib
 from fnn import losses as losses_lib
+from fnn import options as options_lib
 from fnn import progress as progress_lib
 from fnn import resume as resume_lib
-from fnn.checks import as_key, check_bool, check_int, check_nonnegative, check_positive, is_concrete
+from fnn.checks import as_key, check_int, is_concrete
 from fnn.distributed import check_batch_divisible
 from fnn.layers import check_params
 from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_names, initial_loop, run_epochs
+from fnn.options import OPTIONS
 from fnn.programs import device_array, jit_program
 from fnn.train import Trainer, TrainState
 
@@ -65,15 +67,23 @@ class DivergenceError(FloatingPointError):
 
 class Run(NamedTuple):
     """A checked run, ready to execute: the trainer, the loop carry before the first
-    epoch, the arrays the run reads and its static settings."""
+    epoch (only its shapes when built by ``check_fit``), the arrays the run reads, its
+    static settings and what the host does around it."""
 
     trainer: Trainer
     loop: Loop
     data: RunData
     settings: Settings
     epochs: int
-    checkpoint: Any  # a path or None
-    checkpoint_every: int
+    saving: Saving
+
+
+class Saving(NamedTuple):
+    """fit's host options, checked: the checkpoint file (or None), epochs per compiled
+    chunk between saves, and whether to resume from the file."""
+
+    path: str | os.PathLike[str] | None
+    every: int
     resume: bool
 
 
@@ -148,7 +158,8 @@ def fit(
       ValueError: for bad input, before anything is traced.
       DivergenceError: when the run diverged (only when called eagerly).
     """
-    run = cast(Run, prepare(**locals()))  # every argument, checked before anything is traced
+    options = {name: value for name, value in locals().items() if name in OPTIONS}
+    run = build_run(trainer, x, y, options)  # every argument checked before anything is traced
     if progress and is_concrete(run.loop):  # a run of its own; a caller that traces fit (a sweep) starts its own
         progress_lib.start()
     result = _execute(run).result
@@ -160,12 +171,13 @@ def fit(
 def check_fit(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> None:
     """Make every eager check that ``fit(trainer, x, y, **options)`` makes, without training.
 
-    Entry points that trace ``fit`` (a sweep) call this first with concrete values.
+    Entry points that trace ``fit`` (a sweep) call this first with concrete values. The
+    initial state is only shaped (``jax.eval_shape``: nothing is compiled or drawn).
 
     Raises:
       ValueError: naming the argument, as ``fit`` would; also for an unknown option.
     """
-    prepare(**_arguments(trainer, x, y, options), only_check=True)
+    build_run(trainer, x, y, options_lib.complete(options, "check_fit"), abstract=True)
 
 
 def plan(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> Run:
@@ -179,78 +191,54 @@ def plan(trainer: Trainer, x: ArrayLike, y: ArrayLike, **options: Any) -> Run:
     Raises:
       ValueError: as ``check_fit``.
     """
-    return cast(Run, prepare(**_arguments(trainer, x, y, options)))
+    return build_run(trainer, x, y, options_lib.complete(options, "plan"))
 
 
-def _arguments(trainer, x, y, options: dict) -> dict:
-    """``fit``'s arguments as a dict, defaults filled in; unknown or missing options raise."""
-    signature = inspect.signature(fit)
-    unknown = sorted(set(options) - set(signature.parameters))
-    if unknown:
-        raise ValueError(f"unknown fit option(s) {unknown}; fit takes {list(signature.parameters)[3:]}")
-    try:
-        bound = signature.bind(trainer, x, y, **options)
-    except TypeError as error:  # a required option is missing
-        raise ValueError(f"fit options: {error}") from None
-    bound.apply_defaults()
-    return bound.arguments
+def build_run(trainer: Trainer, x: ArrayLike, y: ArrayLike, options: dict[str, Any], abstract: bool = False) -> Run:
+    """Check fit's arguments and build the run.
 
+    Each option is first checked on its own (``fnn.options.checked``), then the ones
+    that go together: the trainer, the batch sharding against the batch size, the
+    checkpoint destination, the data and validation pair, the initial state (from the key,
+    a train state or given params) against the model, the data against the model and the
+    loss, and the monitor against the history.
 
-def prepare(
-    trainer,
-    x,
-    y,
-    *,
-    key,
-    epochs,
-    batch_size,
-    validation,
-    drop_last,
-    train_state,
-    params,
-    model_state,
-    tol,
-    patience,
-    monitor,
-    divergence_threshold,
-    eval_batch_size,
-    progress,
-    checkpoint,
-    checkpoint_every,
-    resume,
-    batch_sharding,
-    only_check: bool = False,
-) -> Run | None:
-    """Check ``fit``'s arguments (see ``fit``) and build the run; raises ValueError.
-
-    With ``only_check`` (``check_fit``) the initial state is only shaped (``jax.eval_shape``:
-    nothing is compiled or drawn) and no run is built: returns None."""
-    epochs = check_int("epochs", epochs)
-    batch_size = check_int("batch_size", batch_size)
-    check_batch_divisible(batch_size, batch_sharding)
+    Args:
+      trainer, x, y: as ``fit``.
+      options: every option of ``fnn.options.OPTIONS`` (``fnn.options.complete``).
+      abstract: build only the shapes of the initial loop carry (``check_fit``).
+    Returns:
+      the ``Run``.
+    Raises:
+      ValueError: naming the argument and what was expected, before anything is traced.
+    """
+    o = options_lib.checked(options)
     if not isinstance(trainer, Trainer):
         raise ValueError(f"trainer must be an fnn.Trainer(model, optimizer, loss); got {type(trainer).__name__}")
-    every = check_checkpoint_options(checkpoint, checkpoint_every, resume, epochs)
-    x, y, validation = _as_arrays(x, y, validation)
-    state = _initial_state(trainer, key, train_state, params, model_state, epochs, abstract=only_check)
-    _check_data(trainer, x, y, validation, batch_size, state)
-    monitor, maximize = resolve_monitor(trainer, monitor, validation is not None)
+    check_batch_divisible(o["batch_size"], o["batch_sharding"])
+    every = check_checkpoint_options(o["checkpoint"], o["checkpoint_every"], o["resume"], o["epochs"])
+    x, y, validation = _as_arrays(x, y, o["validation"])
+    state = _initial_state(trainer, o, abstract)
+    _check_data(trainer, x, y, validation, o["batch_size"], state)
+    monitor, maximize = resolve_monitor(trainer, o["monitor"], validation is not None)
     settings = Settings(
-        batch_size=batch_size,
-        drop_last=check_bool("drop_last", drop_last),
-        eval_batch_size=min(check_int("eval_batch_size", eval_batch_size), len(validation[0]) if validation else 1),
-        patience=None if patience is None else check_int("patience", patience),
+        batch_size=o["batch_size"],
+        drop_last=o["drop_last"],
+        eval_batch_size=min(o["eval_batch_size"], len(validation[0]) if validation else 1),
+        patience=o["patience"],
         monitor=monitor,
         maximize=maximize,
-        progress=check_bool("progress", progress),
-        batch_sharding=batch_sharding,
+        progress=o["progress"],
+        batch_sharding=o["batch_sharding"],
     )
-    data = RunData(x, y, validation, _scalar("tol", tol, check_nonnegative), _threshold(divergence_threshold))
-    resume = check_bool("resume", resume)
-    if only_check:
-        return None
-    loop = initial_loop(trainer, state, epochs, validation is not None, settings.maximize)
-    return Run(trainer, loop, data, settings, epochs, checkpoint, every, resume)
+    threshold = jnp.inf if o["divergence_threshold"] is None else o["divergence_threshold"]
+    data = RunData(x, y, validation, float_array(o["tol"]), float_array(threshold))
+
+    def start(state: TrainState) -> Loop:
+        return initial_loop(trainer, state, o["epochs"], validation is not None, maximize)
+
+    loop = jax.eval_shape(start, state) if abstract else start(state)
+    return Run(trainer, loop, data, settings, o["epochs"], Saving(o["checkpoint"], every, o["resume"]))
 
 
 def resolve_monitor(trainer: Trainer, monitor: str | None, has_validation: bool, what: str = "monitor"):
@@ -284,18 +272,6 @@ def check_checkpoint_options(path, every, resume, epochs: int) -> int:
     return check_int("checkpoint_every", epochs if every is None else every)
 
 
-def _scalar(name: str, value, check):
-    """A real scalar option (traced data of the run), checked by ``check`` when concrete."""
-    if isinstance(value, (str, bool)) or value is None or np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a real scalar; got {value!r}")
-    check(name, value)
-    return float_array(value)
-
-
-def _threshold(value):
-    return float_array(jnp.inf) if value is None else _scalar("divergence_threshold", value, check_positive)
-
-
 def _as_arrays(x, y, validation):
     """x, y and the validation pair as JAX arrays; a ValueError names what is not an array."""
     if validation is not None:
@@ -319,13 +295,12 @@ def _array(name: str, value):
     return array
 
 
-def _initial_state(
-    trainer: Trainer, key, train_state, params, model_state, epochs: int, abstract: bool = False
-) -> TrainState:
-    """The run's first TrainState: the given one (checked), or ``trainer.init`` from ``key``
-    (only its shapes when ``abstract``)."""
-    if train_state is not None:
-        return _check_train_state(trainer, train_state, epochs)
+def _initial_state(trainer: Trainer, options: dict[str, Any], abstract: bool = False) -> TrainState:
+    """The run's first TrainState: the given ``train_state`` (checked), or ``trainer.init``
+    from ``key`` (with ``params`` and ``model_state`` if given; only its shapes when ``abstract``)."""
+    key, params, model_state = options["key"], options["params"], options["model_state"]
+    if options["train_state"] is not None:
+        return _check_train_state(trainer, options["train_state"], options["epochs"])
     if key is None:
         raise ValueError("key is required (an int seed or a jax.random key) unless train_state= is given")
     if params is None:
@@ -386,7 +361,8 @@ def _check_data(trainer: Trainer, x, y, validation, batch_size: int, state: Trai
 
 def _execute(run: Run) -> Loop:
     """Run the compiled program once, or in chunks with a checkpoint after each."""
-    if run.checkpoint is None:
+    saving = run.saving
+    if saving.path is None:
         return _call(run, run.loop, run.epochs)
     if not is_concrete(run.loop):
         raise ValueError(
@@ -394,12 +370,12 @@ def _execute(run: Run) -> Loop:
         )
     description = resume_lib.describe(run.trainer, run.loop, run.settings, run.data, run.epochs)
     loop = run.loop
-    if run.resume and os.path.exists(run.checkpoint):
-        loop = resume_lib.restore(run.checkpoint, run.loop, description)
+    if saving.resume and os.path.exists(saving.path):
+        loop = resume_lib.restore(saving.path, run.loop, description)
     while _still_running(loop, run.epochs):
-        end = min(int(loop.result.train_state.epoch) + run.checkpoint_every, run.epochs)
+        end = min(int(loop.result.train_state.epoch) + saving.every, run.epochs)
         loop = _call(run, loop, end)
-        checkpoint_lib.save(run.checkpoint, loop, metadata=description)
+        checkpoint_lib.save(saving.path, loop, metadata=description)
     return loop
 
 

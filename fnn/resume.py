@@ -2,9 +2,10 @@
 
 A run's checkpoint (written by ``fit(checkpoint=...)``, see :mod:`fnn.checkpoint`)
 holds the whole epoch-loop carry and, in its metadata, a *description* of the run: the
-settings that decide its numbers (``batch_size``, ``drop_last``, the number of training
-and validation examples, ``monitor``, ``patience``, ``tol``, ``divergence_threshold``, the
-history entries, ``epochs``, the loss's name, every number in the trainer — learning
+settings that decide its numbers (fit's options that a resumed run must match, as
+:mod:`fnn.options` declares them: ``batch_size``, ``drop_last``, ``patience``,
+``monitor``, ``eval_batch_size``, ``batch_sharding``, ``tol``, ``divergence_threshold``;
+the number of training and validation examples, the history entries, ``epochs``, the loss's name, every number in the trainer — learning
 rate, momentum, dropout rate, L2 strength, ... —, the run key and a SHA-256 digest of the
 data) and the shape of every array it carries (params, model state, optimizer state, ...).
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from fnn import checkpoint as checkpoint_lib
 from fnn.loop import Loop, RunData, Settings
+from fnn.options import LARGER, SAME, STATIC, TRACED, names
 from fnn.train import Trainer
 
 # where a carried array lives -> how to name a difference there
@@ -45,22 +47,20 @@ def describe(trainer: Trainer, loop: Loop, settings: Settings, data: RunData, ep
 
     Returns:
       ``{"settings": {name: value}, "arrays": {path: "dtype[shape]"}}``: the settings
-      that decide the run's numbers — structure, the loss, every number in the trainer
-      (``trainer.optimizer.lr.value``, ...), the run key, a digest of the data, the
-      convergence thresholds — and the arrays of the carry outside the histories.
+      that decide the run's numbers — fit's options that a resumed run must match
+      (``fnn.options``), the loss, every number in the trainer
+      (``trainer.optimizer.lr.value``, ...), the run key, a digest of the data — and the
+      arrays of the carry outside the histories.
     """
+    static = [name for name in names(STATIC, on_resume=SAME) if name in Settings.__dataclass_fields__]
     settings_used = {
         "epochs": epochs,
-        "batch_size": settings.batch_size,
-        "drop_last": settings.drop_last,
         "examples": int(data.x.shape[0]),
         "validation examples": 0 if data.validation is None else int(data.validation[0].shape[0]),
-        "monitor": settings.monitor,
-        "patience": settings.patience,
+        **{name: _json(getattr(settings, name)) for name in static},
+        **{name: repr(float(getattr(data, name))) for name in names(TRACED, scalar=True)},
         "history": sorted(loop.result.history),
         "loss": getattr(trainer.loss, "__name__", type(trainer.loss).__name__),
-        "tol": repr(float(data.tol)),
-        "divergence_threshold": repr(float(data.divergence_threshold)),
         "key": np.asarray(jax.random.key_data(loop.result.train_state.key)).tolist(),
         "data (SHA-256)": digest((data.x, data.y, data.validation)),
     }
@@ -71,6 +71,11 @@ def describe(trainer: Trainer, loop: Loop, settings: Settings, data: RunData, ep
         jax.tree_util.keystr(path): spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)
     }
     return {"settings": settings_used, "arrays": arrays}
+
+
+def _json(value):
+    """A setting as stored in the description: JSON scalars as they are, others by ``repr``."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
 
 
 def digest(arrays) -> str:
@@ -115,7 +120,7 @@ def restore(path, like: Loop, description: dict) -> Loop:
     )
 
 
-def compare(path, saved: dict, call: dict, extendable: tuple[str, ...] = ("epochs",)):
+def compare(path, saved: dict, call: dict, extendable: tuple[str, ...] = names(on_resume=LARGER)):
     """Raise ValueError for the first difference between the saved run and this call:
     the carried arrays first (another model or optimizer), then the settings (a setting
     in ``extendable`` may be larger in the call: a run extended to more epochs)."""

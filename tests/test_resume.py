@@ -57,6 +57,9 @@ def test_a_finished_run_extended_with_more_epochs_equals_the_longer_run(tmp_path
         (dict(key=7), r"written for key="),
         (dict(x="shifted"), r"written for data \(SHA-256\)="),
         (dict(tol=0.5), r"written for tol='0\.0'; this call has tol='0\.5'"),
+        # every option fnn.options declares SAME is compared, e.g. the evaluation's batch
+        # size (it orders the validation sums, so it decides the bits of val_loss)
+        (dict(eval_batch_size=32), r"written for eval_batch_size=100; this call has eval_batch_size=32"),
     ],
 )
 def test_resuming_with_other_settings_says_what_differs(tmp_path, setup, change, match):

@@ -44,6 +44,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from fnn import memory as memory_lib
+from fnn import options as options_lib
 from fnn import progress as progress_lib
 from fnn.checks import check_bool, check_int, check_whole
 from fnn.distributed import resolve_devices, warn_unused_cores
@@ -56,14 +57,6 @@ from fnn.sweeps.population import Population
 from fnn.sweeps.successive_halving import Halving, run_rungs
 from fnn.sweeps.table import SweepResult
 from fnn.train import Trainer
-
-# fit's options in a sweep (one place). Per-run options are refused: members take their
-# keys from seeds. Array options are passed to the compiled program as traced data, shared
-# by every member (tol and divergence_threshold too, when not None: a new value reuses
-# the compiled program); every other option is static (hashable) and part of its key.
-_PER_RUN_OPTIONS = ("key", "train_state")
-_ARRAY_OPTIONS = ("validation", "params", "model_state", "tol", "divergence_threshold")
-_SCALAR_OPTIONS = ("tol", "divergence_threshold")  # as fit's float dtype: 0.1 and np.array(0.1) share a program
 
 
 def sweep(
@@ -271,7 +264,7 @@ def check_members(
     Raises:
       ValueError: for bad input.
     """
-    for name in _PER_RUN_OPTIONS:
+    for name in options_lib.names(options_lib.PER_RUN):
         if name in fit_kwargs:
             raise ValueError(f"{name}= is not a sweep option: members take their keys from seeds")
     trainer = check_configurations(config, table)
@@ -306,12 +299,15 @@ def _chunk_size(chunk_size, memory_budget, devices, n: int, trainer: Trainer, x,
 
 
 def split_options(fit_kwargs: dict) -> tuple[tuple, dict]:
-    """fit's options split into static ones (a sorted, hashable tuple: part of the
-    compiled program's key) and array-valued ones (traced data shared by every member)."""
+    """fit's options split by their role (``fnn.options``): static ones (a sorted,
+    hashable tuple: part of the compiled program's key) and traced ones (arrays shared by
+    every member; scalars in fit's float dtype, so that 0.1 and np.array(0.1) share a
+    program; ``None`` is static)."""
+    traced, scalars = options_lib.names(options_lib.TRACED), options_lib.names(scalar=True)
     arrays = {
-        k: host_array(v, float) if k in _SCALAR_OPTIONS else jax.tree.map(device_array, v)
+        k: host_array(v, float) if k in scalars else jax.tree.map(device_array, v)
         for k, v in fit_kwargs.items()
-        if k in _ARRAY_OPTIONS and v is not None
+        if k in traced and v is not None
     }
     options = tuple(sorted((k, v) for k, v in fit_kwargs.items() if k not in arrays))
     for name, value in options:

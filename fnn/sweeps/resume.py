@@ -26,6 +26,7 @@ import numpy as np
 
 from fnn import checkpoint as checkpoint_lib
 from fnn import resume as resume_lib
+from fnn.options import ANY, OPTIONS
 from fnn.sweeps.population import Pending, Population, zeros
 from fnn.sweeps.successive_halving import Rungs
 
@@ -43,7 +44,8 @@ def describe(table: dict, carry, x, y, settings: dict, fit_kwargs: dict) -> dict
       settings: the entry point's own options that decide its numbers (JSON values), e.g.
         ``{"entry": "fnn.sweep", "epochs": 20, "schedule": "...", ...}``.
       fit_kwargs: fit's options (by ``repr``; arrays such as ``validation`` by a digest;
-        ``progress`` left out).
+        those that do not decide the numbers, such as ``progress``, left out:
+        ``fnn.options``).
     Returns:
       ``{"settings": {...}, "arrays": {path: "dtype[shape]"}}``: ``settings`` with fit's
       options, the members and a digest of the data, and the shape of one member's carry
@@ -57,7 +59,7 @@ def describe(table: dict, carry, x, y, settings: dict, fit_kwargs: dict) -> dict
     options = {
         name: resume_lib.digest(value) if any(np.ndim(leaf) for leaf in jax.tree.leaves(value)) else repr(value)
         for name, value in sorted(fit_kwargs.items())
-        if name != "progress"  # the only option that does not decide the numbers
+        if OPTIONS[name].on_resume != ANY
     }
     return {
         "settings": {
