@@ -97,6 +97,7 @@ def fit(
     batch_size: int,
     validation: tuple[ArrayLike, ArrayLike] | None = None,
     drop_last: bool = False,
+    max_steps: int | None = None,
     train_state: TrainState | None = None,
     params: Any = None,
     model_state: Any = None,
@@ -126,6 +127,10 @@ def fit(
         every epoch.
       drop_last: drop the last partial mini-batch (else it is used, padded with
         weight-0 rows, so no example is lost).
+      max_steps: stop after this many updates in all (static; ``None``: no limit): the
+        epoch in which the limit falls is the run's last, its remaining mini-batches
+        computed and discarded, then it is evaluated and recorded as any epoch
+        (``train_state.step`` counts the updates). ``fnn.lr_range`` trains its members so.
       train_state: continue from this TrainState (``result.train_state`` of an earlier
         run) instead of a fresh one; ``epochs`` must exceed the epochs it has run.
       params, model_state: initial params (needed for a plain-function model) and the
@@ -230,6 +235,7 @@ def build_run(trainer: Trainer, x: ArrayLike, y: ArrayLike, options: dict[str, A
         maximize=maximize,
         progress=o["progress"],
         batch_sharding=o["batch_sharding"],
+        max_steps=o["max_steps"],
     )
     threshold = jnp.inf if o["divergence_threshold"] is None else o["divergence_threshold"]
     data = RunData(x, y, validation, float_array(o["tol"]), float_array(threshold))
@@ -272,7 +278,7 @@ def check_checkpoint_options(path, every, resume, epochs: int) -> int:
     return check_int("checkpoint_every", epochs if every is None else every)
 
 
-def _as_arrays(x, y, validation):
+def _as_arrays(x, y, validation) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
     """x, y and the validation pair as JAX arrays; a ValueError names what is not an array."""
     if validation is not None:
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
@@ -285,7 +291,7 @@ def _as_arrays(x, y, validation):
     return _array("x", x), _array("y", y), validation
 
 
-def _array(name: str, value):
+def _array(name: str, value) -> jax.Array:
     try:
         array = device_array(value)
     except (TypeError, ValueError) as error:
@@ -372,16 +378,18 @@ def _execute(run: Run) -> Loop:
     loop = run.loop
     if saving.resume and os.path.exists(saving.path):
         loop = resume_lib.restore(saving.path, run.loop, description)
-    while _still_running(loop, run.epochs):
+    while _still_running(loop, run.epochs, run.settings.max_steps):
         end = min(int(loop.result.train_state.epoch) + saving.every, run.epochs)
         loop = _call(run, loop, end)
         checkpoint_lib.save(saving.path, loop, metadata=description)
     return loop
 
 
-def _still_running(loop: Loop, epochs: int) -> bool:
-    r = loop.result
-    return int(r.train_state.epoch) < epochs and not bool(r.stopped_early) and not bool(r.diverged)
+def _still_running(loop: Loop, epochs: int, max_steps: int | None) -> bool:
+    """``fnn.loop.running`` on the host (no eager program): whether another chunk runs."""
+    r, state = loop.result, loop.result.train_state
+    steps_left = max_steps is None or int(state.step) < max_steps
+    return int(state.epoch) < epochs and steps_left and not bool(r.stopped_early) and not bool(r.diverged)
 
 
 def _call(run: Run, loop: Loop, end: int) -> Loop:

@@ -98,6 +98,7 @@ class Settings:
     maximize: bool
     progress: bool
     batch_sharding: Any = None
+    max_steps: int | None = None
 
 
 class _StepCarry(NamedTuple):
@@ -178,17 +179,21 @@ def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Se
         idx, w = batch
         batch = _shard((data.x[idx], data.y[idx], w), settings.batch_sharding)
         new_state, metrics = trainer.train_step(carry.state, batch)
-        # an update counts only while the run is healthy and it keeps everything finite;
-        # a masked select rather than lax.cond: under vmap a cond would become a select
-        # of the whole carry anyway, and unbatched the epoch loop stops after this epoch.
+        # an update counts only while the run is healthy, within max_steps, and it keeps
+        # everything finite; a masked select rather than lax.cond: under vmap a cond would
+        # become a select of the whole carry anyway, and unbatched the epoch loop stops
+        # after this epoch. An update past max_steps is discarded, not a divergence.
         loss = float_array(metrics["loss"])  # float32 for a float32 model; sums and thresholds are float64 under x64
-        ok = jnp.isfinite(loss) & (loss <= data.divergence_threshold) & _all_finite(new_state.params) & ~carry.diverged
+        healthy = jnp.isfinite(loss) & (loss <= data.divergence_threshold) & _all_finite(new_state.params)
+        within = True if settings.max_steps is None else carry.state.step < settings.max_steps
+        fails = ~healthy & within & ~carry.diverged
+        ok = healthy & within & ~carry.diverged
         total = float_array(jnp.sum(w))
         counted = {k: float_array(metrics[k]) * total for k in names}
         return _StepCarry(
             state=_tree_where(ok, new_state, carry.state),
-            diverged=carry.diverged | ~ok,
-            diverged_step=jnp.where(ok | carry.diverged, carry.diverged_step, carry.state.step),
+            diverged=carry.diverged | fails,
+            diverged_step=jnp.where(fails, carry.state.step, carry.diverged_step),
             last_loss=jnp.where(ok, loss, carry.last_loss),
             sums={k: carry.sums[k] + jnp.where(ok, counted[k], 0) for k in carry.sums},
             weight=carry.weight + jnp.where(ok, total, 0),
@@ -242,13 +247,15 @@ def end_epoch(trainer: Trainer, loop: Loop, means: dict, data: RunData, settings
     return Loop(result=result, best_value=best_value, wait=wait)
 
 
-def running(loop: Loop, end_epoch_index) -> jax.Array:
-    """Whether the run goes on: before ``end_epoch_index``, not stopped, not diverged."""
+def running(loop: Loop, end_epoch_index, max_steps: int | None = None) -> jax.Array:
+    """Whether the run goes on: before ``end_epoch_index`` and ``max_steps`` updates
+    (``None``: no limit), not stopped, not diverged."""
     r = loop.result
-    return (r.train_state.epoch < end_epoch_index) & ~r.stopped_early & ~r.diverged
+    going = (r.train_state.epoch < end_epoch_index) & ~r.stopped_early & ~r.diverged
+    return going if max_steps is None else going & (r.train_state.step < max_steps)
 
 
-def _report(names: list[str], before: Loop, after: Loop, end_epoch_index) -> Loop:
+def _report(names: list[str], before: Loop, after: Loop, end_epoch_index, max_steps: int | None) -> Loop:
     """Plant the progress report of the epoch just run (see ``fnn.progress``).
 
     ``names``: the history entries in the order to print (the carry's dict comes back
@@ -259,7 +266,7 @@ def _report(names: list[str], before: Loop, after: Loop, end_epoch_index) -> Loo
     epoch = before.result.train_state.epoch
     values = {k: after.result.history[k][epoch] for k in names}
     epochs = len(after.result.history["loss"])
-    ack = progress_lib.report(epoch, epochs, values, running(before, end_epoch_index))
+    ack = progress_lib.report(epoch, epochs, values, running(before, end_epoch_index, max_steps))
     state = after.result.train_state
     return after._replace(result=after.result._replace(train_state=state._replace(epoch=state.epoch + ack)))
 
@@ -272,9 +279,10 @@ def _run_epochs(trainer: Trainer, loop: Loop, data: RunData, end_epoch_index, se
         after = end_epoch(trainer, loop._replace(result=result), means, data, settings)
         if not settings.progress:
             return after
-        return _report(history_names(trainer, data.validation is not None), loop, after, end_epoch_index)
+        names = history_names(trainer, data.validation is not None)
+        return _report(names, loop, after, end_epoch_index, settings.max_steps)
 
-    return jax.lax.while_loop(lambda loop: running(loop, end_epoch_index), epoch, loop)
+    return jax.lax.while_loop(lambda loop: running(loop, end_epoch_index, settings.max_steps), epoch, loop)
 
 
 run_epochs = jit_program(_run_epochs, ("settings",))

@@ -82,6 +82,7 @@ OPTIONS: dict[str, Option] = {
     "batch_size": Option(REQUIRED, STATIC, SAME, check_int),
     "validation": Option(None, TRACED),
     "drop_last": Option(False, STATIC, SAME, check_bool),
+    "max_steps": Option(None, STATIC, SAME, _optional(check_int)),
     "train_state": Option(None, PER_RUN),
     "params": Option(None, TRACED),
     "model_state": Option(None, TRACED),
@@ -134,7 +135,9 @@ def checked(options: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
       ValueError: naming the first option whose value is refused.
     """
-    return {
-        name: value if OPTIONS[name].check is None else OPTIONS[name].check(name, value)
-        for name, value in options.items()
-    }
+    return {name: _checked(name, value) for name, value in options.items()}
+
+
+def _checked(name: str, value: Any) -> Any:
+    check = OPTIONS[name].check
+    return value if check is None else check(name, value)

@@ -7,14 +7,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tolerances import EPS32
+from tolerances import EPS32, assert_trees_close_f32
 
 import fnn
+from fnn.batching import epoch_batches
 from fnn.datasets import load_digits, load_fashion_mnist
 from fnn.loop import run_epochs
 from fnn.optimizers import adam, sgd
 from fnn.programs import compiler_options
 from fnn.schedules import piecewise_constant
+from fnn.train import order_key
 
 BATCH = 50
 
@@ -339,3 +341,28 @@ def test_a_metric_may_be_named_weight(digits):
     assert np.all(history["weight"] > 0) and np.all(np.isfinite(history["val_weight"]))
     expected = trainer.evaluate(result.train_state.params, result.train_state.model_state, x[200:300], y[200:300])
     np.testing.assert_allclose(history["val_weight"][-1], expected["weight"], rtol=1e-6)
+
+
+def test_max_steps_stops_inside_an_epoch_after_exactly_that_many_updates(digits, tmp_path):
+    """max_steps=37 at 30 updates an epoch: epoch 1 is the last, 7 of its updates applied;
+    the params are those of 37 train steps one by one on fit's mini-batches; saving a
+    checkpoint every epoch ends there too (not a loop that never advances), bit for bit."""
+    x, y, _, _ = digits
+    tr = trainer()
+    result = fnn.fit(tr, x, y, key=0, epochs=5, batch_size=BATCH, max_steps=37)
+    saved = fnn.fit(
+        tr, x, y, key=0, epochs=5, batch_size=BATCH, max_steps=37, checkpoint=tmp_path / "r", checkpoint_every=1
+    )
+    assert int(result.train_state.step) == 37 and int(result.train_state.epoch) == 2
+    assert not bool(result.diverged) and not bool(result.stopped_early)
+    assert np.all(np.isfinite(result.history["loss"][:2])) and np.all(np.isnan(result.history["loss"][2:]))
+    chex.assert_trees_all_equal(saved.train_state, result.train_state)
+    step = jax.jit(lambda state, batch: tr.train_step(state, batch)[0])
+    state, xs, ys = tr.init(jax.random.key(0)), jnp.asarray(x), jnp.asarray(y)
+    for epoch in range(2):
+        indices, weights = epoch_batches(order_key(state.key, epoch), len(y), BATCH)
+        for idx, w in list(zip(indices, weights))[: 37 - 30 * epoch]:
+            state = step(state, (xs[idx], ys[idx], w))
+    # two programs (the loop, and a step jitted alone) may round each update's gradient
+    # sums differently: k = 37 updates x 64 terms (the widest fan-in) roundings
+    assert_trees_close_f32(result.train_state.params, state.params, k=37 * 64)

@@ -268,7 +268,7 @@ def check_members(
         if name in fit_kwargs:
             raise ValueError(f"{name}= is not a sweep option: members take their keys from seeds")
     trainer = check_configurations(config, table)
-    check_fit(trainer, x, y, key=int(table["seed"][0]), **fit_kwargs)
+    check_fit(trainer, x, y, key=table["seed"][0], **fit_kwargs)  # an int seed, or raw key data
     warn_unused_cores(entry, devices, depth=depth)
     return trainer
 

@@ -9,6 +9,11 @@ boundaries and choose who goes on: successive halving keeps the best fraction
 compact_every=k)``). :class:`Population` holds every member's loop carry between those
 calls, runs any subset of members to a given epoch, and writes their new carries back.
 
+:func:`advance_members` is the one engine that runs members, for every entry point:
+``Population`` compiles it per bucket (sweeps, halving, compaction, the LR range test,
+whose members are fit's runs with ``max_steps``), and population-based training calls it
+inside its own compiled scan over intervals (``fnn.sweeps.population_based``).
+
 Compiles stay bounded: a subset runs padded (by repeating its last member, whose extra
 results are dropped) to the smallest *bucket* that holds it — the chunk size halved
 0, 1, 2, ... times, rounded up to a multiple of the devices — so a population of ``n``
@@ -44,22 +49,33 @@ def member_run(config: Callable, options: tuple, x, y, arrays: dict, member: dic
     return plan(config(**hyper), x, y, key=member["seed"], **arrays, **dict(options))
 
 
-def _advance(config: Callable, options: tuple, x, y, arrays: dict, members: dict, loops: Loop | None, end):
-    """Run every member of ``members`` from its carry in ``loops`` (``None``: from its
-    start) until epoch ``end`` (a traced int32 scalar), an early stop or divergence.
+def start_members(config: Callable, options: tuple, x, y, arrays: dict, members: dict) -> Loop:
+    """Every member's loop carry before its first epoch, stacked on a leading member axis
+    (``members``: ``{name: [m]}``, hyperparameters and ``seed``)."""
+    return jax.vmap(lambda member: member_run(config, options, x, y, arrays, member).loop)(members)
+
+
+def advance_members(config: Callable, options: tuple, x, y, arrays: dict, members: dict, loops: Loop | None, end):
+    """The engine every member-running entry point uses (sweeps, halving, compaction,
+    PBT, the LR range test): run every member of ``members`` from its carry in ``loops``
+    (``None``: from its start) until epoch ``end`` (a traced int32 scalar), an early
+    stop, divergence or ``max_steps``, vmapped over the member axis (traceable: PBT calls
+    it inside its own compiled scan).
 
     Returns:
       the members' new carries, stacked on a leading member axis.
     """
+    if loops is None:
+        loops = start_members(config, options, x, y, arrays, members)
 
-    def one(member: dict, loop: Loop | None) -> Loop:
+    def one(member: dict, loop: Loop) -> Loop:
         run = member_run(config, options, x, y, arrays, member)
-        return run_epochs(run.trainer, run.loop if loop is None else loop, run.data, end, run.settings)
+        return run_epochs(run.trainer, loop, run.data, end, run.settings)
 
     return jax.vmap(one)(members, loops)
 
 
-advance = jit_program(_advance, ("config", "options"))
+advance = jit_program(advance_members, ("config", "options"))
 
 
 # Moving members' carries between calls: one program per pytree and shapes (one per
@@ -105,9 +121,14 @@ class Pending(NamedTuple):
 
 
 def place(members: dict, sharding) -> dict:
-    """A member table as arrays (seeds int32, hyperparameters float), sharded if asked."""
-    members = {k: host_array(v, np.int32 if k == "seed" else float) for k, v in members.items()}
+    """A member table as arrays (hyperparameters float; seeds int32, or uint32 raw key
+    data [m, 2] as the LR range test gives every member one key), sharded if asked."""
+    members = {k: host_array(v, _seed_dtype(v) if k == "seed" else float) for k, v in members.items()}
     return jax.device_put(members, sharding)
+
+
+def _seed_dtype(seeds: np.ndarray):
+    return np.uint32 if np.ndim(seeds) == 2 else np.int32
 
 
 def buckets(chunk: int, multiple: int) -> list[int]:
@@ -142,6 +163,7 @@ class Population:
         self.table = table
         self.size = len(table["seed"])
         self.progress = dict(options).get("progress", False)
+        self._max_steps = dict(options).get("max_steps")
         self.loops: Loop | None = None
         sharding = member_sharding(devices, min(chunk, self.size))
         self._multiple = sharding.num_devices if sharding is not None else 1
@@ -200,7 +222,10 @@ class Population:
     def carry_shapes(self, members: int) -> Loop:
         """The shapes and dtypes of ``members`` members' carries (abstract: nothing runs)."""
         float_dtype = jax.dtypes.canonicalize_dtype(float)
-        table = {k: jax.ShapeDtypeStruct((members,), np.int32 if k == "seed" else float_dtype) for k in self.table}
+        table = {
+            k: jax.ShapeDtypeStruct((members, *np.shape(v)[1:]), _seed_dtype(v) if k == "seed" else float_dtype)
+            for k, v in self.table.items()
+        }
         return jax.eval_shape(self._program, table, None, np.int32(1))
 
     def _run_piece(self, piece: np.ndarray, end: int, compact: bool, label: str, first: bool) -> Loop:
@@ -238,8 +263,10 @@ class Population:
         return np.asarray(self.results.train_state.epoch).astype(int)
 
     def live(self) -> np.ndarray:
-        """Whether each member would train on ([n] bools): not stopped early, not diverged."""
+        """Whether each member would train on ([n] bools): not stopped early, not
+        diverged, not at fit's ``max_steps``."""
         if self.loops is None:
             return np.ones(self.size, dtype=bool)
         r = self.results
-        return ~(np.asarray(r.stopped_early) | np.asarray(r.diverged))
+        live = ~(np.asarray(r.stopped_early) | np.asarray(r.diverged))
+        return live if self._max_steps is None else live & (np.asarray(r.train_state.step) < self._max_steps)

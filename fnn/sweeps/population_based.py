@@ -35,13 +35,13 @@ from fnn import checkpoint as checkpoint_lib
 from fnn.checks import as_key, check_bool, check_int, check_number
 from fnn.distributed import member_sharding, resolve_devices
 from fnn.fit import check_checkpoint_options, resolve_monitor
-from fnn.loop import Loop, run_epochs
+from fnn.loop import Loop
 from fnn.losses import ranking
 from fnn.programs import device_array, host_array, jit_program
 from fnn.sweeps import resume as sweep_resume
 from fnn.sweeps.grid_sweep import check_members, reporting, split_options
 from fnn.sweeps.members import build, grid_points
-from fnn.sweeps.population import member_run, place, zeros
+from fnn.sweeps.population import advance_members, place, start_members, zeros
 from fnn.train import Trainer
 
 
@@ -253,19 +253,14 @@ def _run(config: Callable, options: tuple, spec: _Spec, x, y, arrays: dict, memb
       hyperparameters ``{name: [count, population]}``, parents and monitored values.
     """
     size = members["seed"].shape[0]
-    seeds = members["seed"]
     if carry is None:
         hyper = {k: v for k, v in members.items() if k != "seed"}
-        loops = jax.vmap(lambda m: member_run(config, options, x, y, arrays, m).loop)(members)
+        loops = start_members(config, options, x, y, arrays, members)
     else:
         loops, hyper = carry
 
-    def advance(hyper: dict, loops: Loop, end) -> Loop:
-        def one(h, seed, loop):
-            run = member_run(config, options, x, y, arrays, h | {"seed": seed})
-            return run_epochs(run.trainer, loop, run.data, end, run.settings)
-
-        return jax.vmap(one)(hyper, seeds, loops)
+    def advance(hyper: dict, loops: Loop, end) -> Loop:  # the population engine, with this interval's hyperparameters
+        return advance_members(config, options, x, y, arrays, hyper | {"seed": members["seed"]}, loops, end)
 
     def interval(carry, i):
         loops, hyper = carry

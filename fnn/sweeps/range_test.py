@@ -6,11 +6,13 @@ learning rate grows exponentially with every update, read off the running traini
 loss. Here every learning rate gets a run of its own, all of them vmapped in one
 compiled program: member ``i`` trains ``steps`` updates at the constant rate ``lrs[i]``,
 from the same initial params (drawn from ``key``) and on the same mini-batches in the
-same order (fit's in-graph epochs, ``fnn.batching.epoch_batches``, over as many epochs as
-``steps`` needs), so that only the learning rate differs. Its loss after ``steps``
-updates, evaluated on the whole training set (or on ``validation``), is one point of the
-curve; a member that diverged scores ``+inf``. Unlike the ramp, no point carries the
-history of smaller rates, and no smoothing over time is needed.
+same order, so that only the learning rate differs. The members are a population of
+fit's runs (``fnn.sweeps.population``, the engine of every sweep), all keyed by ``key``
+and trained with fit's ``max_steps=steps`` over as many epochs as ``steps`` needs; a
+member's loss after ``steps`` updates, evaluated on the whole training set (or on
+``validation``) at the end of its last epoch, is one point of the curve; a member that
+diverged scores ``+inf``. Unlike the ramp, no point carries the history of smaller rates,
+and no smoothing over time is needed.
 
 The curve is smoothed over neighbouring rates (:func:`smooth`), and the suggestion is the
 rate of steepest descent of the smoothed loss against ``log10(lr)`` among the rates below
@@ -32,20 +34,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from fnn.batching import epoch_batches, num_steps
+from fnn.batching import num_steps
 from fnn.checks import as_key, check_int
-from fnn.distributed import member_sharding, warn_unused_cores
-from fnn.fit import check_fit
-from fnn.programs import device_array, host_array, jit_program
-from fnn.sweeps.members import check_configurations
-from fnn.train import Trainer, order_key
+from fnn.sweeps.grid_sweep import populate
+from fnn.sweeps.population import Population
+from fnn.train import Trainer
 
 WINDOW = 5  # rates averaged by the smoothing: the rate and two neighbours on each side
-EVAL_BATCH_SIZE = 1024  # examples per forward pass of the final evaluation
 
 
 class LRRangeResult(NamedTuple):
@@ -133,21 +131,28 @@ def lr_range(
     """
     rates = check_lrs(np.logspace(-5, 0, 32) if lrs is None else lrs)
     steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
     _check_takes_lr(config)
-    trainer = check_configurations(config, {"lr": rates, "seed": np.zeros(rates.size, dtype=int)})
-    check_fit(trainer, x, y, key=key, epochs=1, batch_size=batch_size, validation=validation)
-    warn_unused_cores("fnn.lr_range", devices)
-    x, y = device_array(x), device_array(y)
-    x_eval, y_eval = (x, y) if validation is None else tuple(device_array(a) for a in validation)
-    sharding = member_sharding(devices, rates.size)
-    multiple = 1 if sharding is None else sharding.num_devices
-    padded = np.concatenate([rates, np.repeat(rates[-1:], -rates.size % multiple)])
-    members = jax.device_put(host_array(padded, float), sharding)
-    losses = _range_test(config, steps, batch_size, x, y, x_eval, y_eval, members, as_key(key))
-    losses = np.asarray(losses, dtype=float)[: rates.size]
-    losses = np.where(np.isfinite(losses), losses, np.inf)
+    key = as_key(key)
+    seeds = np.repeat(np.asarray(jax.random.key_data(key))[None], rates.size, axis=0)  # one run key for every member
+    examples = np.shape(x)[0] if np.ndim(x) else 1  # data that is not an array is refused by fit's checks
+    epochs = -(-steps // num_steps(examples, batch_size, False))
+    options = dict(
+        epochs=epochs, batch_size=batch_size, max_steps=steps, validation=(x, y) if validation is None else validation
+    )
+    population = populate(config, x, y, {"lr": rates, "seed": seeds}, None, None, devices, options, "fnn.lr_range")
+    losses = _range_test(population, epochs)
     smoothed = smooth(losses)
     return LRRangeResult(rates, losses, smoothed, suggest(rates, smoothed), steps)
+
+
+def _range_test(population: Population, epochs: int) -> np.ndarray:
+    """Run every member to the end; their losses after the last epoch ([k]; ``+inf``
+    where a member diverged or its loss is not finite)."""
+    population.run(np.arange(population.size), epochs)
+    result = population.results
+    losses = np.asarray(result.history["val_loss"], dtype=float)[:, epochs - 1]
+    return np.where(np.isfinite(losses) & ~np.asarray(result.diverged), losses, np.inf)
 
 
 def check_lrs(lrs: Any) -> np.ndarray:
@@ -223,34 +228,3 @@ def suggest(lrs: ArrayLike, smoothed: ArrayLike) -> float:
         slopes = np.gradient(values[: lowest + 1], np.log10(rates[: lowest + 1]))
     slopes = np.where(np.isfinite(slopes), slopes, np.inf)
     return float(rates[int(np.argmin(slopes))]) if np.any(np.isfinite(slopes)) else float("nan")
-
-
-def _batches(key: jax.Array, n: int, batch_size: int, steps: int) -> tuple[jax.Array, jax.Array]:
-    """The first ``steps`` mini-batches (indices, weights: [steps, b]) of a run keyed ``key``:
-    epoch ``e`` is ``epoch_batches(order_key(key, e))``, as in ``fnn.loop``."""
-    epochs = -(-steps // num_steps(n, batch_size, False))
-    parts = [epoch_batches(order_key(key, e), n, batch_size) for e in range(epochs)]
-    indices, weights = zip(*parts)
-    return jnp.concatenate(indices)[:steps], jnp.concatenate(weights)[:steps]
-
-
-def _members(config, steps: int, batch_size: int, x, y, x_eval, y_eval, lrs, key):
-    """Every rate's loss after ``steps`` updates from the same start on the same batches."""
-    batches = _batches(key, x.shape[0], batch_size, steps)
-
-    def one(lr):
-        trainer = config(lr=lr)
-        state = trainer.init(key)
-
-        def update(state, batch):
-            idx, w = batch
-            return trainer.train_step(state, (x[idx], y[idx], w))[0], None
-
-        state, _ = jax.lax.scan(update, state, batches)
-        scores = trainer.evaluate(state.params, state.model_state, x_eval, y_eval, EVAL_BATCH_SIZE)
-        return scores["loss"]
-
-    return jax.vmap(one)(lrs)
-
-
-_range_test = jit_program(_members, ("config", "steps", "batch_size"))
