@@ -5,8 +5,11 @@ An experiment script is its options, its experiment and its plot; the rest is he
 * :func:`parser` builds its ``ArgumentParser`` from the script's docstring: ``--out``,
   ``--no-progress``, ``--data-dir`` for the scripts that read MNIST-family files, and the
   options several experiments share (:data:`SHARED_OPTIONS`: ``--epochs``, ``--hidden``,
-  ``--lr``, ...) with the script's defaults; the script adds its own options to it.
-* :func:`start` parses the command line into a :class:`Run`, which times the phases of the
+  ``--lr``, ...) with the script's defaults; the script adds its own options to it, and
+  those of a selection run (:func:`add_selection_options`, :func:`add_grid_options`,
+  :func:`variant`).
+* :func:`start` (:func:`start_on_cores` for a script whose sweeps use every CPU core:
+  ``--cpu-devices``) parses the command line into a :class:`Run`, which times the phases of the
   run (``with run("train"): ...``, a :class:`Timer`) and, with :meth:`Run.finish`, writes
   ``<out>/<name>.json`` (:func:`write_results`: config, metrics, timings, the JAX version
   and device) and ``<out>/<name>.png`` (:func:`save_figure`) and returns what the script's
@@ -19,7 +22,10 @@ An experiment script is its options, its experiment and its plot; the rest is he
   sizes and seeds, the selection rule, which numbers are validation and which test, how
   many times the test set was read). :func:`fashion_splits` gives Fashion-MNIST that way.
   A script that retrains its final models on train + validation finds its setting's
-  validation score in its selection run's JSON with :func:`selection_row`.
+  validation score in its selection run's JSON with :func:`selection_row`; the CNN scripts
+  share that whole protocol, select then retrain (:func:`selection_sweeps`,
+  :func:`finish_selection`, :func:`retrain`, :func:`retrained_metrics`,
+  :func:`finish_retrained`).
 * Statistics over seeds: :func:`mean_std` (mean ± std, min–max) and
   :func:`paired_comparison` (a paired t confidence interval for the difference of two
   methods run on the same seeds; :func:`t_quantile` without SciPy).
@@ -37,8 +43,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -72,6 +80,8 @@ SHARED_OPTIONS: dict[str, dict] = {
     "lr": {"type": float, "help": "Adam's initial learning rate (cosine decay to 0)"},
     "dropout": {"type": float, "help": "dropout rate after each hidden layer (0: none)"},
     "l2": {"type": float, "help": "L2 penalty on the weights (l2/2 * sum w^2)"},
+    "weight_decay": {"type": float, "help": "AdamW's decoupled weight decay (x lr)"},
+    "label_smoothing": {"type": float, "help": "label smoothing of the cross-entropy"},
     "n_train": {"type": int, "help": "random subset of the 60,000 training images"},
     "n_test": {"type": int, "help": "use only the first N test examples"},
     "n_val": {"type": int, "help": "training examples held out for selection (stratified)"},
@@ -115,11 +125,86 @@ def parser(doc: str, *, data: bool = False, helps: dict[str, str] | None = None,
     return p
 
 
+# What each hyperparameter of a selection grid is, in the help of its ``--grid-<name>`` option.
+GRID_WORDS = {
+    "lr": "learning rates",
+    "dropout": "dropout rates",
+    "weight_decay": "weight decays",
+    "label_smoothing": "label smoothings",
+}
+
+
+def add_selection_options(
+    p: argparse.ArgumentParser, *, seeds: list[int], variants: list[str], variants_help: str
+) -> None:
+    """Add the options of a script's selection run to its parser: ``--select`` (run the
+    grid on the validation split instead), ``--select-seeds`` and ``--select-variants``
+    (the settings that change the program, one sweep each; see :func:`variant`).
+
+    Args:
+      p: the script's parser.
+      seeds: the default seeds of the grid.
+      variants: the default variants.
+      variants_help: what a variant's tokens set, for ``--select-variants``' help.
+    """
+    p.add_argument(
+        "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
+    )
+    p.add_argument("--select-seeds", type=int, nargs="+", default=seeds, help="seeds of the selection grid")
+    p.add_argument("--select-variants", nargs="+", default=variants, help=variants_help)
+
+
+def add_grid_options(p: argparse.ArgumentParser, **values: list[float]) -> None:
+    """Add ``--grid-<name>`` to a script's parser for each traced hyperparameter of its
+    selection grid (keys of :data:`GRID_WORDS`), in the order given.
+
+    Args:
+      p: the script's parser.
+      values: ``{name: default values}``.
+    """
+    for name, default in values.items():
+        flag = "--grid-" + name.replace("_", "-")
+        p.add_argument(flag, type=float, nargs="+", default=default, help=f"{GRID_WORDS[name]} of the grid")
+
+
+def variant(text: str, defaults: dict, tokens: dict[str, str]) -> dict:
+    """A setting of a selection grid, from ``--select-variants``: '+'-joined tokens, each a
+    letter of ``tokens`` and a whole number (``e60``), or x-joined whole numbers for a
+    setting whose default is a list (``c16x32x64``).
+
+    Args:
+      text: the variant, e.g. ``"c16x32x64+d0+e15"``.
+      defaults: ``{setting: value}``, every setting a variant may change, as it is where
+        ``text`` does not change it.
+      tokens: ``{letter: setting}``.
+    Returns:
+      ``defaults`` updated by ``text``'s tokens.
+    Raises:
+      SystemExit: naming a token that is not a letter of ``tokens`` with its number(s).
+    """
+    out = dict(defaults)
+    for token in text.split("+"):
+        key, value = tokens.get(token[:1]), token[1:]
+        many = isinstance(defaults.get(key), list)
+        if key is None or not (value.replace("x", "") if many else value).isdigit():
+            forms = ", ".join(f"{t}<a>x<b>" if isinstance(defaults[k], list) else f"{t}<n>" for t, k in tokens.items())
+            raise SystemExit(f"--select-variants: unknown token {token!r} in {text!r} ({forms})")
+        out[key] = [int(c) for c in value.split("x")] if many else int(value)
+    return out
+
+
 def start(name: str, options: argparse.ArgumentParser, argv=None) -> tuple[Run, argparse.Namespace]:
     """Parse ``argv`` with ``options`` (``argv=None``: the command line's arguments) and
     start the clock of the run of experiment ``name``: ``run, args = start(NAME, parser(), argv)``."""
     run = Run(name, options.parse_args(argv), argv)
     return run, run.args
+
+
+def start_on_cores(name: str, options: argparse.ArgumentParser, argv=None) -> tuple[Run, argparse.Namespace]:
+    """:func:`start` for a script whose sweeps train on every CPU core: JAX gets its devices
+    first (``--cpu-devices``, :func:`use_cores`), before any computation, then the clock starts."""
+    use_cores(options.parse_args(argv).cpu_devices)
+    return start(name, options, argv)
 
 
 def training_options(args: argparse.Namespace, validation) -> dict:
@@ -304,6 +389,279 @@ def evaluate_members(trainer, params, model_state, x, y) -> dict[str, np.ndarray
     return {k: np.asarray(v) for k, v in scores.items()}
 
 
+# --- select, then retrain: the protocol of the CNN scripts --------------------------------
+#
+# ``--select`` sweeps a grid on the validation split (:func:`selection_sweeps`, one sweep per
+# variant; :func:`finish_selection`); the default run retrains the chosen setting on all the
+# training data for its fixed epochs (:func:`retrain`), keeps the last epoch, reads the test
+# set once and reports the setting's validation score from the selection run's JSON
+# (:func:`selection_score`, :func:`retrained_metrics`, :func:`finish_retrained`).
+
+
+def count_params(model) -> int:
+    """The number of parameters of ``model`` (an ``fnn`` layer), from its initial params."""
+    params, _ = model.init(jax.random.key(0))
+    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def updates(epochs: int, examples: int, batch_size: int) -> int:
+    """The training steps of ``epochs`` epochs over ``examples`` examples (a partial last
+    batch is a step): what a learning-rate schedule decays over."""
+    return epochs * -(-examples // batch_size)
+
+
+def cosine_adamw(network, steps: int, defaults: dict):
+    """``config(lr, dropout, weight_decay, label_smoothing) -> fnn.Trainer``: the model
+    ``network(dropout)``, AdamW with the learning rate decayed from ``lr`` to 0 by a cosine
+    over ``steps``, cross-entropy with label smoothing (every one of them may be traced: a
+    sweep grid).
+
+    Args:
+      network: ``network(dropout) -> fnn`` model.
+      steps: the training steps the schedule decays over (:func:`updates`).
+      defaults: each of the four hyperparameters' default.
+    Returns:
+      the configuration function.
+    """
+
+    def config(
+        lr=defaults["lr"],
+        dropout=defaults["dropout"],
+        weight_decay=defaults["weight_decay"],
+        label_smoothing=defaults["label_smoothing"],
+    ):
+        optimizer = fnn.adamw(fnn.schedules.cosine_decay(lr, steps), weight_decay=weight_decay)
+        loss = functools.partial(fnn.cross_entropy, label_smoothing=label_smoothing)
+        return fnn.Trainer(network(dropout), optimizer, loss)
+
+    return config
+
+
+class Variant(NamedTuple):
+    """One sweep of a selection grid: a setting that changes the compiled program.
+
+    Attributes:
+      name: its ``--select-variants`` text.
+      settings: what it sets, ``epochs`` and ``batch_size`` among them (:func:`variant`).
+      config: its configuration, the grid's hyperparameters its arguments.
+      about: further entries of its rows, after ``settings`` (the parameter count, ...).
+      network: its network in words, for the announcement of its sweep ("": not named).
+    """
+
+    name: str
+    settings: dict
+    config: Callable
+    about: dict
+    network: str = ""
+
+
+class Grid(NamedTuple):
+    """A selection grid swept (:func:`selection_sweeps`).
+
+    Attributes:
+      settings: the names of what a variant sets (its ``settings``' keys).
+      values: the traced hyperparameters' values, ``{name: [values]}``.
+      rows: one per variant and grid point: ``variant`` (its name), its ``settings`` and
+        ``about``, its ``SweepResult.aggregate`` of the last epoch's validation accuracy
+        over seeds (the grid point, ``seeds``, ``mean``, ``std``, ``min``, ``max``, ...),
+        ``best_epoch_val_accuracy`` (the mean over seeds of each one's best epoch: biased,
+        for information) and the variant's sweep ``seconds``.
+      curves: each row's mean validation accuracy per epoch, labelled
+        ``"<variant>, <name> <value>, ..."``.
+    """
+
+    settings: tuple[str, ...]
+    values: dict
+    rows: list[dict]
+    curves: dict
+
+
+def selection_sweeps(run: Run, variants, x, y, validation, values: dict) -> Grid:
+    """Sweep the selection grid: for each variant, the hyperparameters' ``values`` over the
+    seeds ``--select-seeds`` as one sweep on ``(x, y)``, announced and timed as the run's
+    phase ``"select <variant>"``, each member scored on ``validation`` at its last epoch.
+
+    Args:
+      run: the selection run.
+      variants: the :class:`Variant` s, in order.
+      x, y: the training split; ``validation``: the validation pair.
+      values: ``{hyperparameter: [values]}``, every combination a grid point.
+    Returns:
+      the :class:`Grid`.
+    """
+    seeds, points = run.args.select_seeds, math.prod(len(v) for v in values.values())
+    settings, rows, curves = (), [], {}
+    for v in variants:
+        settings = tuple(v.settings)
+        epochs, batch_size = v.settings["epochs"], v.settings["batch_size"]
+        network = f"{v.network}, " if v.network else ""
+        say(
+            f"\n== selection, {v.name}: {network}{epochs} epochs, batch {batch_size}; {points} grid points x "
+            f"{len(seeds)} seeds = {points * len(seeds)} runs in one vmapped program; {len(y)} train / "
+            f"{len(validation[1])} validation"
+        )
+        with run(f"select {v.name}"):
+            table = fnn.sweep(
+                v.config,
+                x,
+                y,
+                seeds=seeds,
+                grid=values,
+                validation=validation,
+                progress=not run.args.no_progress,
+                epochs=epochs,
+                batch_size=batch_size,
+            )
+            jax.block_until_ready(table.results.history)
+        val = np.asarray(table.results.history["val_accuracy"], dtype=float)
+        for (_, members), a in zip(table.groups(), table.aggregate("final_val_accuracy")):
+            a = {"variant": v.name, **v.settings, **v.about, **a}
+            a["best_epoch_val_accuracy"] = float(np.mean(np.nanmax(val[members], axis=1)))
+            a["seconds"] = run.times[f"select {v.name}"]
+            curves[", ".join([v.name, *(f"{k} {a[k]:g}" for k in values)])] = np.nanmean(val[members], axis=0)
+            rows.append(a)
+    return Grid(settings, values, rows, curves)
+
+
+def finish_selection(
+    run: Run,
+    split: dict,
+    grid: Grid,
+    chosen: dict,
+    *,
+    table: str,
+    command: str,
+    rule: str,
+    plot_title: str,
+    margins=(0.01, 0.005),
+) -> dict:
+    """The end of a selection run: prints ``table`` (the grid's markdown table), the setting
+    of the ``chosen`` row (its variant's settings and grid point) and the ``command`` that
+    retrains it, then :meth:`Run.finish` with the grid's rows, the :func:`protocol` of a run
+    that reads no test data (``rule``: the selection rule in words), and
+    :func:`plot_selection_grid`'s figure (``plot_title``, ``margins``). Returns what the
+    script's ``main`` returns."""
+    seeds = run.args.select_seeds
+    selected = {k: chosen[k] for k in (*grid.settings, *grid.values)}
+    say(f"\nmean ± std over {len(seeds)} seeds, validation split only:\n{table}\nselected: {selected}")
+    say(f"run it: {command}")
+    return run.finish(
+        config={"grid": grid.values, "variants": run.args.select_variants, "select_seeds": seeds},
+        metrics={"grid": grid.rows, "selected": selected, "run_selected": command, "load_average": load_average()},
+        protocol=protocol(
+            split,
+            selection=rule,
+            selected=selected,
+            validation_metrics=["grid"],
+            test_metrics=[],
+            test=None,
+            seeds=list(seeds),
+        ),
+        plot=lambda: plot_selection_grid(plot_title, grid.rows, chosen, grid.curves, margins),
+        table=table,
+        curves=grid.curves,
+    )
+
+
+def retrain(run: Run, config, x, y, **options):
+    """The final models: seeds ``0..--seeds - 1`` of ``config`` trained on all of ``(x, y)``
+    (train + validation) as one sweep with no validation, timed as the run's phase
+    ``"train (compile + run)"``.
+
+    Args:
+      run: the script's run (its options give seeds, epochs, batch size, progress).
+      config: the selected setting's configuration.
+      x, y: the training data.
+      options: further ``fnn.sweep`` options (``devices``).
+    Returns:
+      ``(table, history)``: the ``SweepResult`` and its history as NumPy arrays.
+    Raises:
+      RuntimeError: where a seed diverged.
+    """
+    args = run.args
+    with run("train (compile + run)"):
+        table = fnn.sweep(config, x, y, seeds=args.seeds, **training_options(args, None), **options)
+        jax.block_until_ready(table.results.history)
+    diverged = np.asarray(table.results.diverged)
+    if diverged.any():
+        raise RuntimeError(f"{int(diverged.sum())} of {args.seeds} seeds diverged")
+    return table, {k: np.asarray(v) for k, v in table.results.history.items()}
+
+
+def selection_score(out: Path, name: str, selected: dict) -> dict | None:
+    """The validation accuracy that the ``selected`` setting scored in the selection run
+    (:func:`selection_row`): its ``mean``, ``std``, ``min``, ``max`` and ``seeds``, or
+    ``None`` where that run's JSON or the row is missing."""
+    row = selection_row(out, name, selected)
+    return None if row is None else {k: row[k] for k in ("mean", "std", "min", "max", "seeds")}
+
+
+def retrained_metrics(scores: dict, validated: dict | None, *, target_key: str, target: float) -> dict:
+    """The first metrics of a retrained run: ``test_accuracy`` and ``test_loss`` over seeds
+    (:func:`mean_std`), ``test_accuracy_per_seed``, ``target_key`` (whether the mean test
+    accuracy reaches ``target``) and ``selection_validation_accuracy`` (``validated``, from
+    :func:`selection_score`); ``scores``: :func:`evaluate_members` on the test set."""
+    tested = mean_std(scores["accuracy"])
+    return {
+        "test_accuracy": tested,
+        "test_loss": mean_std(scores["loss"]),
+        "test_accuracy_per_seed": scores["accuracy"],
+        target_key: tested["mean"] >= target,
+        "selection_validation_accuracy": validated,
+    }
+
+
+def budget_metrics(run: Run, budget_s: float) -> dict:
+    """The last metrics of a retrained run: the training time (compilation included), per
+    epoch (all seeds together), the script's time so far, whether it is within
+    ``budget_s`` seconds, and the load average."""
+    train, total = run.times["train (compile + run)"], run.total()
+    return {
+        "training_wall_time_s": train,
+        "seconds_per_epoch_all_seeds": train / run.args.epochs,
+        "script_wall_time_s": total,
+        "within_time_budget": total < budget_s,
+        "load_average": load_average(),
+    }
+
+
+def finish_retrained(
+    run: Run,
+    split: dict,
+    *,
+    config: dict,
+    metrics: dict,
+    rule: str,
+    selected: dict,
+    test: TestSet,
+    target_key: str,
+    history: dict,
+    plot,
+    **extra,
+) -> dict:
+    """The end of a retrained run: :meth:`Run.finish` with its ``config`` and ``metrics``
+    (:func:`retrained_metrics` first), the :func:`protocol` (``rule``: the selection rule
+    in words; ``selected``: the setting, trained on a cosine schedule and kept at its last
+    epoch; ``test`` read once for the test numbers), ``plot``, ``extra`` entries and the
+    learning curves (``history``'s bands over seeds). Returns what ``main`` returns."""
+    return run.finish(
+        config=config,
+        metrics=metrics,
+        protocol=protocol(
+            split,
+            selection=rule,
+            selected=selected | {"schedule": "cosine decay to 0", "epoch": "the last"},
+            validation_metrics=["selection_validation_accuracy"],
+            test_metrics=["test_accuracy", "test_loss", "test_accuracy_per_seed", target_key],
+            test=test,
+            seeds=list(range(run.args.seeds)),
+        ),
+        plot=plot,
+        **extra,
+        curves={k: band(v) for k, v in history.items() if k != "lr"},
+    )
+
+
 class Timer:
     """Wall-clock time of named phases: ``with timer("train"): ...``; ``timer.times``."""
 
@@ -366,6 +724,15 @@ def use_cores(n: int | None) -> None:
     except RuntimeError:
         if n is not None:
             raise
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (how busy the cores were during the run), or
+    ``None`` where the platform has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def say(*args):
@@ -479,6 +846,14 @@ def plot_selection_grid(title: str, rows: list[dict], chosen: dict, curves: dict
     ax1.set_ylim(max(0.0, min(float(np.nanmax(c)) for c in curves.values()) - 0.05), None)
     ax1.legend(fontsize=7, loc="lower right")
     return fig
+
+
+def plot_spread(ax, x: float, s: dict, *, label: str, fmt: str = "r*", ms: float = 12) -> None:
+    """Mark a :func:`mean_std` summary ``s`` (a score over seeds) at ``x`` on ``ax``: its
+    mean as a point (``fmt``, size ``ms``), a bar from its min to its max, and ``label``."""
+    ax.errorbar(
+        [x], [s["mean"]], yerr=[[s["mean"] - s["min"]], [s["max"] - s["mean"]]], fmt=fmt, ms=ms, capsize=3, label=label
+    )
 
 
 def save_figure(fig, out: Path, name: str) -> Path:

@@ -36,8 +36,6 @@ Writes ``<out>/fashion_cnn.json`` and ``.png`` (``fashion_cnn_select.*`` with ``
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from pathlib import Path
 
@@ -89,25 +87,9 @@ def cnn(channels, dense: int, dropout, size: int = 28) -> fnn.Serial:
 
 def configuration(channels, dense: int, steps: int, defaults: dict):
     """``config(lr, dropout, weight_decay, label_smoothing) -> fnn.Trainer`` for one
-    network: the CNN, AdamW with a cosine decay to 0 over ``steps``, cross-entropy with
-    label smoothing (every one of them may be traced: a sweep grid)."""
-
-    def config(
-        lr=defaults["lr"],
-        dropout=defaults["dropout"],
-        weight_decay=defaults["weight_decay"],
-        label_smoothing=defaults["label_smoothing"],
-    ):
-        optimizer = fnn.adamw(fnn.schedules.cosine_decay(lr, steps), weight_decay=weight_decay)
-        loss = functools.partial(fnn.cross_entropy, label_smoothing=label_smoothing)
-        return fnn.Trainer(cnn(channels, dense, dropout), optimizer, loss)
-
-    return config
-
-
-def count_params(model) -> int:
-    params, _ = model.init(jax.random.key(0))
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+    network: the CNN under ``common.cosine_adamw`` (AdamW, cosine decay to 0 over
+    ``steps``, cross-entropy with label smoothing)."""
+    return common.cosine_adamw(lambda dropout: cnn(channels, dense, dropout), steps, defaults)
 
 
 def parser():
@@ -124,6 +106,8 @@ def parser():
         dropout=0.4,
         n_train=None,
         n_test=None,
+        weight_decay=0.0,
+        label_smoothing=0.0,
         helps={
             "n_train": "use only N of the 55,000 training images left after the validation split",
             "lr": "AdamW's initial learning rate (cosine decay to 0)",
@@ -133,23 +117,11 @@ def parser():
     )
     p.add_argument("--channels", type=int, nargs="+", default=[24, 48, 64], help="channels of the conv blocks")
     p.add_argument("--dense", type=int, default=0, help="width of the hidden Dense layer (0: none)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay (x lr)")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
-    p.add_argument(
-        "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
-    )
-    p.add_argument("--select-seeds", type=int, nargs="+", default=[100, 101], help="seeds of the grid")
-    p.add_argument(
-        "--select-variants",
-        nargs="+",
-        default=[
-            "c16x32x64+d0+e15",
-            "c16x32x64+d0+e30",
-            "c32x32x64+d0+e15",
-            "c16x32x64+d64+e15",
-            "c24x48x64+d0+e15",
-        ],
-        help="networks of the grid, one sweep each: '+'-joined c<a>x<b>... (conv channels), d<n> (hidden "
+    common.add_selection_options(
+        p,
+        seeds=[100, 101],
+        variants=["c16x32x64+d0+e15", "c16x32x64+d0+e30", "c32x32x64+d0+e15", "c16x32x64+d64+e15", "c24x48x64+d0+e15"],
+        variants_help="networks of the grid, one sweep each: '+'-joined c<a>x<b>... (conv channels), d<n> (hidden "
         "Dense width, 0: none), e<n> (epochs), b<n> (batch size); the rest as --channels, --dense, --epochs, "
         "--batch-size",
     )
@@ -161,26 +133,22 @@ def parser():
         "the 10-minute budget on 2 CPU cores at the measured time per epoch; the others are trained for "
         "information ('all': every network)",
     )
-    p.add_argument("--grid-lr", type=float, nargs="+", default=[5e-3, 1e-2, 2e-2], help="learning rates of the grid")
-    p.add_argument("--grid-dropout", type=float, nargs="+", default=[0.2, 0.4], help="dropout rates of the grid")
-    p.add_argument(
-        "--grid-label-smoothing", type=float, nargs="+", default=[0.0, 0.1], help="label smoothings of the grid"
+    common.add_grid_options(
+        p, lr=[5e-3, 1e-2, 2e-2], dropout=[0.2, 0.4], label_smoothing=[0.0, 0.1], weight_decay=[0.0]
     )
-    p.add_argument("--grid-weight-decay", type=float, nargs="+", default=[0.0], help="weight decays of the grid")
     return p
 
 
 def variant(text: str, args) -> dict:
     """A network of the selection grid: '+'-joined ``c<a>x<b>...``, ``d<n>``, ``e<n>``,
-    ``b<n>`` tokens -> ``{"channels", "dense", "epochs", "batch_size"}``."""
-    out = {"channels": list(args.channels), "dense": args.dense, "epochs": args.epochs, "batch_size": args.batch_size}
-    keys = {"c": "channels", "d": "dense", "e": "epochs", "b": "batch_size"}
-    for token in text.split("+"):
-        key, value = keys.get(token[:1]), token[1:]
-        if key is None or not value.replace("x", "").isdigit():
-            raise SystemExit(f"--select-variants: unknown token {token!r} in {text!r} (c<a>x<b>, d<n>, e<n>, b<n>)")
-        out[key] = [int(c) for c in value.split("x")] if key == "channels" else int(value)
-    return out
+    ``b<n>`` tokens -> ``{"channels", "dense", "epochs", "batch_size"}`` (``common.variant``)."""
+    defaults = {
+        "channels": list(args.channels),
+        "dense": args.dense,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+    }
+    return common.variant(text, defaults, {"c": "channels", "d": "dense", "e": "epochs", "b": "batch_size"})
 
 
 def describe(channels, dense: int, n_params: int) -> str:
@@ -190,19 +158,8 @@ def describe(channels, dense: int, n_params: int) -> str:
     )
 
 
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages (how busy the cores were during the run)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def main(argv=None) -> dict:
-    options = parser()
-    args = options.parse_args(argv)
-    common.use_cores(args.cpu_devices)  # before any JAX computation: every core trains seeds
-    run, args = common.start(NAME, options, argv)
+    run, args = common.start_on_cores(NAME, parser(), argv)  # every core trains seeds
     x_train, y_train, x_val, y_val, test, split = common.fashion_splits(run, n_val=args.n_val, n_train=args.n_train)
     x_train, x_val = (np.asarray(x).reshape(-1, 28, 28, 1) for x in (x_train, x_val))
     defaults = {k: getattr(args, k) for k in HYPERPARAMETERS}
@@ -213,9 +170,9 @@ def main(argv=None) -> dict:
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([np.asarray(y_train), np.asarray(y_val)])
     split["final_train"] = len(y_all)
-    steps = args.epochs * -(-len(y_all) // args.batch_size)
+    steps = common.updates(args.epochs, len(y_all), args.batch_size)
     config = configuration(args.channels, args.dense, steps, defaults)
-    n_params = count_params(config().model)
+    n_params = common.count_params(config().model)
     if n_params >= MAX_PARAMS:
         common.say(f"note: {n_params:,} parameters, not under the {MAX_PARAMS:,} of the target")
     described = describe(args.channels, args.dense, n_params)
@@ -229,16 +186,8 @@ def main(argv=None) -> dict:
         f"batch {args.batch_size}, {args.epochs} epochs; {args.seeds} seed(s) in one vmapped program on {devices} "
         "CPU device(s) (compiling first)"
     )
-    with run("train (compile + run)"):
-        table = fnn.sweep(
-            config, x_all, y_all, seeds=args.seeds, devices=devices, **common.training_options(args, None)
-        )
-        jax.block_until_ready(table.results.history)
-    results = table.results
-    if np.asarray(results.diverged).any():
-        raise RuntimeError(f"{int(np.asarray(results.diverged).sum())} of {args.seeds} seeds diverged")
-    history = {k: np.asarray(v) for k, v in results.history.items()}
-    final = results.train_state  # the last epoch's params (and batch-norm statistics): nothing is chosen
+    table, history = common.retrain(run, config, x_all, y_all, devices=devices)
+    final = table.results.train_state  # the last epoch's params (and batch-norm statistics): nothing is chosen
     evaluator = config(label_smoothing=0.0)  # scores with the plain cross-entropy
     with run("evaluate"):
         x_test, y_test = test.read()  # once: the final params of every seed
@@ -252,27 +201,15 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         **{k: float(v) for k, v in defaults.items()},
     }
-    chosen = common.selection_row(args.out, NAME, selected)
-    validated = None if chosen is None else {k: chosen[k] for k in ("mean", "std", "min", "max", "seeds")}
-    train_time = run.times["train (compile + run)"]
-    tested = common.mean_std(scores["accuracy"])
-    total = run.total()
-    metrics = {
-        "test_accuracy": tested,
-        "test_loss": common.mean_std(scores["loss"]),
-        "test_accuracy_per_seed": scores["accuracy"],
-        "reaches_target": tested["mean"] >= TARGET,
-        "selection_validation_accuracy": validated,
+    validated = common.selection_score(args.out, NAME, selected)
+    metrics = common.retrained_metrics(scores, validated, target_key="reaches_target", target=TARGET) | {
         "final_train_accuracy_running": common.mean_std(history["accuracy"][:, -1]),
         "parameters": n_params,
         "under_max_parameters": n_params < MAX_PARAMS,
         "target_test_accuracy": TARGET,
-        "training_wall_time_s": train_time,
-        "seconds_per_epoch_all_seeds": train_time / args.epochs,
-        "script_wall_time_s": total,
-        "within_time_budget": total < TARGET_SECONDS,
-        "load_average": load_average(),
+        **common.budget_metrics(run, TARGET_SECONDS),
     }
+    train_time, total = metrics["training_wall_time_s"], metrics["script_wall_time_s"]
     common.say(table.summary("final_accuracy"))
     val_text = (
         "not found (run --select with the same --out first)"
@@ -281,13 +218,15 @@ def main(argv=None) -> dict:
     )
     common.say(
         f"\nvalidation accuracy of this setting in the selection run (last epoch): {val_text}"
-        f"\ntest accuracy       {common.pm(tested)} ({args.seeds} seed(s), last epoch, test set read once); target "
-        f"{TARGET} {'reached' if metrics['reaches_target'] else 'NOT reached'}"
+        f"\ntest accuracy       {common.pm(metrics['test_accuracy'])} ({args.seeds} seed(s), last epoch, test set read "
+        f"once); target {TARGET} {'reached' if metrics['reaches_target'] else 'NOT reached'}"
         f"\n{n_params:,} parameters; training wall time {train_time:.1f} s (compile + {args.epochs} epochs of "
         f"{args.seeds} seed(s): {train_time / args.epochs:.1f} s per epoch, compilation included); whole script "
         f"{total:.1f} s so far (budget {TARGET_SECONDS} s); load average {metrics['load_average']}"
     )
-    return run.finish(
+    return common.finish_retrained(
+        run,
+        split,
         config={
             "network": described,
             "parameters": n_params,
@@ -298,17 +237,12 @@ def main(argv=None) -> dict:
             "trained_on": f"all {len(y_all)} training images (train + validation)",
         },
         metrics=metrics,
-        protocol=common.protocol(
-            split,
-            selection=SELECTION,
-            selected=selected | {"schedule": "cosine decay to 0", "epoch": "the last"},
-            validation_metrics=["selection_validation_accuracy"],
-            test_metrics=["test_accuracy", "test_loss", "test_accuracy_per_seed", "reaches_target"],
-            test=test,
-            seeds=list(range(args.seeds)),
-        ),
+        rule=SELECTION,
+        selected=selected,
+        test=test,
+        target_key="reaches_target",
+        history=history,
         plot=lambda: plot(history, metrics, described),
-        curves={k: common.band(v) for k, v in history.items() if k != "lr"},
     )
 
 
@@ -317,55 +251,21 @@ def select(run, args, x_train, y_train, validation, split, defaults) -> dict:
     x learning rate x dropout x weight decay x label smoothing over ``--select-seeds``,
     each member scored by its validation accuracy at the last epoch. No test data."""
     run.name = NAME + "_select"
-    grid = {
-        "lr": args.grid_lr,
-        "dropout": args.grid_dropout,
-        "weight_decay": args.grid_weight_decay,
-        "label_smoothing": args.grid_label_smoothing,
-    }
-    seeds = args.select_seeds
-    n_points = int(np.prod([len(v) for v in grid.values()]))
-    rows, curves = [], {}
-    for text in args.select_variants:
+    grid = {k: getattr(args, f"grid_{k}") for k in HYPERPARAMETERS}  # --grid-lr, ...
+
+    def network(text: str) -> common.Variant:
         v = variant(text, args)
-        steps = v["epochs"] * -(-len(y_train) // v["batch_size"])
+        steps = common.updates(v["epochs"], len(y_train), v["batch_size"])
         config = configuration(v["channels"], v["dense"], steps, defaults)
-        n_params = count_params(config().model)
-        common.say(
-            f"\n== selection, {text}: {describe(v['channels'], v['dense'], n_params)}, {v['epochs']} epochs, batch "
-            f"{v['batch_size']}; {n_points} grid points x {len(seeds)} seeds = {n_points * len(seeds)} runs in one "
-            f"vmapped program; {len(y_train)} train / {split['validation']} validation"
-        )
-        with run(f"select {text}"):
-            table = fnn.sweep(
-                config,
-                x_train,
-                y_train,
-                seeds=seeds,
-                grid=grid,
-                validation=validation,
-                progress=not args.no_progress,
-                **v_fit(v),
-            )
-            jax.block_until_ready(table.results.history)
-        val = np.asarray(table.results.history["val_accuracy"], dtype=float)
-        for (_, members), a in zip(table.groups(), table.aggregate("final_val_accuracy")):
-            eligible = "all" in args.eligible_variants or text in args.eligible_variants
-            a = {"variant": text, **v, "parameters": n_params, "eligible": eligible, **a}
-            a["best_epoch_val_accuracy"] = float(np.mean(np.nanmax(val[members], axis=1)))
-            a["seconds"] = run.times[f"select {text}"]
-            a["seconds_per_epoch"] = a["seconds"] / v["epochs"]
-            key = ", ".join([text, *(f"{k} {a[k]:g}" for k in grid)])
-            curves[key] = np.nanmean(val[members], axis=0)
-            rows.append(a)
+        n_params = common.count_params(config().model)
+        eligible = "all" in args.eligible_variants or text in args.eligible_variants
+        about = {"parameters": n_params, "eligible": eligible}
+        return common.Variant(text, v, config, about, describe(v["channels"], v["dense"], n_params))
+
+    found = common.selection_sweeps(run, map(network, args.select_variants), x_train, y_train, validation, grid)
+    rows = [r | {"seconds_per_epoch": r["seconds"] / r["epochs"]} for r in found.rows]
     eligible = [r for r in rows if r["parameters"] < MAX_PARAMS and r["eligible"]] or rows
     chosen = max(eligible, key=lambda r: r["mean"])
-    return finish_selection(run, args, rows, chosen, grid, curves, split)
-
-
-def finish_selection(run, args, rows, chosen, grid, curves, split) -> dict:
-    """The selection run's table, JSON and figure (``rows``: one per grid point, each
-    with its network, hyperparameters and validation ``mean``/``std``/``min``/``max``)."""
     header = [
         "network",
         "params",
@@ -386,7 +286,6 @@ def finish_selection(run, args, rows, chosen, grid, curves, split) -> dict:
             for r in rows
         ],
     )
-    selected = {k: chosen[k] for k in ("channels", "dense", "epochs", "batch_size", *grid)}
     flags = [
         "--channels",
         *map(str, chosen["channels"]),
@@ -394,36 +293,23 @@ def finish_selection(run, args, rows, chosen, grid, curves, split) -> dict:
         *("--weight-decay", f"{chosen['weight_decay']:g}", "--label-smoothing", f"{chosen['label_smoothing']:g}"),
         *("--epochs", str(chosen["epochs"]), "--batch-size", str(chosen["batch_size"])),
     ]
-    command = "python experiments/fashion_cnn.py " + " ".join(flags)
-    seeds = args.select_seeds
-    common.say(f"\nmean ± std over {len(seeds)} seeds, validation split only:\n{table_md}\nselected: {selected}")
-    common.say(f"run it: {command}")
-    return run.finish(
-        config={"grid": grid, "variants": args.select_variants, "select_seeds": seeds},
-        metrics={"grid": rows, "selected": selected, "run_selected": command, "load_average": load_average()},
-        protocol=common.protocol(
-            split,
-            selection="the grid point (network x lr x dropout x weight decay x label smoothing) with the highest "
-            "mean validation accuracy at the last epoch over the selection seeds, among networks under 100k "
-            "parameters whose final run fits the 10-minute budget on 2 CPU cores (--eligible-variants: "
-            f"{' '.join(args.eligible_variants)}); no test data is read",
-            selected=selected,
-            validation_metrics=["grid"],
-            test_metrics=[],
-            test=None,
-            seeds=list(seeds),
-        ),
-        plot=lambda: common.plot_selection_grid(
-            "Fashion-MNIST CNN selection grid (validation split only)", rows, chosen, curves, (0.005, 0.003)
-        ),
-        table=table_md,
-        curves=curves,
+    rule = (
+        "the grid point (network x lr x dropout x weight decay x label smoothing) with the highest mean validation "
+        "accuracy at the last epoch over the selection seeds, among networks under 100k parameters whose final run "
+        f"fits the 10-minute budget on 2 CPU cores (--eligible-variants: {' '.join(args.eligible_variants)}); no test "
+        "data is read"
     )
-
-
-def v_fit(v: dict) -> dict:
-    """The ``fit`` options of a selection network (its epochs and batch size)."""
-    return {"epochs": v["epochs"], "batch_size": v["batch_size"]}
+    return common.finish_selection(
+        run,
+        split,
+        found._replace(rows=rows),
+        chosen,
+        table=table_md,
+        command="python experiments/fashion_cnn.py " + " ".join(flags),
+        rule=rule,
+        plot_title="Fashion-MNIST CNN selection grid (validation split only)",
+        margins=(0.005, 0.003),
+    )
 
 
 def plot(history, metrics, described):
@@ -442,26 +328,11 @@ def plot(history, metrics, described):
         ax.set_ylabel(label)
     t = metrics["test_accuracy"]
     ax1.axhline(TARGET, color="k", ls="--", lw=1, label=f"target {TARGET} (test)")
-    ax1.errorbar(
-        [epochs[-1]],
-        [t["mean"]],
-        yerr=[[t["mean"] - t["min"]], [t["max"] - t["mean"]]],
-        fmt="r*",
-        ms=12,
-        capsize=3,
-        label=f"test, last epoch (read once): {t['mean']:.4f}",
-    )
+    common.plot_spread(ax1, epochs[-1], t, label=f"test, last epoch (read once): {t['mean']:.4f}")
     v = metrics["selection_validation_accuracy"]
     if v is not None:
-        ax1.errorbar(
-            [epochs[-1] - 0.3],
-            [v["mean"]],
-            yerr=[[v["mean"] - v["min"]], [v["max"] - v["mean"]]],
-            fmt="gs",
-            ms=6,
-            capsize=3,
-            label=f"validation, selection run (55k train): {v['mean']:.4f}",
-        )
+        label = f"validation, selection run (55k train): {v['mean']:.4f}"
+        common.plot_spread(ax1, epochs[-1] - 0.3, v, label=label, fmt="gs", ms=6)
     ax1.set_ylim(0.8, None)
     ax0.legend(fontsize=8)
     ax1.legend(fontsize=8, loc="lower right")

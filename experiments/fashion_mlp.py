@@ -334,15 +334,8 @@ def plot(history, metrics, sizes):
         ax.set_ylabel(label)
     t = metrics["test_accuracy"]
     ax1.axhline(TARGET, color="k", ls="--", lw=1, label=f"target {TARGET} (test)")
-    ax1.errorbar(
-        [metrics["selected_epoch"]["mean"]],
-        [t["mean"]],
-        yerr=[[t["mean"] - t["min"]], [t["max"] - t["mean"]]],
-        fmt="r*",
-        ms=12,
-        capsize=3,
-        label=f"test, selected epochs (read once): {t['mean']:.4f}, min–max",
-    )
+    label = f"test, selected epochs (read once): {t['mean']:.4f}, min–max"
+    common.plot_spread(ax1, metrics["selected_epoch"]["mean"], t, label=label)
     ax1.set_ylim(0.8, None)
     ax0.legend(fontsize=8)
     ax1.legend(fontsize=8, loc="lower right")

@@ -39,7 +39,6 @@ Writes ``<out>/halving.json`` and ``<out>/halving.png``.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -105,14 +104,6 @@ def parser():
         "--no-warm", action="store_true", help="skip the second timing of each method (its programs compiled)"
     )
     return p
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages (how busy the cores were during the run)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def mnist1d(run, args):
@@ -186,11 +177,8 @@ def timed(run, label: str, fn):
 
 
 def main(argv=None) -> dict:
-    options = parser()
-    args = options.parse_args(argv)
-    common.use_cores(args.cpu_devices)  # before any JAX computation: members on every core
-    run, args = common.start(NAME, options, argv)
-    load_start = load_average()
+    run, args = common.start_on_cores(NAME, parser(), argv)  # members on every core
+    load_start = common.load_average()
     x_train, y_train, x_val, y_val, test, split, (mean, std) = mnist1d(run, args)
     sizes = [x_train.shape[1], *args.hidden, 10]
     steps = args.epochs * -(-len(y_train) // args.batch_size)
@@ -232,7 +220,7 @@ def main(argv=None) -> dict:
         for r in args.rung_epochs:
             with run(f"{names[r]} (warm)"):
                 jax.block_until_ready(halving(r).results.history)
-    load_after_sweeps = load_average()
+    load_after_sweeps = common.load_average()
 
     full_rows = full.rows()
     history = {k: np.asarray(v) for k, v in full.results.history.items()}
@@ -376,7 +364,7 @@ def main(argv=None) -> dict:
         "sensitivity": sensitivity,
         "load_average_start": load_start,
         "load_average_after_sweeps": load_after_sweeps,
-        "load_average_end": load_average(),
+        "load_average_end": common.load_average(),
     }
     halved_histories = {names[r]: {k: np.asarray(v) for k, v in h.results.history.items()} for r, h in halved.items()}
     return run.finish(

@@ -40,8 +40,6 @@ Writes ``<out>/mnist1d_cnn.json`` and ``.png`` (``mnist1d_cnn_select.*`` with ``
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from pathlib import Path
 
@@ -90,21 +88,10 @@ def cnn(channels: int, length: int = 40, dropout=0.0) -> fnn.Serial:
 
 
 def configuration(channels: int, length: int, steps: int, defaults: dict):
-    """``config(lr, weight_decay, label_smoothing, dropout) -> fnn.Trainer``: the CNN,
-    AdamW with the learning rate decayed from ``lr`` to 0 by a cosine over ``steps``,
-    cross-entropy with label smoothing (every one of them may be traced: a sweep grid)."""
-
-    def config(
-        lr=defaults["lr"],
-        weight_decay=defaults["weight_decay"],
-        label_smoothing=defaults["label_smoothing"],
-        dropout=defaults["dropout"],
-    ):
-        optimizer = fnn.adamw(fnn.schedules.cosine_decay(lr, steps), weight_decay=weight_decay)
-        loss = functools.partial(fnn.cross_entropy, label_smoothing=label_smoothing)
-        return fnn.Trainer(cnn(channels, length, dropout), optimizer, loss)
-
-    return config
+    """``config(lr, dropout, weight_decay, label_smoothing) -> fnn.Trainer``: the CNN under
+    ``common.cosine_adamw`` (AdamW with the learning rate decayed from ``lr`` to 0 by a
+    cosine over ``steps``, cross-entropy with label smoothing)."""
+    return common.cosine_adamw(lambda dropout: cnn(channels, length, dropout), steps, defaults)
 
 
 def parser():
@@ -121,6 +108,8 @@ def parser():
         dropout=0.2,
         n_train=None,
         n_test=None,
+        weight_decay=0.1,
+        label_smoothing=0.1,
         helps={
             "n_train": "use only the first N training signals (before the validation split)",
             "lr": "AdamW's initial learning rate (cosine decay to 0)",
@@ -128,52 +117,29 @@ def parser():
             "n_val": "training signals held out for selection (stratified); the final models train on them too",
         },
     )
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's decoupled weight decay (x lr)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--channels", type=int, default=25, help="channels of each convolution (the paper: 25)")
-    p.add_argument(
-        "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
-    )
-    p.add_argument(
-        "--select-seeds", type=int, nargs="+", default=list(range(100, 108)), help="seeds of the selection grid"
-    )
-    p.add_argument(
-        "--select-variants",
-        nargs="+",
-        default=["e60", "e80"],
-        help="settings of the grid, one sweep each: '+'-joined e<n> (epochs), b<n> (batch size); "
+    common.add_selection_options(
+        p,
+        seeds=list(range(100, 108)),
+        variants=["e60", "e80"],
+        variants_help="settings of the grid, one sweep each: '+'-joined e<n> (epochs), b<n> (batch size); "
         "the rest as --epochs, --batch-size",
     )
-    p.add_argument("--grid-lr", type=float, nargs="+", default=[0.02, 0.03], help="learning rates of the grid")
-    p.add_argument(
-        "--grid-weight-decay", type=float, nargs="+", default=[0.05, 0.1], help="AdamW weight decays of the grid"
+    common.add_grid_options(
+        p, lr=[0.02, 0.03], weight_decay=[0.05, 0.1], label_smoothing=[0.1, 0.2], dropout=[0.2, 0.4]
     )
-    p.add_argument(
-        "--grid-label-smoothing", type=float, nargs="+", default=[0.1, 0.2], help="label smoothings of the grid"
-    )
-    p.add_argument("--grid-dropout", type=float, nargs="+", default=[0.2, 0.4], help="dropout rates of the grid")
     return p
 
 
-def variant(text: str, epochs: int, batch_size: int) -> dict:
+def variant(text: str, args) -> dict:
     """A setting of the selection grid: '+'-joined ``e<n>`` (epochs) and ``b<n>`` (batch
-    size) tokens -> ``{"epochs", "batch_size"}``."""
-    out = {"epochs": epochs, "batch_size": batch_size}
-    for token in text.split("+"):
-        if token[:1] == "e" and token[1:].isdigit():
-            out["epochs"] = int(token[1:])
-        elif token[:1] == "b" and token[1:].isdigit():
-            out["batch_size"] = int(token[1:])
-        else:
-            raise SystemExit(f"--select-variants: unknown token {token!r} in {text!r} (e<n>, b<n>)")
-    return out
+    size) tokens -> ``{"epochs", "batch_size"}`` (``common.variant``)."""
+    defaults = {"epochs": args.epochs, "batch_size": args.batch_size}
+    return common.variant(text, defaults, {"e": "epochs", "b": "batch_size"})
 
 
 def main(argv=None) -> dict:
-    options = parser()
-    args = options.parse_args(argv)
-    common.use_cores(args.cpu_devices)  # before any JAX computation: every core trains seeds
-    run, args = common.start(NAME, options, argv)
+    run, args = common.start_on_cores(NAME, parser(), argv)  # every core trains seeds
     with run("data"):
         data = fnn.datasets.load_mnist1d(args.cache_dir)
         x_all = data.x_train[: args.n_train, :, None]  # [n, 40, 1]: channels-last
@@ -193,9 +159,9 @@ def main(argv=None) -> dict:
         return select(run, args, x_train, y_train, (x_val, y_val), split, defaults, length)
 
     # the final models: the selected setting retrained on ALL training signals, last epoch kept
-    steps = args.epochs * -(-len(y_all) // args.batch_size)
+    steps = common.updates(args.epochs, len(y_all), args.batch_size)
     config = configuration(args.channels, length, steps, defaults)
-    n_params = count_params(config())
+    n_params = common.count_params(config().model)
     common.say(
         f"MNIST-1D: the final models train on all {len(y_all)} training signals ({len(y_train)} train + "
         f"{len(y_val)} validation of the selection), test {test.size}; CNN 3 x Conv1D({args.channels}) + dropout "
@@ -204,14 +170,8 @@ def main(argv=None) -> dict:
         f"epochs, {args.seeds} seeds in one vmapped program on {len(jax.devices())} CPU device(s) (compiling first; "
         "each per-epoch line summarizes the members)"
     )
-    with run("train (compile + run)"):
-        table = fnn.sweep(config, x_all, y_all, seeds=args.seeds, **common.training_options(args, None))
-        jax.block_until_ready(table.results.history)
-    results = table.results
-    if np.asarray(results.diverged).any():
-        raise RuntimeError(f"{int(np.asarray(results.diverged).sum())} of {args.seeds} seeds diverged")
-    history = {k: np.asarray(v) for k, v in results.history.items()}
-    final = results.train_state  # the last epoch's params of every seed: nothing is chosen
+    table, history = common.retrain(run, config, x_all, y_all)
+    final = table.results.train_state  # the last epoch's params of every seed: nothing is chosen
     evaluator = config(label_smoothing=0.0)  # scores with the plain cross-entropy
     with run("evaluate"):
         train_scores = common.evaluate_members(evaluator, final.params, final.model_state, x_all, y_all)
@@ -224,25 +184,14 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         **{k: float(v) for k, v in defaults.items()},
     }
-    chosen = common.selection_row(args.out, NAME, selected)
-    validated = None if chosen is None else {k: chosen[k] for k in ("mean", "std", "min", "max", "seeds")}
-    tested = common.mean_std(test_acc)
-    total = run.total()
-    metrics = {
-        "test_accuracy": tested,
-        "test_loss": common.mean_std(scores["loss"]),
-        "test_accuracy_per_seed": test_acc,
-        "reaches_target_accuracy": tested["mean"] >= PUBLISHED_CNN,
-        "selection_validation_accuracy": validated,
+    validated = common.selection_score(args.out, NAME, selected)
+    metrics = common.retrained_metrics(scores, validated, target_key="reaches_target_accuracy", target=PUBLISHED_CNN)
+    metrics |= {
         "train_accuracy": common.mean_std(train_scores["accuracy"]),
         "parameters": n_params,
         "published_cnn_accuracy": PUBLISHED_CNN,
         "published_mlp_accuracy": PUBLISHED_MLP,
-        "training_wall_time_s": run.times["train (compile + run)"],
-        "seconds_per_epoch_all_seeds": run.times["train (compile + run)"] / args.epochs,
-        "script_wall_time_s": total,
-        "within_time_budget": total < TARGET_SECONDS,
-        "load_average": load_average(),
+        **common.budget_metrics(run, TARGET_SECONDS),
     }
     common.say("\nRunning training accuracy of the last epoch (SweepResult.summary):")
     common.say(table.summary("final_accuracy"))
@@ -253,13 +202,15 @@ def main(argv=None) -> dict:
     )
     common.say(
         f"\nvalidation accuracy of this setting in the selection run (last epoch): {val_text}"
-        f"\ntest accuracy       {common.pm(tested)}  ({args.seeds} seeds, last epoch, test set read once); "
-        f"published CNN {PUBLISHED_CNN:.2f}: {'reached' if metrics['reaches_target_accuracy'] else 'NOT reached'}"
+        f"\ntest accuracy       {common.pm(metrics['test_accuracy'])}  ({args.seeds} seeds, last epoch, test set read "
+        f"once); published CNN {PUBLISHED_CNN:.2f}: {'reached' if metrics['reaches_target_accuracy'] else 'NOT reached'}"
         f"\ntrain accuracy (evaluation mode, all {len(y_all)} signals) {common.pm(metrics['train_accuracy'])}"
-        f"\nwall time {total:.1f} s so far (training, compilation included: {metrics['training_wall_time_s']:.1f} s; "
-        f"budget {TARGET_SECONDS} s); load average {metrics['load_average']}"
+        f"\nwall time {metrics['script_wall_time_s']:.1f} s so far (training, compilation included: "
+        f"{metrics['training_wall_time_s']:.1f} s; budget {TARGET_SECONDS} s); load average {metrics['load_average']}"
     )
-    return run.finish(
+    return common.finish_retrained(
+        run,
+        split,
         config={
             "network": describe(args.channels, args.dropout),
             "optimizer": "adamw + cosine decay",
@@ -268,18 +219,13 @@ def main(argv=None) -> dict:
             "trained_on": f"all {len(y_all)} training signals (train + validation)",
         },
         metrics=metrics,
-        protocol=common.protocol(
-            split,
-            selection=SELECTION,
-            selected=selected | {"schedule": "cosine decay to 0", "epoch": "the last"},
-            validation_metrics=["selection_validation_accuracy"],
-            test_metrics=["test_accuracy", "test_loss", "test_accuracy_per_seed", "reaches_target_accuracy"],
-            test=test,
-            seeds=list(range(args.seeds)),
-        ),
+        rule=SELECTION,
+        selected=selected,
+        test=test,
+        target_key="reaches_target_accuracy",
+        history=history,
         plot=lambda: plot(history, test_acc, args),
         summary=table.summary("final_accuracy"),
-        curves={k: common.band(v) for k, v in history.items() if k != "lr"},
     )
 
 
@@ -291,64 +237,21 @@ def describe(channels: int, dropout: float) -> str:
     )
 
 
-def count_params(trainer) -> int:
-    params, _ = trainer.model.init(jax.random.key(0))
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages (how busy the cores were during the run)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def select(run, args, x_train, y_train, validation, split, defaults, length) -> dict:
     """The selection grid: every setting of ``--select-variants`` (epochs, batch size; one
     vmapped sweep each) x learning rate x weight decay x label smoothing x dropout over
     ``--select-seeds``, each member scored by its validation accuracy at the last epoch.
     No test data."""
     run.name = NAME + "_select"
-    grid = {
-        "lr": args.grid_lr,
-        "weight_decay": args.grid_weight_decay,
-        "label_smoothing": args.grid_label_smoothing,
-        "dropout": args.grid_dropout,
-    }
-    seeds = args.select_seeds
-    n_points = int(np.prod([len(v) for v in grid.values()]))
-    rows, curves = [], {}
-    for text in args.select_variants:
-        v = variant(text, args.epochs, args.batch_size)
-        steps = v["epochs"] * -(-len(y_train) // v["batch_size"])
-        config = configuration(args.channels, length, steps, defaults)
-        common.say(
-            f"\n== selection, {text}: {v['epochs']} epochs, batch {v['batch_size']}; {n_points} grid points x "
-            f"{len(seeds)} seeds = {n_points * len(seeds)} runs in one vmapped program; {len(y_train)} train / "
-            f"{split['validation']} validation"
-        )
-        with run(f"select {text}"):
-            table = fnn.sweep(
-                config,
-                x_train,
-                y_train,
-                seeds=seeds,
-                grid=grid,
-                validation=validation,
-                progress=not args.no_progress,
-                **v,
-            )
-            jax.block_until_ready(table.results.history)
-        val = np.asarray(table.results.history["val_accuracy"], dtype=float)
-        for (_, members), a in zip(table.groups(), table.aggregate("final_val_accuracy")):
-            a = {"variant": text, **v, **a}
-            a["best_epoch_val_accuracy"] = float(np.mean(np.nanmax(val[members], axis=1)))
-            a["seconds"] = run.times[f"select {text}"]
-            label = ", ".join(f"{k} {a[k]:g}" for k in grid)
-            curves[f"{text}, {label}"] = np.nanmean(val[members], axis=0)
-            rows.append(a)
-    chosen = max(rows, key=lambda r: r["mean"])
+    grid = {k: getattr(args, f"grid_{k}") for k in HYPERPARAMETERS}  # --grid-lr, ...
+
+    def setting(text: str) -> common.Variant:
+        v = variant(text, args)
+        steps = common.updates(v["epochs"], len(y_train), v["batch_size"])
+        return common.Variant(text, v, configuration(args.channels, length, steps, defaults), about={})
+
+    found = common.selection_sweeps(run, map(setting, args.select_variants), x_train, y_train, validation, grid)
+    chosen = max(found.rows, key=lambda r: r["mean"])
     header = [
         "setting",
         "lr",
@@ -369,35 +272,21 @@ def select(run, args, x_train, y_train, validation, split, defaults, length) -> 
                 f"{r['min']:.4f}–{r['max']:.4f}",
                 r["best_epoch_val_accuracy"],
             ]
-            for r in rows
+            for r in found.rows
         ],
     )
-    selected = {k: chosen[k] for k in ("epochs", "batch_size", *grid)}
     command = (
         f"python experiments/mnist1d_cnn.py --epochs {chosen['epochs']} --batch-size {chosen['batch_size']} "
         f"--lr {chosen['lr']:g} --weight-decay {chosen['weight_decay']:g} "
         f"--label-smoothing {chosen['label_smoothing']:g} --dropout {chosen['dropout']:g}"
     )
-    common.say(f"\nmean ± std over {len(seeds)} seeds, validation split only:\n{table_md}\nselected: {selected}")
-    common.say(f"run it: {command}")
-    return run.finish(
-        config={"grid": grid, "variants": args.select_variants, "select_seeds": seeds},
-        metrics={"grid": rows, "selected": selected, "run_selected": command, "load_average": load_average()},
-        protocol=common.protocol(
-            split,
-            selection="the grid point (epochs and batch size x lr x weight decay x label smoothing x dropout) with "
-            "the highest mean validation accuracy at the last epoch over the selection seeds; no test data is read",
-            selected=selected,
-            validation_metrics=["grid"],
-            test_metrics=[],
-            test=None,
-            seeds=list(seeds),
-        ),
-        plot=lambda: common.plot_selection_grid(
-            "MNIST-1D CNN selection grid (validation split only)", rows, chosen, curves
-        ),
-        table=table_md,
-        curves=curves,
+    rule = (
+        "the grid point (epochs and batch size x lr x weight decay x label smoothing x dropout) with the highest mean "
+        "validation accuracy at the last epoch over the selection seeds; no test data is read"
+    )
+    title = "MNIST-1D CNN selection grid (validation split only)"
+    return common.finish_selection(
+        run, split, found, chosen, table=table_md, command=command, rule=rule, plot_title=title
     )
 
 
@@ -417,15 +306,7 @@ def plot(history, test_acc, args):
         ax.set_ylabel(label)
     axes[0].set_yscale("log")
     t = common.mean_std(test_acc)
-    axes[1].errorbar(
-        [epochs[-1]],
-        [t["mean"]],
-        yerr=[[t["mean"] - t["min"]], [t["max"] - t["mean"]]],
-        fmt="r*",
-        ms=10,
-        capsize=3,
-        label=f"test, last epoch (read once): {t['mean']:.4f}",
-    )
+    common.plot_spread(axes[1], epochs[-1], t, label=f"test, last epoch (read once): {t['mean']:.4f}", ms=10)
     axes[1].axhline(PUBLISHED_CNN, color="k", ls="--", lw=1, label="published CNN (94%, test)")
     axes[1].set_ylim(0.5, 1.0)
     axes[0].legend(fontsize=8)

@@ -39,7 +39,7 @@ import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from halving import configuration, load_average, mnist1d  # noqa: E402  # the same model and split
+from halving import configuration, mnist1d  # noqa: E402  # the same model and split
 
 import fnn  # noqa: E402
 
@@ -89,11 +89,8 @@ def best_member(history: dict, best_epoch) -> tuple[int, np.ndarray]:
 
 
 def main(argv=None) -> dict:
-    options = parser()
-    args = options.parse_args(argv)
-    common.use_cores(args.cpu_devices)  # before any JAX computation: members on every core
-    run, args = common.start(NAME, options, argv)
-    load_start = load_average()
+    run, args = common.start_on_cores(NAME, parser(), argv)  # members on every core
+    load_start = common.load_average()
     x_train, y_train, x_val, y_val, test, split, (mean, std) = mnist1d(run, args)
     sizes = [x_train.shape[1], *args.hidden, 10]
     steps = args.epochs * -(-len(y_train) // args.batch_size)
@@ -137,7 +134,7 @@ def main(argv=None) -> dict:
     with run("fixed (compile + run)"):
         fixed = fnn.sweep(config, x_train, y_train, grid=population, product=False, seeds=args.repeats, **fit_options)
         jax.block_until_ready(fixed.results.history)
-    load_after = load_average()
+    load_after = common.load_average()
 
     # fixed's members: grid point g, seed r at row g * repeats + r; as [repeats, size] views.
     fixed_history = {k: np.asarray(v) for k, v in fixed.results.history.items()}

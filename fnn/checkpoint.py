@@ -48,7 +48,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -56,7 +55,6 @@ import math
 import os
 import re
 import reprlib
-import secrets
 import socket
 import struct
 from typing import Any
@@ -65,12 +63,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import files
+
 MAGIC = b"FNNCKPT\n"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIQ")
 _DIGEST_SIZE = 32
 _TEMP_MARK = ".ckpt-"
-_TEMP_RANDOM_BYTES = 8  # written as 16 hex digits
 _PLAIN_DTYPES = frozenset(np.dtype(c).str for c in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"])
 _ENTRY_KEYS = ("dtype", "shape", "key_impl")
 _MAX_NDIM = 64  # NumPy's limit
@@ -195,42 +194,17 @@ def _process_is_gone(pid: int) -> bool:
 def _remove_stale_temporaries(path):
     """Remove the temporaries that killed saves of ``path`` on this host left behind (and no other file)."""
     folder, prefix = _temporary_prefix(path)
-    pattern = re.compile(re.escape(prefix) + f"([1-9][0-9]*)-[0-9a-f]{{{2 * _TEMP_RANDOM_BYTES}}}")
+    pattern = re.compile(re.escape(prefix) + f"([1-9][0-9]*)-[0-9a-f]{{{files.RANDOM_HEX_DIGITS}}}")
     for entry in os.listdir(folder):
         match = pattern.fullmatch(entry)
         if match and _process_is_gone(int(match[1])):
-            _remove(os.path.join(folder, entry))
-
-
-def _remove(path):
-    """Remove the file ``path`` if it is there."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+            files.remove(os.path.join(folder, entry))
 
 
 def _write_atomically(path, blob: bytes):
-    """Write ``blob`` to a new temporary beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
-    folder, prefix = _temporary_prefix(path)
-    tmp = os.path.join(folder, f"{prefix}{os.getpid()}-{secrets.token_hex(_TEMP_RANDOM_BYTES)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``blob`` to ``path`` through a temporary named after this process (``fnn.files``)."""
+    _, prefix = _temporary_prefix(path)
+    files.write_atomically(path, lambda f: f.write(blob), prefix=f"{prefix}{os.getpid()}-")
 
 
 # ---------------------------------------------------------------------------- reading

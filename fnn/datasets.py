@@ -25,13 +25,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fnn import files
 from fnn.data import Dataset  # defined with the splits; re-exported here for the loaders' users
 
 __all__ = [
@@ -193,16 +193,10 @@ def _find(stem: str, dirs: list[Path]) -> Path | None:
 
 
 def _atomic_write(target: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``target``, then rename it into place."""
+    """Create ``target``'s folder, then write ``target`` atomically with ``write(file)``
+    (``fnn.files``; the temporary is ``.<name>.<random>.part`` beside it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    files.write_atomically(target, write, prefix=f".{target.name}.", suffix=".part")
 
 
 def _download(name: str, stem: str, target_dir: Path) -> None:

@@ -34,13 +34,19 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def digits_300():
-    """300 training and 100 validation digits (scikit-learn), scaled to [0, 1]: the small
-    real problem of the sweep tests (``x, y, x_val, y_val``)."""
+def all_digits():
+    """scikit-learn's 1,797 digits ``x, y``, scaled to [0, 1] (float32 ``x``, int32 ``y``)."""
     import numpy as np
 
     from fnn.datasets import load_digits
 
     x, y = load_digits()
-    x = (x / 16.0).astype(np.float32)
+    return x / np.float32(16.0), y
+
+
+@pytest.fixture(scope="session")
+def digits_300(all_digits):
+    """300 training and 100 validation digits (scikit-learn), scaled to [0, 1]: the small
+    real problem of the sweep tests (``x, y, x_val, y_val``)."""
+    x, y = all_digits
     return x[:300], y[:300], x[300:400], y[300:400]

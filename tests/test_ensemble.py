@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _sweep_setup import forbid
 
 import fnn
-from fnn.datasets import load_digits
 from fnn.sweeps import ensembles as ensemble_module
 from fnn.sweeps.ensembles import average, ensemble, output_link
 
@@ -136,10 +136,9 @@ def digits_config(lr=1e-2):
 
 
 @pytest.fixture(scope="module")
-def digits():
+def digits(all_digits):
     """1,000 training, 300 validation and 497 held-out digits, scaled to [0, 1]."""
-    x, y = load_digits()
-    x = x / np.float32(16.0)
+    x, y = all_digits
     return (x[:1000], y[:1000]), (x[1000:1300], y[1000:1300]), (x[1300:], y[1300:])
 
 
@@ -224,10 +223,7 @@ def no_lr(l2=0.0):
     ],
 )
 def test_bad_input_raises_before_compiling(digits, swept, change, match, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the ensemble's program ran although the input is bad")
-
-    monkeypatch.setattr(ensemble_module, "_scores", never)
+    forbid(monkeypatch, ensemble_module, "_scores", "the ensemble's program")
     arguments = dict(config=digits_config, table=swept, x=digits[2][0], y=digits[2][1]) | change
     with pytest.raises(ValueError, match=match):
         positional = [arguments.pop(k) for k in ("config", "table", "x", "y")]

@@ -12,27 +12,19 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from _sweep_setup import config, forbid, sweep_options
 
 import fnn
 from fnn.sweeps import population as population_lib
 
-EPOCHS, BATCH = 9, 50
+EPOCHS = 9
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 L2S = [0.0, 1e-3, 1e-2]  # no regularizer by default in the config: l2 acts only where > 0
 
 
-def config(lr=1e-2, l2=0.0):
-    return fnn.Trainer(fnn.mlp([64, 16, 10]), fnn.adam(lr), fnn.cross_entropy, regularizer=fnn.l2(l2))
-
-
 @pytest.fixture(scope="module")
-def data(digits_300):
-    return digits_300
-
-
-@pytest.fixture(scope="module")
-def options(data):
-    return dict(epochs=EPOCHS, batch_size=BATCH, validation=data[2:], devices=1)
+def options(digits_300):
+    return sweep_options(digits_300, EPOCHS)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +33,13 @@ def grid():
 
 
 @pytest.fixture(scope="module")
-def full(data, options, grid):
-    return fnn.sweep(config, *data[:2], grid=grid, **options)
+def full(digits_300, options, grid):
+    return fnn.sweep(config, *digits_300[:2], grid=grid, **options)
 
 
 @pytest.fixture(scope="module")
-def halved(data, options, grid):
-    return fnn.sweep(config, *data[:2], grid=grid, schedule=fnn.halving(rung_epochs=2, eta=3), **options)
+def halved(digits_300, options, grid):
+    return fnn.sweep(config, *digits_300[:2], grid=grid, schedule=fnn.halving(rung_epochs=2, eta=3), **options)
 
 
 def history(table, name, member):
@@ -79,7 +71,7 @@ def test_the_first_rung_is_the_full_sweep_bit_for_bit(full, halved):
     assert np.all(np.isnan(np.asarray(halved.results.history["loss"])[stopped, 2:]))
 
 
-def test_a_continuing_member_equals_the_full_sweep_and_fit_alone(data, options, full, halved):
+def test_a_continuing_member_equals_the_full_sweep_and_fit_alone(digits_300, options, full, halved):
     winner = int(np.flatnonzero(halved.rung == 2)[0])
     for name in full.results.history:
         np.testing.assert_allclose(history(halved, name, winner), history(full, name, winner), rtol=1e-5)
@@ -88,7 +80,7 @@ def test_a_continuing_member_equals_the_full_sweep_and_fit_alone(data, options, 
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), pick, same)
     point = {k: float(halved.hyperparameters[k][winner]) for k in ("lr", "l2")}
     fit_options = {k: v for k, v in options.items() if k != "devices"}
-    alone = fnn.fit(config(**point), *data[:2], key=int(halved.hyperparameters["seed"][winner]), **fit_options)
+    alone = fnn.fit(config(**point), *digits_300[:2], key=int(halved.hyperparameters["seed"][winner]), **fit_options)
     np.testing.assert_allclose(history(halved, "val_loss", winner), np.asarray(alone.history["val_loss"]), rtol=1e-5)
 
 
@@ -100,46 +92,57 @@ def test_halving_spends_fewer_member_epochs(full, halved):
     assert "29 member-epochs computed" in halved.summary("best_val_accuracy")
 
 
-def test_ties_go_to_the_lower_member_index(data, options):
-    table = fnn.sweep(config, *data[:2], grid={"lr": [1e-2] * 4}, schedule=fnn.halving(rung_epochs=1, eta=2), **options)
+def test_ties_go_to_the_lower_member_index(digits_300, options):
+    table = fnn.sweep(
+        config, *digits_300[:2], grid={"lr": [1e-2] * 4}, schedule=fnn.halving(rung_epochs=1, eta=2), **options
+    )
     assert table.rung.tolist() == [2, 1, 0, 0]  # identical members: 4 -> 2 -> 1 by index
 
 
-def test_a_diverged_member_never_reaches_a_rung_it_did_not_train_in(data, options):
+def test_a_diverged_member_never_reaches_a_rung_it_did_not_train_in(digits_300, options):
     """lr 1e6 diverges at its second update (loss above the threshold). With 4 members and
     eta 2, rung 0 keeps member 0 and, ranked last but filling the second place, member 1,
     which cannot train on: it stays at rung 0. When every member diverges (threshold 1e-3:
     at the first update), every member stays at rung 0: no finalist that never trained."""
     halving = fnn.halving(rung_epochs=1, eta=2)
     table = fnn.sweep(
-        config, *data[:2], grid={"lr": [1e-2] + [1e6] * 3}, schedule=halving, divergence_threshold=100.0, **options
+        config,
+        *digits_300[:2],
+        grid={"lr": [1e-2] + [1e6] * 3},
+        schedule=halving,
+        divergence_threshold=100.0,
+        **options,
     )
     assert table.results.diverged.tolist() == [False, True, True, True]
     assert table.rung.tolist() == [2, 0, 0, 0]  # kept or not, the diverged members stopped at rung 0
     assert [row["rung"] for row in table.rows()] == [2, 0, 0, 0]
     every = fnn.sweep(
-        config, *data[:2], grid={"lr": [1e-2] * 4}, schedule=halving, divergence_threshold=1e-3, **options
+        config, *digits_300[:2], grid={"lr": [1e-2] * 4}, schedule=halving, divergence_threshold=1e-3, **options
     )
     assert all(every.results.diverged) and every.rung.tolist() == [0, 0, 0, 0]
     assert every.calls == 1  # nothing ran after rung 0
 
 
-def test_rank_by_accuracy_is_maximized(data, options, grid):
+def test_rank_by_accuracy_is_maximized(digits_300, options, grid):
     table = fnn.sweep(
-        config, *data[:2], grid=grid, schedule=fnn.halving(rung_epochs=2, eta=3, monitor="val_accuracy"), **options
+        config,
+        *digits_300[:2],
+        grid=grid,
+        schedule=fnn.halving(rung_epochs=2, eta=3, monitor="val_accuracy"),
+        **options,
     )
     accuracy = history(table, "val_accuracy", slice(None))[:, 1]
     kept = np.flatnonzero(table.rung >= 1)
     assert accuracy[kept].min() >= np.delete(accuracy, kept).max()
 
 
-def test_compaction_drops_stopped_members_and_changes_no_result(data, options):
+def test_compaction_drops_stopped_members_and_changes_no_result(digits_300, options):
     grid = {"lr": LRS}
     stopping = options | dict(patience=1, tol=0.05, monitor="val_loss")
-    whole = fnn.sweep(config, *data[:2], grid=grid, **stopping)
+    whole = fnn.sweep(config, *digits_300[:2], grid=grid, **stopping)
     stops = np.asarray(whole.results.stop_epoch)
     assert stops.min() < EPOCHS and stops.max() == EPOCHS  # some stop early, some run on: compaction has work
-    compact = fnn.sweep(config, *data[:2], grid=grid, compact_every=2, **stopping)
+    compact = fnn.sweep(config, *digits_300[:2], grid=grid, compact_every=2, **stopping)
     np.testing.assert_array_equal(np.asarray(compact.results.stop_epoch), stops)
     np.testing.assert_array_equal(np.asarray(compact.results.best_epoch), np.asarray(whole.results.best_epoch))
     for name in whole.results.history:
@@ -161,9 +164,9 @@ def test_buckets_bound_the_programs():
     assert population_lib.buckets(1, 1) == [1]
 
 
-def test_rungs_reuse_their_programs(data, options, grid, halved):
+def test_rungs_reuse_their_programs(digits_300, options, grid, halved):
     before = population_lib.advance._cache_size()
-    again = fnn.sweep(config, *data[:2], grid=grid, schedule=fnn.halving(rung_epochs=2, eta=3), **options)
+    again = fnn.sweep(config, *digits_300[:2], grid=grid, schedule=fnn.halving(rung_epochs=2, eta=3), **options)
     assert population_lib.advance._cache_size() == before
     np.testing.assert_array_equal(again.rung, halved.rung)
 
@@ -177,13 +180,10 @@ def test_rungs_reuse_their_programs(data, options, grid, halved):
         (dict(compact_every=1.5), "compact_every"),
     ],
 )
-def test_bad_input_is_refused_before_compiling(data, options, grid, change, match, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the sweep program ran although the input is bad")
-
-    monkeypatch.setattr(population_lib, "advance", never)
+def test_bad_input_is_refused_before_compiling(digits_300, options, grid, change, match, monkeypatch):
+    forbid(monkeypatch, population_lib, "advance", "the sweep program")
     with pytest.raises(ValueError, match=match):
-        fnn.sweep(config, *data[:2], grid=grid, **options | change)
+        fnn.sweep(config, *digits_300[:2], grid=grid, **options | change)
 
 
 @pytest.mark.parametrize(

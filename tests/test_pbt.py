@@ -4,39 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _sweep_setup import config, forbid, sweep_options
 
 import fnn
 from fnn.sweeps import population_based as pbt_lib
 
-EPOCHS, BATCH, INTERVAL, SIZE = 8, 50, 2, 8
+EPOCHS, INTERVAL, SIZE = 8, 2, 8
 LRS = np.logspace(-4, -1, SIZE)
 
 
-def config(lr=1e-2, l2=0.0):
-    return fnn.Trainer(fnn.mlp([64, 16, 10]), fnn.adam(lr), fnn.cross_entropy, regularizer=fnn.l2(l2))
+@pytest.fixture(scope="module")
+def options(digits_300):
+    return sweep_options(digits_300, EPOCHS)
 
 
 @pytest.fixture(scope="module")
-def data(digits_300):
-    return digits_300
+def run(digits_300, options):
+    return fnn.pbt(
+        config, *digits_300[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], **options
+    )
 
 
-@pytest.fixture(scope="module")
-def options(data):
-    return dict(epochs=EPOCHS, batch_size=BATCH, validation=data[2:], devices=1)
-
-
-@pytest.fixture(scope="module")
-def run(data, options):
-    return fnn.pbt(config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], **options)
-
-
-def test_shapes_and_determinism(data, options, run):
+def test_shapes_and_determinism(digits_300, options, run):
     intervals = EPOCHS // INTERVAL
     assert run.hyperparameters["lr"].shape == run.parents.shape == run.scores.shape == (intervals, SIZE)
     np.testing.assert_array_equal(run.hyperparameters["lr"][0], LRS)
     np.testing.assert_array_equal(run.parents[-1], np.arange(SIZE))  # the last interval keeps everyone
-    again = fnn.pbt(config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], **options)
+    again = fnn.pbt(
+        config, *digits_300[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], **options
+    )
     np.testing.assert_array_equal(again.scores, run.scores)
     np.testing.assert_array_equal(again.parents, run.parents)
     np.testing.assert_array_equal(again.hyperparameters["lr"], run.hyperparameters["lr"])
@@ -67,11 +63,17 @@ def test_copied_state_carries_the_parents_history(run):
             assert history[j, (i + 1) * INTERVAL - 1] == run.scores[i, ancestor]
 
 
-def test_a_copy_gets_a_fresh_key(data, options):
+def test_a_copy_gets_a_fresh_key(digits_300, options):
     """With perturb=(1,) a copy has its parent's state and hyperparameters; its own key
     makes its next interval differ from the parent's."""
     run = fnn.pbt(
-        config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], perturb=(1.0,), **options
+        config,
+        *digits_300[:2],
+        population={"lr": LRS},
+        interval=INTERVAL,
+        hyperparameters=["lr"],
+        perturb=(1.0,),
+        **options,
     )
     parents = run.parents[0]
     child = int(np.flatnonzero(parents != np.arange(SIZE))[0])
@@ -82,14 +84,20 @@ def test_a_copy_gets_a_fresh_key(data, options):
     assert run.hyperparameters["lr"][1, child] == run.hyperparameters["lr"][0, parent]
 
 
-def test_the_first_interval_is_a_plain_sweep(data, options):
+def test_the_first_interval_is_a_plain_sweep(digits_300, options):
     """Until the first exploit every member trains as a sweep member would; at the end,
     each member holds the first-interval history of the member its lineage started from."""
     seeds = np.zeros(SIZE, dtype=int)  # a sweep's grid points share seed 0
     run = fnn.pbt(
-        config, *data[:2], population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"], seeds=seeds, **options
+        config,
+        *digits_300[:2],
+        population={"lr": LRS},
+        interval=INTERVAL,
+        hyperparameters=["lr"],
+        seeds=seeds,
+        **options,
     )
-    table = fnn.sweep(config, *data[:2], grid={"lr": LRS}, **options | dict(epochs=INTERVAL))
+    table = fnn.sweep(config, *digits_300[:2], grid={"lr": LRS}, **options | dict(epochs=INTERVAL))
     np.testing.assert_allclose(run.scores[0], np.asarray(table.results.history["val_loss"])[:, -1], rtol=1e-5)
     for name in table.results.history:
         np.testing.assert_allclose(
@@ -140,26 +148,23 @@ def test_reachable_values_must_be_ones_the_configuration_accepts():
         (dict(population={"lr": [1e-3, 1e-2]}, hyperparameters=["lr"], perturb=(-1.0,)), "perturb"),
     ],
 )
-def test_perturbed_values_are_checked_before_compiling(data, options, change, match, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the pbt program ran")
-
-    monkeypatch.setattr(pbt_lib, "_program", never)
+def test_perturbed_values_are_checked_before_compiling(digits_300, options, change, match, monkeypatch):
+    forbid(monkeypatch, pbt_lib, "_program", "the pbt program")
     arguments = dict(interval=INTERVAL, hyperparameters=["dropout"]) | options | change
     with pytest.raises(AssertionError if match is None else ValueError, match=match or "the pbt program ran"):
-        fnn.pbt(dropout_config, *data[:2], **arguments)
+        fnn.pbt(dropout_config, *digits_300[:2], **arguments)
 
 
-def test_new_starting_values_reuse_the_program(data, options, run):
+def test_new_starting_values_reuse_the_program(digits_300, options, run):
     before = pbt_lib._program._cache_size()
-    fnn.pbt(config, *data[:2], population={"lr": LRS * 2}, interval=INTERVAL, hyperparameters=["lr"], **options)
+    fnn.pbt(config, *digits_300[:2], population={"lr": LRS * 2}, interval=INTERVAL, hyperparameters=["lr"], **options)
     assert pbt_lib._program._cache_size() == before
 
 
-def test_a_population_count_starts_at_the_defaults_and_bounds_clip(data, options):
+def test_a_population_count_starts_at_the_defaults_and_bounds_clip(digits_300, options):
     run = fnn.pbt(
         config,
-        *data[:2],
+        *digits_300[:2],
         population=4,
         interval=INTERVAL,
         hyperparameters=["lr", "l2"],
@@ -198,17 +203,13 @@ def test_a_population_count_starts_at_the_defaults_and_bounds_clip(data, options
         (dict(batch_size=0), "batch_size"),
     ],
 )
-def test_bad_input_is_refused_before_compiling(data, options, change, match, monkeypatch):
+def test_bad_input_is_refused_before_compiling(digits_300, options, change, match, monkeypatch):
     """Each bad argument is refused by name, before the program runs; pbt's own arguments
     are named as pbt's (population, not grid)."""
-
-    def never(*args, **kwargs):
-        raise AssertionError("the pbt program ran although the input is bad")
-
-    monkeypatch.setattr(pbt_lib, "_program", never)
+    forbid(monkeypatch, pbt_lib, "_program", "the pbt program")
     arguments = dict(population={"lr": LRS}, interval=INTERVAL, hyperparameters=["lr"]) | options | change
     with pytest.raises(ValueError, match=match) as info:
-        fnn.pbt(config, *data[:2], **arguments)
+        fnn.pbt(config, *digits_300[:2], **arguments)
     assert "product=False" not in str(info.value) and "grid[" not in str(info.value)
 
 

@@ -12,34 +12,26 @@ import chex
 import jax
 import numpy as np
 import pytest
+from _sweep_setup import BATCH, config, forbid
 
 import fnn
 from fnn import progress
 from fnn.sweeps import members, sweep
 
-EPOCHS, BATCH, STEPS = 5, 50, 6  # 300 examples: 6 updates an epoch
+EPOCHS, STEPS = 5, 6  # 300 examples: 6 updates an epoch
 LRS, SEEDS = [1e-2, 3e-3], 3
 
 
-def config(lr=1e-2, l2=0.0):
-    return fnn.Trainer(fnn.mlp([64, 16, 10]), fnn.adam(lr), fnn.cross_entropy, regularizer=fnn.l2(l2))
-
-
 @pytest.fixture(scope="module")
-def data(digits_300):
-    return digits_300
-
-
-@pytest.fixture(scope="module")
-def options(data):
+def options(digits_300):
     """The fit options every sweep and single run here shares."""
-    return dict(epochs=EPOCHS, batch_size=BATCH, validation=data[2:], patience=2, tol=1e-3)
+    return dict(epochs=EPOCHS, batch_size=BATCH, validation=digits_300[2:], patience=2, tol=1e-3)
 
 
 @pytest.fixture(scope="module")
-def run(data, options):
+def run(digits_300, options):
     """``run(**sweep_arguments)``: a sweep of ``config`` on the data with the shared options."""
-    return lambda **kwargs: sweep(config, data[0], data[1], **(options | kwargs))
+    return lambda **kwargs: sweep(config, digits_300[0], digits_300[1], **(options | kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +69,9 @@ def count_compiles():
 # ---------------------------------------------------------------------------- numbers
 
 
-def test_sweep_equals_members_run_one_at_a_time(data, options, swept):
+def test_sweep_equals_members_run_one_at_a_time(digits_300, options, swept):
     """2 lr × 3 seeds in one vmapped program == the 6 runs of fit(config(lr), key=seed)."""
-    x, y, _, _ = data
+    x, y, _, _ = digits_300
     table = swept.hyperparameters
     assert list(table["lr"]) == [1e-2] * 3 + [3e-3] * 3 and list(table["seed"]) == [0, 1, 2] * 2
     for i, (lr, seed) in enumerate(zip(table["lr"], table["seed"])):
@@ -88,12 +80,12 @@ def test_sweep_equals_members_run_one_at_a_time(data, options, swept):
     assert int(swept.results.train_state.step[0]) == EPOCHS * STEPS
 
 
-def test_batch_norm_members_equal_their_runs_alone(data):
+def test_batch_norm_members_equal_their_runs_alone(digits_300):
     """A batch-norm MLP under Adam: members equal fit alone to the same tolerance, running
     statistics included. fnn.mlp puts no bias before batch norm: its gradient is rounding
     noise, which Adam amplifies into steps that depend on the summation order (over
     thousands of steps a member then drifts away from its run alone)."""
-    x, y, xv, yv = data
+    x, y, xv, yv = digits_300
     params, _ = fnn.mlp([64, 16, 8, 10], batchnorm=True).init(jax.random.key(0))
     assert [sorted(p) for p in params if p] == [["w"], ["offset", "scale"], ["w"], ["offset", "scale"], ["b", "w"]]
     bn = lambda lr=1e-2: fnn.Trainer(fnn.mlp([64, 16, 10], batchnorm=True), fnn.adam(lr), fnn.cross_entropy)  # noqa: E731
@@ -235,21 +227,18 @@ def test_product_and_zip_of_the_grid():
     ],
 )
 def test_bad_input_raises_before_compiling(run, change, match, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the sweep program ran although the input is bad")
-
-    monkeypatch.setattr(fnn.sweeps.population, "advance", never)
+    forbid(monkeypatch, fnn.sweeps.population, "advance", "the sweep program")
     with pytest.raises(ValueError, match=match):
         run(**({"seeds": 2, "grid": {"lr": LRS}} | change))
 
 
-def test_tol_is_traced_data_a_new_value_reuses_the_program(data, options, run, swept):
+def test_tol_is_traced_data_a_new_value_reuses_the_program(digits_300, options, run, swept):
     """tol (here a NumPy scalar, which fit accepts) is passed to the compiled program as
     data: a new value compiles nothing, and member 0 still matches fit run alone."""
     with count_compiles() as compiles:
         result = run(seeds=SEEDS, grid={"lr": LRS}, tol=np.array(0.5)).results
     assert compiles == []
-    single = fnn.fit(config(LRS[0]), data[0], data[1], key=0, **(options | {"tol": 0.5}))
+    single = fnn.fit(config(LRS[0]), digits_300[0], digits_300[1], key=0, **(options | {"tol": 0.5}))
     assert_members_close(result, 0, single)
 
 

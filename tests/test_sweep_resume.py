@@ -10,6 +10,7 @@ import re
 import chex
 import numpy as np
 import pytest
+from _sweep_setup import sweep_options
 
 import fnn
 from fnn.sweeps import resume as sweep_resume
@@ -19,6 +20,7 @@ def config(lr=1e-2, dropout=0.0):
     return fnn.Trainer(fnn.mlp([64, 16, 10], dropout=dropout), fnn.adam(lr), fnn.cross_entropy)
 
 
+EPOCHS = 7
 KINDS = {
     "chunks and checkpoint_every": dict(seeds=3, grid={"lr": [1e-2, 3e-2]}, chunk_size=4, checkpoint_every=3),
     "halving": dict(
@@ -33,8 +35,7 @@ class Stopped(Exception):
 
 
 def _options(digits, kind: str) -> dict:
-    *_, x_val, y_val = digits
-    return dict(epochs=7, batch_size=50, validation=(x_val, y_val), devices=1, **KINDS[kind])
+    return sweep_options(digits, EPOCHS, **KINDS[kind])
 
 
 def _stop_after_save(monkeypatch, k: int):
@@ -133,7 +134,7 @@ def test_checkpoint_options_are_checked_before_anything_runs(digits_300, tmp_pat
     assert not (tmp_path / "run.ckpt").exists()
 
 
-PBT = dict(population={"lr": [1e-3, 3e-3, 1e-2, 3e-2]}, interval=2, hyperparameters=["lr"], epochs=7, batch_size=50)
+PBT = dict(population={"lr": [1e-3, 3e-3, 1e-2, 3e-2]}, interval=2, hyperparameters=["lr"])
 
 
 def _pbt_outcome(run):
@@ -141,8 +142,8 @@ def _pbt_outcome(run):
 
 
 def test_pbt_stopped_after_a_save_resumes_bit_identically(digits_300, tmp_path, monkeypatch, capsys):
-    x, y, x_val, y_val = digits_300
-    options = PBT | dict(validation=(x_val, y_val), devices=1)
+    x, y, *_ = digits_300
+    options = sweep_options(digits_300, EPOCHS, **PBT)
     whole = fnn.pbt(config, x, y, checkpoint=tmp_path / "whole.ckpt", **options)
     chex.assert_trees_all_equal(_pbt_outcome(fnn.pbt(config, x, y, **options)), _pbt_outcome(whole), strict=True)
     for k in range(1, 4):  # 4 intervals, a save after each

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -50,15 +50,34 @@ from fnn.programs import device_array, jit_program
 from fnn.pytree import pytree_dataclass, static_field
 from fnn.sweeps.members import check_configurations
 from fnn.sweeps.population import take
-from fnn.sweeps.table import SweepResult
 from fnn.train import Trainer
 
 _LINKS = {losses_lib.cross_entropy.fn: "softmax", losses_lib.binary_cross_entropy.fn: "sigmoid"}
 
 
+@runtime_checkable
+class Table(Protocol):
+    """What an ensemble reads of a sweep's table: ``fnn.SweepResult`` has it. (That class
+    offers ``SweepResult.ensemble``, so it builds on this module and is not imported here.)"""
+
+    @property
+    def hyperparameters(self) -> dict[str, np.ndarray]:
+        """``{name: [members] array}``: each member's hyperparameters and ``seed``."""
+        ...
+
+    @property
+    def results(self) -> Any:
+        """The members' stacked ``FitResult``."""
+        ...
+
+    def groups(self) -> list[tuple[dict[str, float], list[int]]]:
+        """``(grid point, member indices)`` per grid point."""
+        ...
+
+
 def ensemble(
     config: Callable[..., Trainer],
-    table: SweepResult,
+    table: Table,
     x: ArrayLike,
     y: ArrayLike,
     *,
@@ -82,12 +101,13 @@ def ensemble(
       ``member_mean_accuracy``, ...); NaN scores where every member diverged.
     Raises:
       ValueError: before anything is compiled, for an unknown ``params``, a table that
-        is not a SweepResult or whose params do not fit the configuration's model, and
-        data the trainer refuses (shapes, dtypes, label ranges, finite values).
+        is not a SweepResult (has not what :class:`Table` lists) or whose params do not
+        fit the configuration's model, and data the trainer refuses (shapes, dtypes,
+        label ranges, finite values).
     """
     if params not in ("best", "final"):
         raise ValueError(f"params must be 'best' (each member's best_params) or 'final'; got {params!r}")
-    if not isinstance(table, SweepResult):
+    if not isinstance(table, Table):
         raise ValueError(f"table must be the SweepResult of fnn.sweep; got {type(table).__name__}")
     batch_size = check_int("batch_size", batch_size)
     check_configurations(config, table.hyperparameters)

@@ -1,10 +1,13 @@
-"""The result of a sweep as a table: one row per member, aggregates over seeds."""
+"""The result of a sweep as a table: one row per member, aggregates over seeds, and each
+grid point's seed ensemble (scored by :mod:`fnn.sweeps.ensembles`)."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from fnn.sweeps import ensembles
 
 
 class SweepResult(NamedTuple):
@@ -88,9 +91,7 @@ class SweepResult(NamedTuple):
     def ensemble(self, config, x, y, **options) -> list[dict[str, Any]]:
         """Each grid point's seed ensemble scored on (x, y), next to its members' mean:
         ``fnn.ensemble(config, self, x, y, **options)`` (see :mod:`fnn.sweeps.ensembles`)."""
-        from fnn.sweeps.ensembles import ensemble  # that module reads SweepResult: imported here, when called
-
-        return ensemble(config, self, x, y, **options)
+        return ensembles.ensemble(config, self, x, y, **options)
 
     def summary(self, metric: str = "final_loss") -> str:
         """A markdown table of ``aggregate(metric)``: one line per grid point, then how
