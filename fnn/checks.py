@@ -8,9 +8,10 @@ hyperparameters can stay traced data (a sweep checks its grid eagerly instead). 
 array (or scalar) of a real numeric dtype, traced or not; strings, ``None``, bools and
 other objects are refused.
 
-Optimizers, gradient wrappers, schedules, regularizers and layers check their arguments
-in ``__post_init__``, so building one directly is checked like building it through its
-factory; :func:`check_fields` does it for a frozen dataclass's hyperparameter fields.
+Optimizers, gradient wrappers, schedules, regularizers, initializers and layers check
+their arguments in ``__post_init__`` (fnn's construction convention, docs/architecture.md:
+the lowercase public names such as ``fnn.adam`` are the classes themselves);
+:func:`check_fields` does it for a frozen dataclass's hyperparameter fields.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fnn.types import PRNGKeyLike
 
 
 def is_concrete(value) -> bool:
@@ -217,7 +220,7 @@ def lookup(name: str, table: dict, value):
     raise ValueError(f"{name} must be a callable or one of {sorted(table)}; got {value!r}")
 
 
-def as_key(key):
+def as_key(key: PRNGKeyLike):
     """The run's PRNG key from an int seed (also a traced integer scalar), a raw uint32
     key [2] or a typed key; a ``ValueError`` names ``key`` for anything else."""
     if isinstance(key, bool) or not isinstance(key, (int, np.integer, np.ndarray, jax.Array)):
@@ -231,5 +234,5 @@ def as_key(key):
     if jnp.issubdtype(dtype, jax.dtypes.prng_key):
         return key
     if shape == (2,) and dtype == jnp.uint32:
-        return jax.random.wrap_key_data(key)
+        return jax.random.wrap_key_data(jnp.asarray(key))
     raise ValueError(f"key must be an int seed or a jax.random key; got {dtype} of shape {shape}")

@@ -12,10 +12,11 @@ so wrappers compose (``clip_by_value(clip_by_global_norm(adam(1e-3), 1.0), 0.5)`
 ``fnn.Trainer`` takes them wherever it takes an optimizer. The limits (``max_norm``,
 ``max_value``) are pytree leaves like any hyperparameter: traced data, vmappable.
 
-Each wrapper is documented once, on its class; its factory (``clip_by_global_norm`` for
-:class:`ClipByGlobalNorm`, ...) is the public entry point, with the same arguments. The
-class checks them when built (``__post_init__``), so building it directly raises the
-same ``ValueError``, naming the argument, as the factory.
+fnn's construction convention (docs/architecture.md): each wrapper is a class that
+carries its documentation and checks its arguments when built (``__post_init__``),
+raising ``ValueError`` naming the argument; the lowercase public names
+(``clip_by_global_norm`` for :class:`ClipByGlobalNorm`, ``clip_by_value`` for
+:class:`ClipByValue`) are the classes themselves.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
 
 from fnn.checks import POSITIVE, check_fields, check_same_structure
 from fnn.pytree import pytree_dataclass
+from fnn.types import Gradients, Hyperparameter, LearningRate, OptState, Params, PyTree
 
 _PROTOCOL = ("init", "update", "learning_rate", "lr")  # what an optimizer (or a wrapper) provides
 
 
-def global_norm(tree: Any) -> jax.Array:
+def global_norm(tree: PyTree) -> jax.Array:
     """The Euclidean norm of all leaves of ``tree`` together.
 
     Args:
@@ -55,7 +56,7 @@ class _GradientWrapper:
     """Transforms the gradients (``_transform``), then hands them to ``optimizer``, a pytree
     child whose state is the wrapper's state. A subclass's own fields are limits, each > 0."""
 
-    optimizer: Any
+    optimizer: Any  # an fnn optimizer, a wrapper or a user's object with the protocol
 
     def __post_init__(self):
         """Check ``optimizer`` (it must provide the protocol) and the limits (> 0; stored as floats)."""
@@ -69,19 +70,19 @@ class _GradientWrapper:
         check_fields(self, **{field.name: POSITIVE for field in dataclasses.fields(self)[1:]})
 
     @property
-    def lr(self) -> Any:
+    def lr(self) -> LearningRate:
         """The wrapped optimizer's learning-rate schedule."""
         return self.optimizer.lr
 
-    def init(self, params: Any) -> Any:
+    def init(self, params: Params) -> OptState:
         """The wrapped optimizer's initial state."""
         return self.optimizer.init(params)
 
-    def learning_rate(self, opt_state: Any) -> jax.Array:
+    def learning_rate(self, opt_state: OptState) -> jax.Array:
         """The learning rate the next ``update`` uses (the wrapped optimizer's)."""
         return self.optimizer.learning_rate(opt_state)
 
-    def update(self, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+    def update(self, grads: Gradients, opt_state: OptState, params: Params) -> tuple[Params, OptState]:
         """One step of the wrapped optimizer on the transformed gradients.
 
         Returns:
@@ -116,10 +117,10 @@ class ClipByGlobalNorm(_GradientWrapper):
     Args:
       optimizer: any fnn optimizer or gradient wrapper; it receives the rescaled gradients,
         and its state and learning rate are the wrapper's (``update`` returns its result).
-      max_norm: > 0.
+      max_norm: a scalar > 0 (a number or a traced scalar).
     """
 
-    max_norm: Any
+    max_norm: Hyperparameter
 
     def _transform(self, grads):
         norm = global_norm(grads)
@@ -141,20 +142,15 @@ class ClipByValue(_GradientWrapper):
 
     Args:
       optimizer: as for :class:`ClipByGlobalNorm`; it receives the clipped gradients.
-      max_value: > 0.
+      max_value: a scalar > 0 (a number or a traced scalar).
     """
 
-    max_value: Any
+    max_value: Hyperparameter
 
     def _transform(self, grads):
         return jax.tree.map(lambda g: jnp.clip(g, _like(g, -self.max_value), _like(g, self.max_value)), grads)
 
 
-def clip_by_global_norm(optimizer: Any, max_norm: ArrayLike) -> ClipByGlobalNorm:
-    """Gradients rescaled to global norm <= ``max_norm``: ``ClipByGlobalNorm(optimizer, max_norm)``; see there."""
-    return ClipByGlobalNorm(optimizer, max_norm)
-
-
-def clip_by_value(optimizer: Any, max_value: ArrayLike) -> ClipByValue:
-    """Gradients clipped to ``[-max_value, max_value]``: ``ClipByValue(optimizer, max_value)``; see there."""
-    return ClipByValue(optimizer, max_value)
+# The public names are the classes themselves: one signature, one docstring, one check.
+clip_by_global_norm = ClipByGlobalNorm
+clip_by_value = ClipByValue

@@ -47,6 +47,7 @@ from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_na
 from fnn.options import OPTIONS
 from fnn.programs import device_array, jit_program
 from fnn.train import Trainer, TrainState
+from fnn.types import ModelState, Params, PRNGKeyLike
 
 __all__ = ["DivergenceError", "FitResult", "check_checkpoint_options", "check_fit", "fit", "plan", "resolve_monitor"]
 
@@ -92,15 +93,15 @@ def fit(
     x: ArrayLike,
     y: ArrayLike,
     *,
-    key: ArrayLike | None = None,
+    key: PRNGKeyLike | None = None,
     epochs: int,
     batch_size: int,
     validation: tuple[ArrayLike, ArrayLike] | None = None,
     drop_last: bool = False,
     max_steps: int | None = None,
     train_state: TrainState | None = None,
-    params: Any = None,
-    model_state: Any = None,
+    params: Params = None,
+    model_state: ModelState = None,
     tol: ArrayLike = 0.0,
     patience: int | None = None,
     monitor: str | None = None,

@@ -5,11 +5,18 @@ weights every unit of a layer would compute, and learn, the same function. The
 variance-scaling schemes choose the spread so that activations (forward) and gradients
 (backward) keep roughly the same variance from layer to layer.
 
-Every initializer is a pure function ``init(key, shape, dtype=jnp.float32) -> array``.
-Those with a hyperparameter are built by a factory (``normal(stddev)``, ``uniform(scale)``,
-``constant(value)``, ``orthogonal(gain)``) that returns such a function; the factories
-return frozen dataclasses, which compare by value, so two identical models hash alike
-and share a compiled program. ``get(name)`` looks an initializer up by name.
+Every initializer is a pure function ``init(key, shape, dtype=jnp.float32) -> array``
+(:data:`~fnn.types.Initializer`). Those with a hyperparameter are classes whose instances
+are such functions: :class:`Constant`, :class:`Normal`, :class:`Uniform`,
+:class:`Orthogonal` and :class:`VarianceScaling`, frozen dataclasses that compare and
+hash by value, so two identical models hash alike and share a compiled program (a layer
+holds its initializers as static metadata, so their numbers are Python floats, not
+traced leaves). ``get(name)`` looks an initializer up by name.
+
+fnn's construction convention (docs/architecture.md): each class carries its
+documentation and checks its arguments when built (``__post_init__``), raising
+``ValueError`` naming the argument; the lowercase public names (``constant(value)``,
+``normal(stddev)``, ``uniform(scale)``, ``orthogonal(gain)``) are the classes themselves.
 
 Fans: for a weight of shape ``[fan_in, fan_out]`` (fnn's Dense kernels), and for higher
 rank shapes ``[..receptive field.., fan_in, fan_out]`` the receptive-field size multiplies
@@ -20,15 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from fnn.checks import lookup
-
-Initializer = Callable[..., jax.Array]
+from fnn.checks import check_number, lookup
+from fnn.types import Initializer
 
 
 def fans(shape: Sequence[int]) -> tuple[int, int]:
@@ -54,10 +60,21 @@ def ones(key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -
 
 
 @dataclasses.dataclass(frozen=True)
-class constant:
-    """``constant(value)(key, shape, dtype)``: every element equal to ``value``."""
+class Constant:
+    """``constant(value)(key, shape, dtype)``: every element equal to ``value``.
+
+    Args:
+      value: a real number (stored as a Python float).
+
+    Returns:
+      Called as ``init(key, shape, dtype=jnp.float32)``: an array of ``shape`` and
+      ``dtype`` (``key`` is unused).
+    """
 
     value: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "value", check_number("value", self.value))
 
     def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         del key
@@ -65,23 +82,52 @@ class constant:
 
 
 @dataclasses.dataclass(frozen=True)
-class normal:
-    """``normal(stddev)(key, shape, dtype)``: i.i.d. N(0, stddev^2) — "small random values"."""
+class Normal:
+    """``normal(stddev)(key, shape, dtype)``: i.i.d. N(0, stddev^2) — "small random values".
+
+    Args:
+      stddev: the standard deviation, a real number >= 0.
+
+    Returns:
+      Called as ``init(key, shape, dtype=jnp.float32)``: an array of ``shape`` and ``dtype``.
+    """
 
     stddev: float = 1e-2
+
+    def __post_init__(self):
+        object.__setattr__(self, "stddev", check_number("stddev", self.stddev, 0))
 
     def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         return self.stddev * jax.random.normal(key, shape, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
-class uniform:
-    """``uniform(scale)(key, shape, dtype)``: i.i.d. U(-scale, scale), variance scale^2/3."""
+class Uniform:
+    """``uniform(scale)(key, shape, dtype)``: i.i.d. U(-scale, scale), variance scale^2/3.
+
+    Args:
+      scale: the half-width of the interval, a real number >= 0.
+
+    Returns:
+      Called as ``init(key, shape, dtype=jnp.float32)``: an array of ``shape`` and ``dtype``.
+    """
 
     scale: float = 1e-2
 
+    def __post_init__(self):
+        object.__setattr__(self, "scale", check_number("scale", self.scale, 0))
+
     def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, shape, dtype, -self.scale, self.scale)
+
+
+# VarianceScaling's modes: the n of variance scale / n, from (fan_in, fan_out); its distributions
+_MODES = {
+    "fan_in": lambda fan_in, fan_out: fan_in,
+    "fan_out": lambda fan_in, fan_out: fan_out,
+    "fan_avg": lambda fan_in, fan_out: (fan_in + fan_out) / 2,
+}
+_DISTRIBUTIONS = ("normal", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +135,32 @@ class VarianceScaling:
     """Draw with variance ``scale / n`` where ``n`` is fan_in, fan_out or their mean.
 
     ``distribution="normal"``: N(0, scale/n). ``distribution="uniform"``: U(-a, a) with
-    a = sqrt(3 * scale / n), which has the same variance.
+    a = sqrt(3 * scale / n), which has the same variance. The Glorot, He and LeCun
+    schemes below are instances.
+
+    Args:
+      scale: a real number > 0.
+      mode: ``"fan_in"``, ``"fan_out"`` or ``"fan_avg"``: which ``n`` (:func:`fans`).
+      distribution: ``"normal"`` or ``"uniform"``.
+
+    Returns:
+      Called as ``init(key, shape, dtype=jnp.float32)``: an array of ``shape`` (rank >= 1)
+      and ``dtype``.
     """
 
     scale: float
-    mode: str  # "fan_in", "fan_out" or "fan_avg"
-    distribution: str  # "normal" or "uniform"
+    mode: str
+    distribution: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", check_number("scale", self.scale, 0, low_open=True))
+        for name, allowed in (("mode", _MODES), ("distribution", _DISTRIBUTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}; got {getattr(self, name)!r}")
 
     def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         fan_in, fan_out = fans(shape)
-        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
+        n = _MODES[self.mode](fan_in, fan_out)
         variance = self.scale / n
         if self.distribution == "normal":
             return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
@@ -142,16 +204,27 @@ kaiming_uniform, kaiming_normal = he_uniform, he_normal
 
 
 @dataclasses.dataclass(frozen=True)
-class orthogonal:
+class Orthogonal:
     """``orthogonal(gain)(key, shape, dtype)``: a (semi-)orthogonal matrix times ``gain``.
 
-    Saxe, McClelland & Ganguli (2014). A Gaussian matrix of shape
+    Saxe, McClelland & Ganguli (2014), "Exact solutions to the nonlinear dynamics of
+    learning in deep linear neural networks", ICLR. A Gaussian matrix of shape
     [prod(shape[:-1]), shape[-1]] (or its transpose, whichever is tall) is QR-factorized;
     Q with the signs of diag(R) folded in is uniformly (Haar) distributed. Rows
     (or columns, whichever are fewer) are orthonormal.
+
+    Args:
+      gain: a real number, the factor on the orthogonal matrix.
+
+    Returns:
+      Called as ``init(key, shape, dtype=jnp.float32)``: an array of ``shape`` (rank >= 2)
+      and ``dtype``.
     """
 
     gain: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "gain", check_number("gain", self.gain))
 
     def __call__(self, key: ArrayLike, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         if len(shape) < 2:
@@ -165,6 +238,12 @@ class orthogonal:
         q = q if rows >= cols else q.T
         return (self.gain * q).reshape(shape).astype(dtype)
 
+
+# The public names are the classes themselves: one signature, one docstring, one check.
+constant = Constant
+normal = Normal
+uniform = Uniform
+orthogonal = Orthogonal
 
 _BY_NAME = {
     "zeros": zeros,

@@ -18,16 +18,18 @@ divergence, within its epoch, are computed and discarded).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from fnn import progress as progress_lib
 from fnn.batching import epoch_batches
 from fnn.programs import host_array, jit_program
 from fnn.train import Trainer, TrainState, order_key
+from fnn.types import ModelState, Params
 
 
 class FitResult(NamedTuple):
@@ -50,8 +52,8 @@ class FitResult(NamedTuple):
     """
 
     train_state: TrainState
-    best_params: Any
-    best_model_state: Any
+    best_params: Params
+    best_model_state: ModelState
     best_epoch: jax.Array
     history: dict
     stopped_early: jax.Array
@@ -97,7 +99,7 @@ class Settings:
     monitor: str
     maximize: bool
     progress: bool
-    batch_sharding: Any = None
+    batch_sharding: NamedSharding | None = None
     max_steps: int | None = None
 
 

@@ -7,23 +7,24 @@ Every optimizer is a frozen pytree with three methods::
     lr = opt.learning_rate(opt_state)                           # the lr the next update uses
 
 ``opt.lr`` is always a schedule (:mod:`fnn.schedules`) evaluated at ``opt_state.count``, the
-number of updates already applied (0 at the first). Numeric hyperparameters are pytree
-leaves, so a compiled step does not recompile for new values and ``jax.vmap`` maps over
-them; only flags (``nesterov``, ``centered``) are static. The state's structure never
+number of updates already applied (0 at the first). Numeric hyperparameters are scalars
+(:data:`~fnn.types.Hyperparameter`: a number or a 0-d array, concrete or traced) kept as
+pytree leaves, so a compiled step does not recompile for new values and ``jax.vmap`` maps
+over them; only flags (``nesterov``, ``centered``) are static. The state's structure never
 depends on hyperparameter values, so states of one optimizer type stack, scan and
 checkpoint alike. Update rules run in each parameter's dtype; ``count`` is int32.
 
-Each optimizer is documented once, on its class; the lowercase public names (``sgd`` for
-:class:`SGD`, ...) are the classes themselves. The class checks its arguments when built
-(``__post_init__``; values are read only when concrete) and raises ``ValueError`` naming
-the argument. Clipping wraps any optimizer:
-:mod:`fnn.clipping`.
+fnn's construction convention (docs/architecture.md): each optimizer is a class that
+carries its documentation (the update rule, its source, the arguments) and checks its
+arguments when built (``__post_init__``; values are read only when concrete), raising
+``ValueError`` naming the argument; the lowercase public names (``sgd`` for :class:`SGD`,
+...) are the classes themselves. Clipping wraps any optimizer: :mod:`fnn.clipping`.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -31,32 +32,33 @@ import numpy as np
 
 from fnn.checks import FRACTION, NONNEGATIVE, POSITIVE, check_fields, check_same_structure, is_concrete
 from fnn.pytree import pytree_dataclass, static_field
-from fnn.schedules import as_schedule
+from fnn.schedules import Schedule, as_schedule
+from fnn.types import Gradients, Hyperparameter, LearningRate, OptState, Params, PyTree
 
 # ----------------------------------------------------------------------------- states
 
 
 class SGDState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # int32 scalar: updates applied so far (shadows tuple.count)
-    velocity: Any  # params-shaped momentum buffer (zeros when momentum = 0)
+    velocity: PyTree  # params-shaped momentum buffer (zeros when momentum = 0)
 
 
 class RMSPropState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in SGDState
-    nu: Any  # running mean of squared gradients
-    mu: Any  # running mean of gradients (used when centered)
-    momentum: Any  # momentum buffer
+    nu: PyTree  # running mean of squared gradients
+    mu: PyTree  # running mean of gradients (used when centered)
+    momentum: PyTree  # momentum buffer
 
 
 class AdaGradState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in SGDState
-    sum_of_squares: Any  # accumulated squared gradients
+    sum_of_squares: PyTree  # accumulated squared gradients
 
 
 class AdamState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in SGDState
-    mu: Any  # first moment estimate m
-    nu: Any  # second raw moment estimate v
+    mu: PyTree  # first moment estimate m
+    nu: PyTree  # second raw moment estimate v
 
 
 # ----------------------------------------------------------------------------- base
@@ -85,14 +87,14 @@ class Optimizer:
     p, g, *buffers) -> (new_p, *new_buffers)``, the update of one parameter array.
     """
 
-    lr: Any  # a LearningRate; a Schedule once built (__post_init__)
+    lr: LearningRate  # a Schedule once built (__post_init__)
     State: ClassVar[Any] = None  # the subclass's state NamedTuple
 
     def __post_init__(self):
         """Check ``lr`` (a number or numeric array >= 0, or a schedule) and store it as a schedule."""
         object.__setattr__(self, "lr", as_schedule(self.lr))
 
-    def init(self, params: Any) -> Any:
+    def init(self, params: Params) -> OptState:
         """The initial state: ``count = 0`` (int32) and buffers shaped like ``params``."""
         buffers = [jax.tree.map(self._initial_buffer, params) for _ in self.State._fields[1:]]
         return self.State(jnp.zeros([], jnp.int32), *buffers)
@@ -100,19 +102,28 @@ class Optimizer:
     def _initial_buffer(self, p):
         return jnp.zeros_like(p)
 
-    def learning_rate(self, opt_state: Any) -> jax.Array:
+    def learning_rate(self, opt_state: OptState) -> jax.Array:
         """The learning rate the next ``update`` uses: ``lr(opt_state.count)``."""
-        return self.lr(opt_state.count)
+        return cast(Schedule, self.lr)(opt_state.count)  # lr is a Schedule since __post_init__
 
-    def update(self, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+    def update(self, grads: Gradients, opt_state: OptState, params: Params) -> tuple[Params, OptState]:
         """One step, ``(new_params, new_opt_state)``, by the rule in the class docstring.
+
+        Args:
+          grads: the gradients, a pytree of the structure and leaf shapes of ``params``.
+          opt_state: the state from ``init(params)`` or from the last ``update``.
+          params: the parameters, a pytree of arrays; each leaf is updated in its dtype.
+
+        Returns:
+          ``(new_params, new_opt_state)``: params of the same structure, shapes and
+          dtypes; the state with ``count + 1`` and its buffers updated.
 
         Raises:
           ValueError: if ``grads``, ``params`` and the state's buffers differ in tree
             structure or leaf shapes, or ``opt_state`` is not this optimizer's state type.
         """
         self._check(grads, opt_state, params)
-        rule = partial(self._leaf_rule, self.lr(opt_state.count), opt_state.count)
+        rule = partial(self._leaf_rule, self.learning_rate(opt_state), opt_state.count)
         new_params, *buffers = _map_leaves(rule, params, grads, *opt_state[1:])
         return new_params, self.State(opt_state.count + 1, *buffers)
 
@@ -160,7 +171,7 @@ class SGD(Optimizer):
       ``update`` returns ``(new_params, SGDState(count + 1, velocity))``.
     """
 
-    momentum: Any = 0.0
+    momentum: Hyperparameter = 0.0
     nesterov: bool = static_field(default=False)
     State = SGDState
 
@@ -210,9 +221,9 @@ class RMSProp(Optimizer):
       ``update`` returns ``(new_params, RMSPropState(count + 1, nu, mu, momentum))``.
     """
 
-    decay: Any = 0.9
-    eps: Any = 1e-8
-    momentum: Any = 0.0
+    decay: Hyperparameter = 0.9
+    eps: Hyperparameter = 1e-8
+    momentum: Hyperparameter = 0.0
     centered: bool = static_field(default=False)
     State = RMSPropState
 
@@ -261,8 +272,8 @@ class AdaGrad(Optimizer):
       ``update`` returns ``(new_params, AdaGradState(count + 1, sum_of_squares))``.
     """
 
-    initial_accumulator: Any = 0.0
-    eps: Any = 1e-10
+    initial_accumulator: Hyperparameter = 0.0
+    eps: Hyperparameter = 1e-10
     State = AdaGradState
 
     def __post_init__(self):
@@ -306,9 +317,9 @@ class Adam(Optimizer):
       ``update`` returns ``(new_params, AdamState(count + 1, mu=m, nu=v))``.
     """
 
-    b1: Any = 0.9
-    b2: Any = 0.999
-    eps: Any = 1e-8
+    b1: Hyperparameter = 0.9
+    b2: Hyperparameter = 0.999
+    eps: Hyperparameter = 1e-8
     State = AdamState
 
     def __post_init__(self):
@@ -354,7 +365,7 @@ class AdamW(Adam):
       ``update`` returns ``(new_params, AdamState(count + 1, mu=m, nu=v))``.
     """
 
-    weight_decay: Any = 1e-2
+    weight_decay: Hyperparameter = 1e-2
 
     def __post_init__(self):
         super().__post_init__()
@@ -365,7 +376,7 @@ class AdamW(Adam):
         return super()._rule(lr, count, p * (1 - lr_p * wd), g, m, v)
 
 
-# ----------------------------------------------------------------------------- factories
+# ----------------------------------------------------------------------------- public names
 
 
 # The public names are the classes themselves: one signature, one docstring, one check.

@@ -11,7 +11,7 @@ Static-ness is a property of the field, declared where the field is::
 
     @pytree_dataclass
     class SGD:
-        lr: Any                                       # a leaf: traced, vmappable
+        lr: LearningRate                              # a leaf: traced, vmappable
         nesterov: bool = static_field(default=False)  # metadata: part of the compiled program
 
 and a subclass inherits it with the field, so it cannot be forgotten.

@@ -14,9 +14,11 @@ To choose by name, e.g. only leaves called ``"w"``::
 ``select`` is part of the compiled program's identity: re-use one function object
 rather than a fresh ``lambda`` per call.
 
-A regularizer checks its arguments when it is built (in ``__post_init__``, so building
-:class:`L2` directly is checked like :func:`l2`) and raises ``ValueError`` naming the
-argument; strengths are only read when concrete, so they may be traced.
+fnn's construction convention (docs/architecture.md): each regularizer is a class that
+carries its documentation and checks its arguments when built (``__post_init__``),
+raising ``ValueError`` naming the argument; strengths are only read when concrete, so
+they may be traced. The lowercase public names (``l2`` for :class:`L2`, ``l1`` for
+:class:`L1`, ``l1_l2`` for :class:`L1L2`) are the classes themselves.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import KeyPath
 from jax.typing import ArrayLike
 
 from fnn.checks import NONNEGATIVE, check_fields
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import Hyperparameter, Params
+
+#: Which leaves are penalised: ``select(key_path, leaf) -> bool``, a static choice.
+Selector = Callable[[KeyPath, Any], bool]
 
 
-def is_weight(path: Any, leaf: ArrayLike) -> bool:
+def is_weight(path: KeyPath, leaf: ArrayLike) -> bool:
     """The default selection: ``True`` for leaves with ``ndim >= 2`` (kernels), ``False`` for 1-D/scalars.
 
     Args:
@@ -74,25 +81,35 @@ def _check_select(select):
 class _Penalty:
     """A penalty with one strength: ``_penalty(strength, params, select)``."""
 
-    strength: Any
-    select: Callable = static_field(default=is_weight)
+    strength: Hyperparameter
+    select: Selector = static_field(default=is_weight)
     _penalty: ClassVar[Callable[..., jax.Array]]  # set by each subclass
 
     def __post_init__(self):
         check_fields(self, strength=NONNEGATIVE)
         _check_select(self.select)
 
-    def __call__(self, params: Any) -> jax.Array:
+    def __call__(self, params: Params) -> jax.Array:
         return self._penalty(self.strength, params, self.select)
 
 
 @pytree_dataclass
 class L2(_Penalty):
-    """L2 penalty ``strength / 2 * sum_w sum(w ** 2)`` over the selected leaves.
+    """L2 penalty over the selected leaves ``w``::
+
+        reg(params) = strength / 2 * sum_w sum(w ** 2)
 
     Its gradient is ``strength * w``: added to the loss of plain SGD it is classic
     (coupled) weight decay, ``w <- w - lr * (g + strength * w)``. With Adam it is not
     the same as decoupled decay (see :class:`fnn.optimizers.AdamW`).
+
+    Args:
+      strength: a scalar >= 0 (a number or a traced scalar).
+      select: a predicate ``(key path, leaf) -> bool`` choosing the penalised leaves
+        (static); default :func:`is_weight` (``ndim >= 2``: no biases or norm scales).
+
+    Returns:
+      Called on a params pytree, the penalty: a scalar in the params' dtype.
     """
 
     _penalty = staticmethod(_l2_penalty)
@@ -100,63 +117,53 @@ class L2(_Penalty):
 
 @pytree_dataclass
 class L1(_Penalty):
-    """L1 penalty ``strength * sum_w sum(|w|)`` over the selected leaves (gradient ``strength * sign(w)``)."""
+    """L1 penalty over the selected leaves ``w`` (gradient ``strength * sign(w)``)::
+
+        reg(params) = strength * sum_w sum(|w|)
+
+    Args:
+      strength: a scalar >= 0 (a number or a traced scalar).
+      select: a predicate ``(key path, leaf) -> bool``, as for :class:`L2`.
+
+    Returns:
+      Called on a params pytree, the penalty: a scalar in the params' dtype.
+    """
 
     _penalty = staticmethod(_l1_penalty)
 
 
 @pytree_dataclass
 class L1L2:
-    """Elastic net: ``l1_strength * sum |w| + l2_strength / 2 * sum w ** 2`` over the selected leaves."""
+    """Elastic net, both penalties over the selected leaves ``w``::
 
-    l1_strength: Any
-    l2_strength: Any
-    select: Callable = static_field(default=is_weight)
+        reg(params) = l1_strength * sum_w sum(|w|) + l2_strength / 2 * sum_w sum(w ** 2)
+
+    References:
+      Zou & Hastie (2005), "Regularization and variable selection via the elastic net",
+      JRSS B 67 (their ``lambda_2 * sum w ** 2`` is ``l2_strength / 2 * sum w ** 2`` here, as in :class:`L2`).
+
+    Args:
+      l1_strength: a scalar >= 0.
+      l2_strength: a scalar >= 0.
+      select: a predicate ``(key path, leaf) -> bool``, as for :class:`L2`.
+
+    Returns:
+      Called on a params pytree, the penalty: a scalar in the params' dtype.
+    """
+
+    l1_strength: Hyperparameter
+    l2_strength: Hyperparameter
+    select: Selector = static_field(default=is_weight)
 
     def __post_init__(self):
         check_fields(self, l1_strength=NONNEGATIVE, l2_strength=NONNEGATIVE)
         _check_select(self.select)
 
-    def __call__(self, params: Any) -> jax.Array:
+    def __call__(self, params: Params) -> jax.Array:
         return _l1_penalty(self.l1_strength, params, self.select) + _l2_penalty(self.l2_strength, params, self.select)
 
 
-def l2(strength: ArrayLike, select: Callable[[Any, Any], bool] = is_weight) -> L2:
-    """L2 penalty ``strength / 2 * sum w ** 2``; its gradient ``strength * w`` equals classic weight decay.
-
-    Args:
-      strength: >= 0, a float or traced scalar.
-      select: predicate ``(key path, leaf) -> bool`` choosing the penalised leaves;
-        default :func:`is_weight` (``ndim >= 2``, no biases or norm scales).
-
-    Returns:
-      An :class:`L2` regularizer, ``reg(params) -> scalar``.
-    """
-    return L2(strength, select)
-
-
-def l1(strength: ArrayLike, select: Callable[[Any, Any], bool] = is_weight) -> L1:
-    """L1 penalty ``strength * sum |w|``.
-
-    Args:
-      strength: >= 0, a float or traced scalar.
-      select: predicate ``(key path, leaf) -> bool``; default :func:`is_weight`.
-
-    Returns:
-      An :class:`L1` regularizer, ``reg(params) -> scalar``.
-    """
-    return L1(strength, select)
-
-
-def l1_l2(l1_strength: ArrayLike, l2_strength: ArrayLike, select: Callable[[Any, Any], bool] = is_weight) -> L1L2:
-    """Both penalties: ``l1_strength * sum |w| + l2_strength / 2 * sum w ** 2``.
-
-    Args:
-      l1_strength: >= 0.
-      l2_strength: >= 0.
-      select: predicate ``(key path, leaf) -> bool``; default :func:`is_weight`.
-
-    Returns:
-      An :class:`L1L2` regularizer, ``reg(params) -> scalar``.
-    """
-    return L1L2(l1_strength, l2_strength, select)
+# The public names are the classes themselves: one signature, one docstring, one check.
+l2 = L2
+l1 = L1
+l1_l2 = L1L2

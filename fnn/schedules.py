@@ -10,16 +10,18 @@ float scalar or array; every schedule is elementwise in ``step``. The result is 
 float array in JAX's default float dtype (float64 with ``jax_enable_x64``); optimizers
 cast it to the dtype of each parameter.
 
-The factories (``constant``, ``exponential_decay``, ...) are the public entry points;
-their defaults are the classes'. Every schedule checks its arguments when it is built (in ``__post_init__``, so building a
-class directly is checked alike) and raises ``ValueError`` naming the argument; values
-are only read when concrete, so a schedule built under ``jax.vmap`` keeps traced ones.
+fnn's construction convention (docs/architecture.md): each schedule is a class that
+carries its documentation (its law, its source, the arguments) and checks its arguments
+when built (``__post_init__``), raising ``ValueError`` naming the argument; values are
+only read when concrete, so a schedule built under ``jax.vmap`` keeps traced ones. The
+lowercase public names (``constant`` for :class:`Constant`, ``cosine_decay`` for
+:class:`CosineDecay`, ...) are the classes themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,7 @@ from jax.typing import ArrayLike
 
 from fnn.checks import NONNEGATIVE, POSITIVE, UNIT, check_fields, check_in_range, hyperparameter, is_concrete
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import Hyperparameter, LearningRate
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -66,16 +69,15 @@ class Schedule:
         raise NotImplementedError
 
 
-#: What a learning-rate argument may be (see :func:`as_schedule`): a number or numeric
-#: array, traced or not, or a callable ``step -> lr`` such as a :class:`Schedule`.
-LearningRate = ArrayLike | Callable[[Any], ArrayLike]
-
-
 @pytree_dataclass
 class Constant(Schedule):
-    """``lr(step) = value``."""
+    """A constant learning rate: ``lr(step) = value``.
 
-    value: Any
+    Args:
+      value: the learning rate, a scalar >= 0 (a number or a traced scalar).
+    """
+
+    value: Hyperparameter
 
     def __post_init__(self):
         check_fields(self, value=NONNEGATIVE)
@@ -86,14 +88,19 @@ class Constant(Schedule):
 
 @pytree_dataclass
 class PiecewiseConstant(Schedule):
-    """``lr(step) = values[i]`` for ``boundaries[i-1] <= step < boundaries[i]``.
+    """A step-wise constant learning rate.
 
-    (``boundaries[-1] = -inf`` and ``boundaries[n] = +inf``, so ``values[0]`` applies
-    before the first boundary and ``values[n]`` from the last one on.)
+    ``lr(step) = values[i]`` for ``boundaries[i-1] <= step < boundaries[i]``, with
+    ``boundaries[-1] = -inf`` and ``boundaries[n] = +inf``: ``values[0]`` before
+    ``boundaries[0]`` and ``values[n]`` from ``boundaries[n-1]`` on.
+
+    Args:
+      boundaries: [n] strictly increasing steps, each >= 0 (a sequence or an array).
+      values: [n + 1] learning rates, each >= 0.
     """
 
-    boundaries: Any
-    values: Any
+    boundaries: ArrayLike | Sequence[float]
+    values: ArrayLike | Sequence[float]
 
     def __post_init__(self):
         b, v = _array("boundaries", self.boundaries), _array("values", self.values)
@@ -110,16 +117,16 @@ class PiecewiseConstant(Schedule):
 
     def __call__(self, step: ArrayLike) -> jax.Array:
         index = jnp.searchsorted(_float(self.boundaries), _float(step), side="right")
-        return _float(jnp.take(self.values, index))
+        return jnp.take(_float(self.values), index)
 
 
 @pytree_dataclass
 class _TimeDecay(Schedule):
     """``lr(step) = init_value * factor(step / decay_steps)``, the ratio floored if ``staircase``."""
 
-    init_value: Any
-    decay_rate: Any
-    decay_steps: Any
+    init_value: Hyperparameter
+    decay_rate: Hyperparameter
+    decay_steps: Hyperparameter
     staircase: bool = static_field(default=False)
 
     def __post_init__(self):
@@ -134,7 +141,17 @@ class _TimeDecay(Schedule):
 
 @pytree_dataclass
 class ExponentialDecay(_TimeDecay):
-    """``lr(step) = init_value * decay_rate ** (step / decay_steps)`` (exponent floored if ``staircase``)."""
+    """Exponential decay: ``lr(step) = init_value * decay_rate ** (step / decay_steps)``.
+
+    With ``staircase=True`` the exponent is floored, ``floor(step / decay_steps)``: a step
+    decay (:class:`StepDecay`).
+
+    Args:
+      init_value: the learning rate at step 0, a scalar >= 0.
+      decay_rate: the factor applied every ``decay_steps`` steps, a scalar >= 0.
+      decay_steps: the step scale, a scalar > 0.
+      staircase: floor ``step / decay_steps`` (static).
+    """
 
     def _factor(self, progress):
         return _float(self.decay_rate) ** progress
@@ -142,7 +159,16 @@ class ExponentialDecay(_TimeDecay):
 
 @pytree_dataclass
 class InverseTimeDecay(_TimeDecay):
-    """``lr(step) = init_value / (1 + decay_rate * step / decay_steps)`` (ratio floored if ``staircase``)."""
+    """Inverse-time decay: ``lr(step) = init_value / (1 + decay_rate * step / decay_steps)``.
+
+    With ``staircase=True`` the ratio ``step / decay_steps`` is floored.
+
+    Args:
+      init_value: the learning rate at step 0, a scalar >= 0.
+      decay_rate: a scalar >= 0.
+      decay_steps: the step scale, a scalar > 0.
+      staircase: floor ``step / decay_steps`` (static).
+    """
 
     def _factor(self, progress):
         return 1 / (1 + _float(self.decay_rate) * progress)
@@ -150,11 +176,20 @@ class InverseTimeDecay(_TimeDecay):
 
 @pytree_dataclass
 class StepDecay(Schedule):
-    """``lr(step) = init_value * factor ** floor(step / every)``."""
+    """Step decay: multiply by ``factor`` every ``every`` steps.
 
-    init_value: Any
-    factor: Any
-    every: Any
+    ``lr(step) = init_value * factor ** floor(step / every)``, the values of
+    ``ExponentialDecay(init_value, factor, every, staircase=True)``.
+
+    Args:
+      init_value: the learning rate at step 0, a scalar >= 0.
+      factor: the multiplier applied at each drop, a scalar >= 0 (e.g. 0.1).
+      every: steps between drops, a scalar > 0.
+    """
+
+    init_value: Hyperparameter
+    factor: Hyperparameter
+    every: Hyperparameter
 
     def __post_init__(self):
         check_fields(self, init_value=NONNEGATIVE, factor=NONNEGATIVE, every=POSITIVE)
@@ -165,11 +200,24 @@ class StepDecay(Schedule):
 
 @pytree_dataclass
 class CosineDecay(Schedule):
-    """``lr(step) = init_value * ((1 - alpha) * (1 + cos(pi * min(step, decay_steps) / decay_steps)) / 2 + alpha)``."""
+    """Cosine decay: from ``init_value`` at step 0 down to ``alpha * init_value`` at
+    ``decay_steps``, constant afterwards::
 
-    init_value: Any
-    decay_steps: Any
-    alpha: Any = 0.0
+        lr(step) = init_value * ((1 - alpha) * (1 + cos(pi * min(step, decay_steps) / decay_steps)) / 2 + alpha)
+
+    References:
+      Loshchilov & Hutter (2017), "SGDR: Stochastic gradient descent with warm restarts",
+      ICLR, eq. 5 (one period, without restarts).
+
+    Args:
+      init_value: the learning rate at step 0, a scalar >= 0.
+      decay_steps: the length of the decay, a scalar > 0.
+      alpha: the final learning rate as a fraction of ``init_value``, a scalar in [0, 1].
+    """
+
+    init_value: Hyperparameter
+    decay_steps: Hyperparameter
+    alpha: Hyperparameter = 0.0
 
     def __post_init__(self):
         check_fields(self, init_value=NONNEGATIVE, decay_steps=POSITIVE, alpha=UNIT)
@@ -183,20 +231,35 @@ class CosineDecay(Schedule):
 
 @pytree_dataclass
 class Warmup(Schedule):
-    """Linear ramp from ``init_value`` to ``schedule(0)`` over ``warmup_steps``, then ``schedule(step - warmup_steps)``."""
+    """Linear warm-up in front of a schedule::
 
-    schedule: Any  # a LearningRate; a Schedule once built (__post_init__)
-    warmup_steps: Any
-    init_value: Any = 0.0
+        lr(step) = init_value + (schedule(0) - init_value) * step / warmup_steps    (step < warmup_steps)
+        lr(step) = schedule(step - warmup_steps)                                     (after)
+
+    References:
+      Goyal et al. (2017), "Accurate, large minibatch SGD: Training ImageNet in 1 hour",
+      section 2.2 (gradual warmup).
+
+    Args:
+      schedule: the schedule that follows the warm-up: a number or a schedule (anything
+        :func:`as_schedule` takes; stored as a :class:`Schedule`).
+      warmup_steps: the length of the ramp, a scalar > 0.
+      init_value: the learning rate at step 0, a scalar >= 0.
+    """
+
+    schedule: LearningRate  # a Schedule once built (__post_init__)
+    warmup_steps: Hyperparameter
+    init_value: Hyperparameter = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "schedule", as_schedule(self.schedule, "schedule"))
         check_fields(self, warmup_steps=POSITIVE, init_value=NONNEGATIVE)
 
     def __call__(self, step: ArrayLike) -> jax.Array:
+        schedule = cast(Schedule, self.schedule)  # as __post_init__ stored it
         t, warmup_steps, init_value = _float(step), _float(self.warmup_steps), _float(self.init_value)
-        ramp = init_value + (self.schedule(0) - init_value) * (t / warmup_steps)
-        after = self.schedule(jnp.maximum(t - warmup_steps, 0))
+        ramp = init_value + (schedule(0) - init_value) * (t / warmup_steps)
+        after = schedule(jnp.maximum(t - warmup_steps, 0))
         return jnp.where(t < warmup_steps, ramp, after)
 
 
@@ -210,9 +273,12 @@ class FunctionSchedule(Schedule):
     ``fn`` receives the step as an array of JAX's default float dtype, as every schedule
     here computes with it (an optimizer's count is int32): ``lambda t: 0.1 / (1.0 + t)``
     then works under ``jax_numpy_dtype_promotion="strict"`` too.
+
+    Args:
+      fn: a callable ``step -> lr`` (static).
     """
 
-    fn: Callable = static_field()
+    fn: Callable[[jax.Array], ArrayLike] = static_field()
 
     def __post_init__(self):
         if not callable(self.fn):
@@ -222,123 +288,17 @@ class FunctionSchedule(Schedule):
         return _float(self.fn(_float(step)))
 
 
-# ----------------------------------------------------------------------------- factories
+# ----------------------------------------------------------------------------- public names
 
 
-def constant(value: ArrayLike) -> Constant:
-    """A constant learning rate.
-
-    Args:
-      value: the learning rate, >= 0 (a float or a traced scalar).
-
-    Returns:
-      A :class:`Constant` schedule, ``lr(step) = value``.
-    """
-    return Constant(value)
-
-
-def piecewise_constant(
-    boundaries: ArrayLike | Sequence[float], values: ArrayLike | Sequence[float]
-) -> PiecewiseConstant:
-    """A step-wise constant learning rate.
-
-    ``lr(step) = values[i]`` for ``boundaries[i-1] <= step < boundaries[i]``, i.e.
-    ``values[0]`` before ``boundaries[0]`` and ``values[-1]`` from ``boundaries[-1]`` on.
-
-    Args:
-      boundaries: strictly increasing steps, a 1-D sequence of length n (>= 0).
-      values: n + 1 learning rates, each >= 0.
-
-    Returns:
-      A :class:`PiecewiseConstant` schedule.
-    """
-    return PiecewiseConstant(boundaries, values)
-
-
-def exponential_decay(
-    init_value: ArrayLike, decay_rate: ArrayLike, decay_steps: ArrayLike, staircase: bool = ExponentialDecay.staircase
-) -> ExponentialDecay:
-    """Exponential decay: ``lr(step) = init_value * decay_rate ** (step / decay_steps)``.
-
-    Args:
-      init_value: the learning rate at step 0, >= 0.
-      decay_rate: the factor applied every ``decay_steps`` steps, >= 0.
-      decay_steps: the step scale, > 0.
-      staircase: floor ``step / decay_steps`` (a static choice), giving a step decay.
-
-    Returns:
-      An :class:`ExponentialDecay` schedule.
-    """
-    return ExponentialDecay(init_value, decay_rate, decay_steps, staircase)
-
-
-def step_decay(init_value: ArrayLike, factor: ArrayLike, every: ArrayLike) -> StepDecay:
-    """Step decay: multiply by ``factor`` every ``every`` steps.
-
-    ``lr(step) = init_value * factor ** floor(step / every)``.
-
-    Args:
-      init_value: the learning rate at step 0, >= 0.
-      factor: the multiplier applied at each drop, >= 0 (e.g. 0.1).
-      every: steps between drops, > 0.
-
-    Returns:
-      A :class:`StepDecay` schedule, with the values of
-      ``exponential_decay(init_value, factor, every, staircase=True)``.
-    """
-    return StepDecay(init_value, factor, every)
-
-
-def inverse_time_decay(
-    init_value: ArrayLike, decay_rate: ArrayLike, decay_steps: ArrayLike, staircase: bool = InverseTimeDecay.staircase
-) -> InverseTimeDecay:
-    """Inverse-time decay: ``lr(step) = init_value / (1 + decay_rate * step / decay_steps)``.
-
-    Args:
-      init_value: the learning rate at step 0, >= 0.
-      decay_rate: >= 0.
-      decay_steps: the step scale, > 0.
-      staircase: floor ``step / decay_steps`` (a static choice).
-
-    Returns:
-      An :class:`InverseTimeDecay` schedule.
-    """
-    return InverseTimeDecay(init_value, decay_rate, decay_steps, staircase)
-
-
-def cosine_decay(init_value: ArrayLike, decay_steps: ArrayLike, alpha: ArrayLike = CosineDecay.alpha) -> CosineDecay:
-    """Cosine decay (SGDR, Loshchilov & Hutter 2017, without restarts).
-
-    ``lr(step) = init_value * ((1 - alpha) * 0.5 * (1 + cos(pi * min(step, decay_steps) / decay_steps)) + alpha)``:
-    from ``init_value`` at step 0 down to ``alpha * init_value`` at ``decay_steps``,
-    constant afterwards.
-
-    Args:
-      init_value: the learning rate at step 0, >= 0.
-      decay_steps: length of the decay, > 0.
-      alpha: the final learning rate as a fraction of ``init_value``, in [0, 1].
-
-    Returns:
-      A :class:`CosineDecay` schedule.
-    """
-    return CosineDecay(init_value, decay_steps, alpha)
-
-
-def warmup(schedule: LearningRate, warmup_steps: ArrayLike, init_value: ArrayLike = Warmup.init_value) -> Warmup:
-    """Linear warm-up in front of a schedule.
-
-    ``lr(step) = init_value + (schedule(0) - init_value) * step / warmup_steps`` for
-    ``step < warmup_steps``, then ``schedule(step - warmup_steps)``.
-
-    Args:
-      schedule: the schedule that follows the warm-up (anything :func:`as_schedule` takes).
-      warmup_steps: length of the ramp, > 0.
-      init_value: the learning rate at step 0, >= 0.
-
-    Returns:
-      A :class:`Warmup` schedule.
-    """
-    return Warmup(schedule, warmup_steps, init_value)
+# The public names are the classes themselves: one signature, one docstring, one check.
+constant = Constant
+piecewise_constant = PiecewiseConstant
+exponential_decay = ExponentialDecay
+step_decay = StepDecay
+inverse_time_decay = InverseTimeDecay
+cosine_decay = CosineDecay
+warmup = Warmup
 
 
 def as_schedule(value: LearningRate, name: str = "lr") -> Schedule:

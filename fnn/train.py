@@ -38,14 +38,15 @@ from fnn.batching import eval_batches
 from fnn.checks import as_key, check_finite, check_int, is_concrete
 from fnn.layers import as_model, check_params
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import ModelState, OptState, Params, PRNGKeyLike
 
 
 class TrainState(NamedTuple):
     """Everything that changes during training (see the module docstring)."""
 
-    params: Any
-    model_state: Any
-    opt_state: Any
+    params: Params
+    model_state: ModelState
+    opt_state: OptState
     step: jax.Array
     epoch: jax.Array
     key: jax.Array
@@ -124,7 +125,7 @@ class Trainer:
         metrics = losses_lib.default_metrics(self.loss) if self.metrics is None else self.metrics
         object.__setattr__(self, "metrics", _checked_metrics(metrics))
 
-    def init(self, key: ArrayLike, params: Any = None, model_state: Any = None) -> TrainState:
+    def init(self, key: PRNGKeyLike, params: Params = None, model_state: ModelState = None) -> TrainState:
         """A fresh TrainState: params from ``model.init`` (unless given), optimizer state,
         step 0, epoch 0, and the run key.
 
@@ -153,13 +154,13 @@ class Trainer:
 
     def objective(
         self,
-        params: Any,
-        model_state: Any,
+        params: Params,
+        model_state: ModelState,
         x: jax.Array,
         y: jax.Array,
         weights: jax.Array | None,
         key: ArrayLike | None,
-    ) -> tuple[jax.Array, tuple[jax.Array, Any, jax.Array]]:
+    ) -> tuple[jax.Array, tuple[jax.Array, ModelState, jax.Array]]:
         """The training objective and what the step reports.
 
         Returns:
@@ -202,7 +203,13 @@ class Trainer:
         return {name: metric(predictions, y, weights) for name, metric in self.metrics}
 
     def check_data(
-        self, params: Any, model_state: Any, x: ArrayLike, y: ArrayLike, *, names: tuple[str, str] = ("x", "y")
+        self,
+        params: Params,
+        model_state: ModelState,
+        x: ArrayLike,
+        y: ArrayLike,
+        *,
+        names: tuple[str, str] = ("x", "y"),
     ) -> tuple:
         """Eager checks of a dataset against the model and the loss, before any tracing.
 
@@ -246,7 +253,7 @@ class Trainer:
             ) from None
         return tuple(out.shape[1:])
 
-    def _output(self, params: Any, model_state: Any, x: jax.Array, name_x: str) -> jax.ShapeDtypeStruct:
+    def _output(self, params: Params, model_state: ModelState, x: jax.Array, name_x: str) -> jax.ShapeDtypeStruct:
         """The model's output for ``x[:1]`` (abstract), once it is known to map [b, ...] to
         [b, ...] for b = 1 and 2; a ValueError names ``name_x``, its shape and, for rank 1,
         the missing feature axis."""
@@ -272,7 +279,7 @@ class Trainer:
         return outs[0]
 
     def evaluate(
-        self, params: Any, model_state: Any, x: ArrayLike, y: ArrayLike, batch_size: int = 1024
+        self, params: Params, model_state: ModelState, x: ArrayLike, y: ArrayLike, batch_size: int = 1024
     ) -> dict[str, jax.Array]:
         """Loss and metrics in evaluation mode over a whole dataset, in batches.
 

@@ -4,10 +4,12 @@ exception type and a phrase its message must contain.
 The doors: ``fit``, ``sweep`` and ``pbt`` (which trace ``fit`` inside, so they must check
 first), ``Trainer.evaluate``, the optimizer / layer / schedule / regularizer constructors,
 the data and process-sharding helpers and ``checkpoint.restore``. Sweep and PBT rows also
-assert that nothing was compiled: their program is never called.
+assert that nothing was compiled: their program is never called. ``FAMILIES`` holds fnn's
+construction convention to account: each lowercase public name is its class, checked alike.
 """
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +17,10 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import checkpoint, distributed, schedules
+from fnn import checkpoint, clipping, distributed, optimizers, regularizers, schedules
 from fnn.datasets import load_digits
 from fnn.sweeps import population_based as pbt_lib
+from fnn.sweeps.successive_halving import Halving
 
 N, BATCH = 300, 50
 
@@ -467,6 +470,129 @@ def test_constructors_refuse(call, match):
     with pytest.raises(ValueError) as info:
         call()
     assert match in str(info.value)
+
+
+# fnn's construction convention (docs/architecture.md): every lowercase public name of a
+# configuration object is its CapWords class, whose __post_init__ makes every check. Each row:
+# the public name, the class, its call signature (names and defaults, which users call by), and
+# arguments with one bad value, named by the error.
+FAMILIES = [
+    (fnn.sgd, optimizers.SGD, "(lr, momentum=0.0, nesterov=False)", dict(lr=0.1, momentum=1.0), "momentum"),
+    (
+        fnn.rmsprop,
+        optimizers.RMSProp,
+        "(lr, decay=0.9, eps=1e-08, momentum=0.0, centered=False)",
+        dict(lr=0.1, eps=0.0),
+        "eps",
+    ),
+    (fnn.adagrad, optimizers.AdaGrad, "(lr, initial_accumulator=0.0, eps=1e-10)", dict(lr=-1.0), "lr"),
+    (fnn.adam, optimizers.Adam, "(lr, b1=0.9, b2=0.999, eps=1e-08)", dict(lr=0.1, b2=1.0), "b2"),
+    (
+        fnn.adamw,
+        optimizers.AdamW,
+        "(lr, b1=0.9, b2=0.999, eps=1e-08, weight_decay=0.01)",
+        dict(lr=0.1, weight_decay=-1.0),
+        "weight_decay",
+    ),
+    (
+        fnn.clip_by_global_norm,
+        clipping.ClipByGlobalNorm,
+        "(optimizer, max_norm)",
+        dict(optimizer=fnn.sgd(0.1), max_norm=0.0),
+        "max_norm",
+    ),
+    (
+        fnn.clip_by_value,
+        clipping.ClipByValue,
+        "(optimizer, max_value)",
+        dict(optimizer="sgd", max_value=1.0),
+        "optimizer",
+    ),
+    (schedules.constant, schedules.Constant, "(value)", dict(value=-0.1), "value"),
+    (
+        schedules.piecewise_constant,
+        schedules.PiecewiseConstant,
+        "(boundaries, values)",
+        dict(boundaries=[10, 5], values=[1.0, 0.5, 0.1]),
+        "boundaries",
+    ),
+    (
+        schedules.exponential_decay,
+        schedules.ExponentialDecay,
+        "(init_value, decay_rate, decay_steps, staircase=False)",
+        dict(init_value=0.1, decay_rate=0.5, decay_steps=0),
+        "decay_steps",
+    ),
+    (
+        schedules.step_decay,
+        schedules.StepDecay,
+        "(init_value, factor, every)",
+        dict(init_value=0.1, factor=0.5, every=0),
+        "every",
+    ),
+    (
+        schedules.inverse_time_decay,
+        schedules.InverseTimeDecay,
+        "(init_value, decay_rate, decay_steps, staircase=False)",
+        dict(init_value=0.1, decay_rate=0.5, decay_steps=2, staircase=1),
+        "staircase",
+    ),
+    (
+        schedules.cosine_decay,
+        schedules.CosineDecay,
+        "(init_value, decay_steps, alpha=0.0)",
+        dict(init_value=0.1, decay_steps=10, alpha=1.5),
+        "alpha",
+    ),
+    (
+        schedules.warmup,
+        schedules.Warmup,
+        "(schedule, warmup_steps, init_value=0.0)",
+        dict(schedule="0.1", warmup_steps=5),
+        "schedule",
+    ),
+    (fnn.l1, regularizers.L1, "(strength, select=is_weight)", dict(strength=-1.0), "strength"),
+    (fnn.l2, regularizers.L2, "(strength, select=is_weight)", dict(strength=0.1, select=None), "select"),
+    (
+        fnn.l1_l2,
+        regularizers.L1L2,
+        "(l1_strength, l2_strength, select=is_weight)",
+        dict(l1_strength=0.1, l2_strength=None),
+        "l2_strength",
+    ),
+    (fnn.init.constant, fnn.init.Constant, "(value)", dict(value="0.5"), "value"),
+    (fnn.init.normal, fnn.init.Normal, "(stddev=0.01)", dict(stddev=-0.1), "stddev"),
+    (fnn.init.uniform, fnn.init.Uniform, "(scale=0.01)", dict(scale=float("nan")), "scale"),
+    (fnn.init.orthogonal, fnn.init.Orthogonal, "(gain=1.0)", dict(gain=np.array([1.0])), "gain"),
+    (fnn.halving, Halving, "(rung_epochs, eta=3, monitor=None)", dict(rung_epochs=2, eta=1), "eta"),
+]
+
+
+def call_signature(function) -> str:
+    """``function``'s parameters with their defaults, without annotations: ``(lr, momentum=0.0)``."""
+    words = [
+        p.name if p.default is p.empty else f"{p.name}={getattr(p.default, '__name__', repr(p.default))}"
+        for p in inspect.signature(function).parameters.values()
+    ]
+    return f"({', '.join(words)})"
+
+
+@pytest.mark.parametrize(
+    "public, cls, signature, kwargs, argument", FAMILIES, ids=[f"{c.__module__}.{c.__name__}" for _, c, *_ in FAMILIES]
+)
+def test_each_public_name_is_its_class_and_checks_alike(public, cls, signature, kwargs, argument):
+    assert public is cls  # a plain alias: no wrapper function repeating the class's docs and checks
+    assert call_signature(cls) == signature
+    with pytest.raises(ValueError, match=rf"^{argument}\b") as direct:
+        cls(**kwargs)
+    with pytest.raises(ValueError) as through_public_name:
+        public(**kwargs)
+    assert str(through_public_name.value) == str(direct.value)
+
+
+def test_halving_built_directly_stores_python_ints():
+    schedule = Halving(np.int64(2), eta=np.int32(3))
+    assert schedule == fnn.halving(2, 3) and type(schedule.rung_epochs) is int and type(schedule.eta) is int
 
 
 @pytest.mark.parametrize("call, error", rows(RESTORE, "restore"))

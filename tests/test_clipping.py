@@ -158,6 +158,11 @@ BAD = [
 ]
 
 
+def test_public_names_are_the_classes():
+    assert all(factory is cls for cls, factory in FACTORIES.items())
+    assert (fnn.clip_by_global_norm, fnn.clip_by_value) == tuple(FACTORIES.values())
+
+
 @pytest.mark.parametrize("build", ["class", "factory"])
 @pytest.mark.parametrize(
     "cls, kwargs, name, phrase", BAD, ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n, _) in enumerate(BAD)]

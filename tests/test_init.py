@@ -1,7 +1,9 @@
 """fnn.init: moments and bounds of every scheme against its formula, orthogonality,
 keys, dtypes, lookup by name, fans, and vmap over keys."""
 
+import dataclasses
 import math
+import re
 
 import chex
 import jax
@@ -142,6 +144,38 @@ def test_get_passes_callables_through_and_rejects_unknown_names():
 def test_factories_compare_and_hash_by_value():
     assert init.normal(0.1) == init.normal(0.1) and hash(init.normal(0.1)) == hash(init.normal(0.1))
     assert init.normal(0.1) != init.normal(0.2) and init.normal(0.1) != init.uniform(0.1)
+
+
+def test_lowercase_names_are_the_classes_and_store_python_floats():
+    pairs = [(init.constant, init.Constant), (init.normal, init.Normal), (init.uniform, init.Uniform)]
+    assert all(name is cls for name, cls in [*pairs, (init.orthogonal, init.Orthogonal)])
+    made = [init.constant(np.float32(0.5)), init.normal(1), init.uniform(np.int64(2)), init.orthogonal(-1)]
+    assert [type(v) for m in made for v in dataclasses.astuple(m)] == [float] * 4
+    assert made[0] == init.Constant(0.5) and hash(made[1]) == hash(init.Normal(1.0))  # equal by value whatever the kind
+
+
+# (initializer class, keyword arguments, the argument the error must name, a phrase of the message)
+BAD = [
+    (init.Constant, dict(value="0.5"), "value", "must be a real number"),
+    (init.Constant, dict(value=jnp.array(0.5)), "value", "must be a real number"),  # static: no arrays, no tracers
+    (init.Constant, dict(value=float("inf")), "value", "must lie in"),
+    (init.Normal, dict(stddev=-0.1), "stddev", "must lie in [0, inf)"),
+    (init.Normal, dict(stddev=True), "stddev", "must be a real number"),
+    (init.Uniform, dict(scale=-1), "scale", "must lie in [0, inf)"),
+    (init.Uniform, dict(scale=None), "scale", "must be a real number"),
+    (init.Orthogonal, dict(gain=float("nan")), "gain", "must lie in"),
+    (init.VarianceScaling, dict(scale=0.0, mode="fan_in", distribution="normal"), "scale", "must lie in (0, inf)"),
+    (init.VarianceScaling, dict(scale=1.0, mode="fan_mean", distribution="normal"), "mode", "must be one of"),
+    (init.VarianceScaling, dict(scale=1.0, mode="fan_in", distribution="gaussian"), "distribution", "must be one of"),
+]
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, name, phrase", BAD, ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n, _) in enumerate(BAD)]
+)
+def test_bad_arguments_raise_value_error_naming_them(cls, kwargs, name, phrase):
+    with pytest.raises(ValueError, match="^" + re.escape(f"{name} {phrase}")):
+        cls(**kwargs)
 
 
 @pytest.mark.parametrize(

@@ -371,6 +371,7 @@ FACTORIES = {
 
 def test_public_names():
     assert (fnn.sgd, fnn.rmsprop, fnn.adagrad, fnn.adam, fnn.adamw) == tuple(FACTORIES.values())
+    assert all(name is cls for cls, name in FACTORIES.items())  # the lowercase names are the classes
     assert fnn.Optimizer is opt.Optimizer and all(issubclass(cls, opt.Optimizer) for cls in FACTORIES)
 
 

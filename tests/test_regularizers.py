@@ -125,7 +125,7 @@ def test_the_kind_message_names_the_value_and_its_type():
 )
 def test_class_built_directly_equals_the_factorys(cls, factory, args):
     made = factory(*args)
-    assert cls(*args) == made and type(made) is cls
+    assert factory is cls and cls(*args) == made  # the lowercase name is the class itself
     assert all(type(leaf) is float for leaf in jax.tree.leaves(made))  # Python ints are stored as floats
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import ModelState, Params
 
 
 class NoInitializer(ValueError):
@@ -23,17 +24,17 @@ class NoInitializer(ValueError):
 class Layer:
     """Base class: ``init``, ``forward`` (to implement) and ``apply`` / ``apply_train``."""
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         """Return ``(params, state)`` for this layer, drawn from ``key``."""
         raise NotImplementedError
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         """Return ``(y, new_state)``; ``train`` is static, ``key`` may be ``None`` in evaluation."""
         raise NotImplementedError
 
-    def apply(self, params: Any, x: ArrayLike, *, state: Any = None) -> jax.Array:
+    def apply(self, params: Params, x: ArrayLike, *, state: ModelState = None) -> jax.Array:
         """Evaluation-mode forward pass: returns ``y`` only (pure in params, x and state);
         ``ValueError`` if params or state do not match the model (:func:`check_params`)."""
         check_params(self, params, state)
@@ -41,8 +42,8 @@ class Layer:
         return y
 
     def apply_train(
-        self, params: Any, x: ArrayLike, *, state: Any = None, key: ArrayLike | None = None
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, x: ArrayLike, *, state: ModelState = None, key: ArrayLike | None = None
+    ) -> tuple[jax.Array, ModelState]:
         """Training-mode forward pass: returns ``(y, new_state)``; ``ValueError`` if params or
         state do not match the model (:func:`check_params`)."""
         check_params(self, params, state)
@@ -68,7 +69,13 @@ class Layer:
             return None
 
 
-def check_params(model: Any, params: Any, state: Any = None, *, names: tuple[str, str] = ("params", "state")) -> Any:
+def check_params(
+    model: Layer | Callable[..., Any],
+    params: Params,
+    state: ModelState = None,
+    *,
+    names: tuple[str, str] = ("params", "state"),
+) -> ModelState:
     """Check that params and state have the structure and leaf shapes ``model.init`` gives.
 
     Dtypes may differ. Under ``jit``/``vmap`` (per-member shapes) it runs at trace time.
@@ -109,7 +116,7 @@ def _match(name: str, tree, expected):
         raise ValueError(f"{where} {problem}: {name} must be shaped {_shapes(expected)}")
 
 
-def is_empty(state: Any) -> bool:
+def is_empty(state: ModelState) -> bool:
     """True for ``None`` and ``()``: no state given."""
     return state is None or (isinstance(state, tuple) and not state)
 
@@ -154,12 +161,12 @@ class Function(Layer):
 
     fn: Callable = static_field()
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         raise NoInitializer("Function(fn) has no initializer: build its params yourself and pass params=")
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         return self.fn(params, x), state
 
 
@@ -179,13 +186,13 @@ class Serial(Layer):
             if not isinstance(layer, Layer):
                 raise ValueError(f"layers[{i}] must be an fnn Layer; got {type(layer).__name__}")
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         pairs = [layer.init(jax.random.fold_in(key, i)) for i, layer in enumerate(self.layers)]
         return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         params, states = self._entries("params", params), self._states("state", state)
         new_states = []
         for i, (layer, p, s) in enumerate(zip(self.layers, params, states)):
@@ -244,12 +251,12 @@ class Residual(Layer):
         if not isinstance(self.layer, Layer):
             raise ValueError(f"layer must be an fnn Layer; got {type(self.layer).__name__}")
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return self.layer.init(key)
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         y, new_state = self.layer.forward(params, state, x, key=key, train=train)
         if jnp.shape(y) != jnp.shape(x):
             raise ValueError(

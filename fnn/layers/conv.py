@@ -39,6 +39,7 @@ from fnn.checks import check_bool, check_int
 from fnn.layers import window
 from fnn.layers.base import Layer, per_feature
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import Initializer, ModelState, Params
 
 # PyTorch's default for Conv and Linear weights: kaiming_uniform(a=sqrt(5)), i.e. gain^2 =
 # 2 / (1 + 5) = 1/3 and U(-a, a) with a = sqrt(3 * (1/3) / fan_in) = 1 / sqrt(fan_in).
@@ -69,8 +70,8 @@ class _Conv(Layer):
     padding: Any = static_field(default="SAME")
     dilation: Any = static_field(default=1)
     use_bias: bool = static_field(default=True)
-    w_init: Any = static_field(default=TORCH_DEFAULT)
-    b_init: Any = static_field(default=None)
+    w_init: str | Initializer = static_field(default=TORCH_DEFAULT)
+    b_init: str | Initializer | None = static_field(default=None)
 
     def __post_init__(self):
         for name in ("in_channels", "out_channels"):  # NumPy ints as Python ints, as the sizes below
@@ -93,7 +94,7 @@ class _Conv(Layer):
         size = self.kernel_size[0] if self.rank == 1 else self.kernel_size
         return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={size})"
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         w = init_lib.get(self.w_init)(key, (*self.kernel_size, self.in_channels, self.out_channels))
         params = {"w": w}
         if self.use_bias:
@@ -102,8 +103,8 @@ class _Conv(Layer):
         return params, ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         window.check_input(self._name(), x, self.rank, self.in_channels, f"[batch, {self.axes}, {self.in_channels}]")
         x = jnp.asarray(x)
         sizes = x.shape[1:-1]

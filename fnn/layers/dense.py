@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import jax
 from jax.typing import ArrayLike
@@ -12,6 +12,7 @@ from fnn import init as init_lib
 from fnn.checks import check_int
 from fnn.layers.base import Layer, check_features, per_feature
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import Initializer, ModelState, Params
 
 
 @pytree_dataclass
@@ -29,15 +30,15 @@ class Dense(Layer):
     in_features: int = static_field()
     out_features: int = static_field()
     use_bias: bool = static_field(default=True)
-    w_init: Any = static_field(default="glorot_uniform")
-    b_init: Any = static_field(default="zeros")
+    w_init: str | Initializer = static_field(default="glorot_uniform")
+    b_init: str | Initializer = static_field(default="zeros")
 
     def __post_init__(self):
         check_int("in_features", self.in_features)
         check_int("out_features", self.out_features)
         init_lib.get(self.w_init), init_lib.get(self.b_init)
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         w = init_lib.get(self.w_init)(key, (self.in_features, self.out_features))
         params = {"w": w}
         if self.use_bias:
@@ -45,8 +46,8 @@ class Dense(Layer):
         return params, ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         check_features(f"Dense({self.in_features}, {self.out_features})", x, self.in_features)
         y = x @ params["w"]
         if self.use_bias:
@@ -58,15 +59,15 @@ class Dense(Layer):
 class Activation(Layer):
     """Elementwise nonlinearity, by name (``"relu"``) or function; no parameters."""
 
-    fn: Any = static_field(default="relu")
+    fn: str | Callable[..., jax.Array] = static_field(default="relu")
 
     def __post_init__(self):
         activations_lib.get(self.fn)
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return (), ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         return activations_lib.get(self.fn)(x), state

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -11,6 +9,7 @@ from jax.typing import ArrayLike
 from fnn.checks import check_in_range
 from fnn.layers.base import Layer, as_floating
 from fnn.pytree import pytree_dataclass
+from fnn.types import Hyperparameter, ModelState, Params
 
 
 @pytree_dataclass
@@ -25,17 +24,17 @@ class Dropout(Layer):
     kept uint8 200 scaled by 1 / (1 - 0.5) is 400, which uint8 cannot hold.
     """
 
-    rate: Any = 0.5
+    rate: Hyperparameter = 0.5
 
     def __post_init__(self):
         check_in_range("rate", self.rate, 0.0, 1.0, high_open=True)
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return (), ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         x = as_floating(x)
         if not train:
             return x, state  # the identity

@@ -5,21 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
-from jax.typing import ArrayLike
 
 from fnn.layers.base import Layer, Serial
 from fnn.layers.dense import Activation, Dense
 from fnn.layers.dropout import Dropout
 from fnn.layers.norm import BatchNorm
+from fnn.types import Hyperparameter, Initializer
 
 
 def mlp(
     sizes: Sequence[int],
     activation: str | Callable[[jax.Array], jax.Array] = "relu",
     *,
-    dropout: ArrayLike | None = None,
+    dropout: Hyperparameter | None = None,
     batchnorm: bool = False,
-    init: str | Callable[..., jax.Array] = "glorot_uniform",
+    init: str | Initializer = "glorot_uniform",
     output_activation: str | Callable[[jax.Array], jax.Array] | None = None,
 ) -> Serial:
     """Build a multilayer perceptron.

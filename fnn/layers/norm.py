@@ -4,8 +4,6 @@ layer norm. Bool and integer input is normalized in float32
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -13,6 +11,7 @@ from jax.typing import ArrayLike
 from fnn.checks import check_in_range, check_int, check_positive
 from fnn.layers.base import Layer, as_floating, check_features, is_empty, per_feature
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import Hyperparameter, ModelState, Params
 
 
 def _normalize(x, mean, var, eps, params):
@@ -48,21 +47,21 @@ class BatchNorm(Layer):
     """
 
     features: int = static_field()
-    momentum: Any = 0.99
-    eps: Any = 1e-5
+    momentum: Hyperparameter = 0.99
+    eps: Hyperparameter = 1e-5
 
     def __post_init__(self):
         check_int("features", self.features)
         check_in_range("momentum", self.momentum, 0.0, 1.0)
         check_positive("eps", self.eps)
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         stats = {"mean": jnp.zeros((self.features,), jnp.float32), "var": jnp.ones((self.features,), jnp.float32)}
         return _norm_params(self.features), stats
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         check_features(f"BatchNorm({self.features})", x, self.features)
         x = as_floating(x)
         if is_empty(state):
@@ -91,18 +90,18 @@ class LayerNorm(Layer):
     ``y = (x - mean) / sqrt(var + eps) * scale + offset`` per example; same in both modes."""
 
     features: int = static_field()
-    eps: Any = 1e-5
+    eps: Hyperparameter = 1e-5
 
     def __post_init__(self):
         check_int("features", self.features)
         check_positive("eps", self.eps)
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return _norm_params(self.features), ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         check_features(f"LayerNorm({self.features})", x, self.features)
         x = as_floating(x)
         mean = jnp.mean(x, axis=-1, keepdims=True)

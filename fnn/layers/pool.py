@@ -38,6 +38,7 @@ from fnn.checks import check_bool
 from fnn.layers import window
 from fnn.layers.base import Layer, as_floating
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import ModelState, Params
 
 
 def _valid_counts(sizes, kernel, strides, pads, out) -> np.ndarray:
@@ -76,7 +77,7 @@ class _Pool(Layer):
         size = self.window[0] if self.rank == 1 else self.window
         return f"{type(self).__name__}({size})"
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return (), ()
 
     def _views(self, x: ArrayLike, pad_value) -> tuple[list[jax.Array], Any, Any]:
@@ -101,8 +102,8 @@ def _lowest(dtype) -> Any:
 
 class _MaxPool(_Pool):
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         views, _, _ = self._views(x, _lowest(jnp.result_type(x)))
         y = views[0]
         for view in views[1:]:
@@ -119,8 +120,8 @@ class _AvgPool(_Pool):
         object.__setattr__(self, "count_include_pad", check_bool("count_include_pad", self.count_include_pad))
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         views, pads, out = self._views(as_floating(x), 0)
         total = views[0]
         for view in views[1:]:
@@ -241,12 +242,12 @@ class GlobalAvgPool(Layer):
         spatial axis of size 0 (nothing to average).
     """
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return (), ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         shape = jnp.shape(x)
         if len(shape) < 3 or 0 in shape[1:-1]:
             raise ValueError(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ from jax.typing import ArrayLike
 
 from fnn.layers.base import Layer
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.types import ModelState, Params
 
 
 @pytree_dataclass
@@ -25,12 +25,12 @@ class Flatten(Layer):
       ValueError: naming the layer, for an input of rank < 2 (no axis after the batch axis).
     """
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return (), ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         shape = jnp.shape(x)
         if len(shape) < 2:
             raise ValueError(f"Flatten expects input x of shape [batch, ...] (rank >= 2); got shape {shape}")
@@ -62,12 +62,12 @@ class Reshape(Layer):
             raise ValueError(f"shape must be a tuple of ints >= 1 with at most one -1; got {shape!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in shape))
 
-    def init(self, key: ArrayLike) -> tuple[Any, Any]:
+    def init(self, key: ArrayLike) -> tuple[Params, ModelState]:
         return (), ()
 
     def forward(
-        self, params: Any, state: Any, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
-    ) -> tuple[jax.Array, Any]:
+        self, params: Params, state: ModelState, x: ArrayLike, *, key: ArrayLike | None = None, train: bool = False
+    ) -> tuple[jax.Array, ModelState]:
         shape = jnp.shape(x)
         size, known = math.prod(shape[1:]), math.prod(d for d in self.shape if d != -1)
         fits = len(shape) >= 1 and (size % known == 0 if -1 in self.shape else size == known)

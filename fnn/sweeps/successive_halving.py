@@ -39,33 +39,37 @@ from fnn.sweeps.population import Population
 
 @dataclasses.dataclass(frozen=True)
 class Halving:
-    """A successive-halving schedule (see the module docstring); make it with ``halving``."""
+    """A successive-halving schedule for ``fnn.sweep(..., schedule=...)`` (see the module docstring).
 
-    rung_epochs: int
-    eta: int = 3
-    monitor: str | None = None
-
-
-def halving(rung_epochs: int, eta: int = 3, monitor: str | None = None) -> Halving:
-    """A successive-halving schedule for ``fnn.sweep(..., schedule=...)``.
+    fnn's construction convention (docs/architecture.md): the class checks its arguments
+    when built (``__post_init__``) and ``halving`` is the class itself. Every field is
+    structure read on the host, so it is a plain frozen dataclass, not a pytree.
 
     Args:
-      rung_epochs: epochs each rung trains its members (>= 1).
+      rung_epochs: epochs each rung trains its members, an int >= 1.
       eta: after each rung, the best ``⌊members / eta⌋`` (at least one) go on; an int >= 2.
       monitor: the history entry that ranks members (its value at each member's last
         epoch run); default the sweep's ``monitor``: "val_loss" with validation data,
         else "loss"; maximized or minimized as ``fit`` does it
         (``fnn.fit.resolve_monitor``: by the metric's declared direction).
-    Returns:
-      the schedule.
+
     Raises:
-      ValueError: for a bad argument (an unknown ``monitor`` is refused by the sweep,
-        which knows the history's entries).
+      ValueError: for a bad argument, naming it (an unknown ``monitor`` is refused by the
+        sweep, which knows the history's entries).
     """
-    if monitor is not None and not isinstance(monitor, str):
-        raise ValueError(f"monitor must be a history entry's name (a str) or None; got {monitor!r}")
-    eta = check_int("eta", eta, minimum=2)  # eta = 1 would keep every member: no halving
-    return Halving(rung_epochs=check_int("rung_epochs", rung_epochs), eta=eta, monitor=monitor)
+
+    rung_epochs: int
+    eta: int = 3
+    monitor: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "rung_epochs", check_int("rung_epochs", self.rung_epochs))
+        object.__setattr__(self, "eta", check_int("eta", self.eta, minimum=2))  # eta = 1 would keep every member
+        if self.monitor is not None and not isinstance(self.monitor, str):
+            raise ValueError(f"monitor must be a history entry's name (a str) or None; got {self.monitor!r}")
+
+
+halving = Halving  # the public name is the class itself
 
 
 class Rungs(NamedTuple):
