@@ -12,6 +12,7 @@ from fnn import (
     clipping,
     datasets,
     distributed,
+    export,
     init,
     layers,
     losses,
@@ -19,6 +20,8 @@ from fnn import (
     programs,
     schedules,
     sweeps,
+    tensorboard,
+    types,
 )
 from fnn.clipping import clip_by_global_norm, clip_by_value
 from fnn.data import one_hot, prepare_images, standardize, train_test_split
@@ -89,6 +92,7 @@ __all__ = [
     "DivergenceError",
     "Dropout",
     "ensemble",
+    "export",
     "fit",
     "FitResult",
     "Flatten",
@@ -129,8 +133,10 @@ __all__ = [
     "sweep",
     "sweeps",
     "SweepResult",
+    "tensorboard",
     "train_test_split",
     "Trainer",
     "TrainState",
+    "types",
     "weighted_mean",
 ]
