@@ -41,11 +41,12 @@ from fnn import options as options_lib
 from fnn import progress as progress_lib
 from fnn import resume as resume_lib
 from fnn.checks import as_key, check_int, is_concrete
+from fnn.data_checks import as_arrays, check_run_data
 from fnn.distributed import check_batch_divisible
 from fnn.layers import check_params
 from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_names, initial_loop, run_epochs
 from fnn.options import OPTIONS
-from fnn.programs import device_array, jit_program
+from fnn.programs import jit_program
 from fnn.train import Trainer, TrainState
 from fnn.types import ModelState, Params, PRNGKeyLike
 
@@ -223,9 +224,9 @@ def build_run(trainer: Trainer, x: ArrayLike, y: ArrayLike, options: dict[str, A
         raise ValueError(f"trainer must be an fnn.Trainer(model, optimizer, loss); got {type(trainer).__name__}")
     check_batch_divisible(o["batch_size"], o["batch_sharding"])
     every = check_checkpoint_options(o["checkpoint"], o["checkpoint_every"], o["resume"], o["epochs"])
-    x, y, validation = _as_arrays(x, y, o["validation"])
+    x, y, validation = as_arrays(x, y, o["validation"])
     state = _initial_state(trainer, o, abstract)
-    _check_data(trainer, x, y, validation, o["batch_size"], state)
+    check_run_data(trainer.model, trainer.loss, state.params, state.model_state, x, y, validation, o["batch_size"])
     monitor, maximize = resolve_monitor(trainer, o["monitor"], validation is not None)
     settings = Settings(
         batch_size=o["batch_size"],
@@ -279,29 +280,6 @@ def check_checkpoint_options(path, every, resume, epochs: int) -> int:
     return check_int("checkpoint_every", epochs if every is None else every)
 
 
-def _as_arrays(x, y, validation) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """x, y and the validation pair as JAX arrays; a ValueError names what is not an array."""
-    if validation is not None:
-        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
-            raise ValueError(f"validation must be a pair (x_val, y_val) of arrays; got {type(validation).__name__}")
-        validation = tuple(_array(f"validation[{i}]", a) for i, a in enumerate(validation))
-        if any(jnp.ndim(a) < 1 or jnp.shape(a)[0] == 0 for a in validation):
-            raise ValueError(
-                f"validation must hold non-empty arrays [m, ...]; got shapes {[jnp.shape(a) for a in validation]}"
-            )
-    return _array("x", x), _array("y", y), validation
-
-
-def _array(name: str, value) -> jax.Array:
-    try:
-        array = device_array(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be an array (NumPy or JAX); got {type(value).__name__}: {error}") from None
-    if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
-        raise ValueError(f"{name} must be a numeric array; got dtype {array.dtype}")
-    return array
-
-
 def _initial_state(trainer: Trainer, options: dict[str, Any], abstract: bool = False) -> TrainState:
     """The run's first TrainState: the given ``train_state`` (checked), or ``trainer.init``
     from ``key`` (with ``params`` and ``model_state`` if given; only its shapes when ``abstract``)."""
@@ -346,24 +324,6 @@ def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:
             f"one entry per epoch): pass epochs > {int(state.epoch)} to train on"
         )
     return state
-
-
-def _check_data(trainer: Trainer, x, y, validation, batch_size: int, state: TrainState):
-    """Eager checks of the data before anything is compiled; a ValueError names the argument."""
-    trainer.check_data(state.params, state.model_state, x, y)
-    n = jnp.shape(x)[0]
-    if batch_size > n:
-        raise ValueError(
-            f"batch_size must be <= the number of examples ({n}); got {batch_size}: use a smaller batch_size"
-        )
-    if validation is not None:
-        xv, yv = validation
-        if jnp.shape(xv)[1:] != jnp.shape(x)[1:]:
-            raise ValueError(
-                f"validation must be (x_val, y_val) with x_val of shape [m, {', '.join(map(str, jnp.shape(x)[1:]))}]; "
-                f"got x_val {jnp.shape(xv)} and y_val {jnp.shape(yv)}"
-            )
-        trainer.check_data(state.params, state.model_state, xv, yv, names=("validation x", "validation y"))
 
 
 def _execute(run: Run) -> Loop:

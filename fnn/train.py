@@ -35,7 +35,8 @@ from jax.typing import ArrayLike
 
 from fnn import losses as losses_lib
 from fnn.batching import eval_batches
-from fnn.checks import as_key, check_finite, check_int, is_concrete
+from fnn.checks import as_key, check_int, is_concrete
+from fnn.data_checks import check_data
 from fnn.layers import as_model, check_params
 from fnn.pytree import pytree_dataclass, static_field
 from fnn.types import ModelState, OptState, Params, PRNGKeyLike
@@ -202,82 +203,6 @@ class Trainer:
         """The trainer's metrics on one batch: ``{name: scalar}``."""
         return {name: metric(predictions, y, weights) for name, metric in self.metrics}
 
-    def check_data(
-        self,
-        params: Params,
-        model_state: ModelState,
-        x: ArrayLike,
-        y: ArrayLike,
-        *,
-        names: tuple[str, str] = ("x", "y"),
-    ) -> tuple:
-        """Eager checks of a dataset against the model and the loss, before any tracing.
-
-        x must be a non-empty floating array [n, ...] of finite values that the model
-        accepts, giving one output row per example (checked for 1 and 2 examples; x of
-        shape [n] has no feature axis: a model of 1 input takes ``x[:, None]``); y must
-        have n rows of the targets the loss declares (:func:`fnn.losses.check_targets`),
-        and the loss must accept the model's output with them (abstract evaluation:
-        nothing is computed). Value checks are skipped for traced arrays.
-
-        Args:
-          params, model_state: the model's parameters and state (their shapes only).
-          x, y: [n, ...] inputs and targets.
-          names: the names of x and y in messages, e.g. ``("validation x", "validation y")``.
-        Returns:
-          the model's output shape for one example.
-        Raises:
-          ValueError: naming the argument and what was expected.
-        """
-        name_x, name_y = names
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        if jnp.ndim(x) < 1 or jnp.shape(x)[0] == 0:
-            raise ValueError(f"{name_x} must be a non-empty array of examples [n, ...]; got shape {jnp.shape(x)}")
-        if jnp.ndim(y) < 1 or jnp.shape(y)[0] != jnp.shape(x)[0]:
-            raise ValueError(
-                f"{name_x} and {name_y} must have the same number of examples; got {jnp.shape(x)} and {jnp.shape(y)}"
-            )
-        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            raise ValueError(
-                f"{name_x} must be floating point (real, not complex); got dtype {jnp.result_type(x)} "
-                "(scale integer pixels with fnn.prepare_images)"
-            )
-        check_finite(name_x, x)
-        out = self._output(params, model_state, x, name_x)
-        losses_lib.check_targets(self.loss, name_y, y, tuple(out.shape[1:]))
-        try:
-            jax.eval_shape(lambda o, t: self.loss(o, t, None), out, _rows(y, 1))
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"{name_y} of shape {jnp.shape(y)} does not fit the loss for the model's output: {error}"
-            ) from None
-        return tuple(out.shape[1:])
-
-    def _output(self, params: Params, model_state: ModelState, x: jax.Array, name_x: str) -> jax.ShapeDtypeStruct:
-        """The model's output for ``x[:1]`` (abstract), once it is known to map [b, ...] to
-        [b, ...] for b = 1 and 2; a ValueError names ``name_x``, its shape and, for rank 1,
-        the missing feature axis."""
-        hint = (
-            f"; {name_x} has rank 1 (one number per example, no feature axis): a model of 1 input takes "
-            f"{name_x}[:, None], of shape ({jnp.shape(x)[0]}, 1)"
-            if jnp.ndim(x) == 1
-            else ""
-        )
-        apply = lambda rows: jax.eval_shape(  # noqa: E731
-            lambda p, s, xb: self.model.apply(p, xb, state=s), params, model_state, _rows(x, rows)
-        )
-        try:
-            outs = [apply(1), apply(2)]
-        except ValueError as error:
-            raise ValueError(f"{name_x} of shape {jnp.shape(x)} does not fit the model: {error}{hint}") from None
-        one, two = (tuple(out.shape) for out in outs)
-        if one[:1] != (1,) or two != (2, *one[1:]):
-            raise ValueError(
-                f"{name_x} of shape {jnp.shape(x)} does not fit the model: its output must have one row per example "
-                f"([batch, ...]); for 1 and 2 examples it has shapes {one} and {two}{hint}"
-            )
-        return outs[0]
-
     def evaluate(
         self, params: Params, model_state: ModelState, x: ArrayLike, y: ArrayLike, batch_size: int = 1024
     ) -> dict[str, jax.Array]:
@@ -296,7 +221,7 @@ class Trainer:
         batch_size = check_int("batch_size", batch_size)
         x, y = jnp.asarray(x), jnp.asarray(y)
         if is_concrete((x, y)):
-            self.check_data(params, model_state, x, y)
+            check_data(self.model, self.loss, params, model_state, x, y)
         n = x.shape[0]
         indices, weights = eval_batches(n, min(batch_size, n))
 
@@ -310,8 +235,3 @@ class Trainer:
         zeros = {name: jnp.zeros((), jnp.result_type(float)) for name in ("loss", *dict(self.metrics))}
         totals, _ = jax.lax.scan(body, zeros, (indices, weights))
         return jax.tree.map(lambda t: t / n, totals)
-
-
-def _rows(a, rows: int) -> jax.ShapeDtypeStruct:
-    """The shape and dtype of ``rows`` examples of ``a``, for abstract evaluation (no program runs)."""
-    return jax.ShapeDtypeStruct((rows, *jnp.shape(a)[1:]), jnp.result_type(a))

@@ -44,6 +44,7 @@ from jax.typing import ArrayLike
 
 from fnn import losses as losses_lib
 from fnn.checks import check_int
+from fnn.data_checks import check_data
 from fnn.layers import Layer, check_params
 from fnn.layers.base import NoInitializer
 from fnn.programs import device_array, jit_program
@@ -129,7 +130,8 @@ def _score(
     together and alone (NaN scores when none is left)."""
     link = output_link(trainer.loss)
     params, model_state = take(stacked, np.asarray(which))
-    _averaged(trainer, link).check_data(params, model_state, x, y)
+    averaged = _averaged(trainer, link)
+    check_data(averaged.model, averaged.loss, params, model_state, x, y)
     kept = [i for i in which if not diverged[i]]
     names = ["loss", *(name for name, _ in trainer.metrics)]
     row = point | {"members": len(kept), "diverged": len(which) - len(kept)}
