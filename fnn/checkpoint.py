@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import files
+from fnn import files, multihost
 
 MAGIC = b"FNNCKPT\n"
 FORMAT_VERSION = 1
@@ -142,6 +142,10 @@ def _raw(leaf) -> bytes:
 def save(path: str | os.PathLike[str], tree: Any, metadata: dict[str, Any] | None = None) -> None:
     """Write ``tree`` (a pytree of arrays) to ``path`` atomically.
 
+    In a multi-process run every process calls it alike: arrays that span processes are
+    gathered (``fnn.multihost.collect``), process 0 alone writes, and every process waits
+    at a barrier until the file is written (none races ahead of a save).
+
     Args:
       path: destination file; its folder must exist.
       tree: pytree of arrays, scalars or PRNG keys.
@@ -153,7 +157,7 @@ def save(path: str | os.PathLike[str], tree: Any, metadata: dict[str, Any] | Non
       OSError: the write itself failed (the previous checkpoint is left as it was).
     """
     check_destination(path, name="path")
-    leaves, treedef = jax.tree.flatten(tree)
+    leaves, treedef = jax.tree.flatten(multihost.collect(tree))
     leaves = [leaf if _is_key(leaf) else np.asarray(leaf) for leaf in jax.device_get(leaves)]
     metadata = {} if metadata is None else metadata
     header = {"treedef": str(treedef), "leaves": [_entry(leaf) for leaf in leaves], "metadata": metadata}
@@ -161,9 +165,11 @@ def save(path: str | os.PathLike[str], tree: Any, metadata: dict[str, Any] | Non
     if problem:
         raise ValueError(f"cannot save to {path}: {problem}")
     encoded = json.dumps(header).encode()
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(encoded)) + encoded + b"".join(_raw(leaf) for leaf in leaves)
-    _remove_stale_temporaries(path)
-    _write_atomically(path, body + hashlib.sha256(body).digest())
+    with multihost.process_zero_writes("fnn.checkpoint.save") as writing:
+        if writing:
+            body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(encoded)) + encoded + b"".join(_raw(leaf) for leaf in leaves)
+            _remove_stale_temporaries(path)
+            _write_atomically(path, body + hashlib.sha256(body).digest())
 
 
 def _host() -> str:

@@ -58,7 +58,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fnn.checks import check_bool
+from fnn import multihost
+from fnn.checks import check_bool, check_int
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -128,7 +129,7 @@ def warn_unused_cores(where: str, devices: int | Sequence[jax.Device] | None, de
 
     ``depth``: calls between the entry point ``where`` and this one (1: the entry point
     calls it), so that the warning points at the user's line."""
-    if _warned_cores or devices is not None:
+    if _warned_cores or devices is not None or multihost.is_multiprocess():  # processes share the cores
         return
     local = jax.local_devices()
     cores = cpu_cores()
@@ -189,16 +190,22 @@ def member_sharding(devices: int | Sequence[jax.Device] | None, members: int) ->
     """A NamedSharding of a sweep's member axis over ``devices`` (a 1-D mesh "members").
 
     Args:
-      devices: ``None`` for all local devices, an int count (the first that many local
-        devices) or a list of devices. More than ``members`` devices are not used: the
-        mesh takes the first ``members`` of them, so no device computes padding only.
+      devices: ``None`` for every device — of every process in a multi-process run (after
+        ``initialize``), so that each process computes its own share of the members —,
+        an int count (the first that many of ``jax.devices()``) or a list of devices
+        (``jax.local_devices()`` keeps a process's members on its own devices). On one
+        process, more than ``members`` devices are not used: the mesh takes the first
+        ``members`` of them, so no device computes padding only; across processes the
+        mesh keeps every device asked for (each process takes part in every call).
       members: members per chunk (>= 1).
     Returns:
       the sharding, or None when a single device remains (nothing to shard).
     Raises:
       ValueError: naming ``devices`` when more devices are asked for than exist.
     """
-    devices = resolve_devices(devices, jax.local_devices())[: max(int(members), 1)]
+    devices = resolve_devices(devices, jax.devices())
+    if not multihost.is_multiprocess():
+        devices = devices[: max(int(members), 1)]
     if len(devices) <= 1:
         return None
     return _mesh_sharding(devices, "members")
@@ -269,36 +276,47 @@ def _env_int(environ: Mapping[str, str], name: str) -> int:
         raise ValueError(f"environment variable {name} must be an integer; got {text!r}") from None
 
 
-def initialize_from_env(environ: Mapping[str, str] | None = None) -> ProcessInfo:
-    """Join a multi-process run: ``jax.distributed.initialize`` from environment variables.
+HEARTBEAT_TIMEOUT = 30  # seconds: a process that stops answering for this long fails the others
+CLUSTERS = "Slurm, Open MPI, mpi4py, Kubernetes and Cloud TPU"  # what jax.distributed.initialize detects
 
-    Reads ``JAX_COORDINATOR_ADDRESS`` (``host:port`` where process 0 serves the
-    coordinator, e.g. ``10.0.0.1:1234`` or ``127.0.0.1:1234`` for processes on one
-    machine), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (``0 .. num_processes - 1``),
-    checks them and calls ``jax.distributed.initialize`` with them. Call it first thing,
-    before any other JAX computation; every process runs the same script. Afterwards
-    ``jax.devices()`` holds all processes' devices (``data_parallel()`` spans them) and
-    ``jax.local_devices()`` this process's (a sweep shards its members over those).
 
-    When none of the three variables is set, nothing is initialized and the process
-    runs alone: ``ProcessInfo(0, 1)``. The same script then runs on one machine or many.
+def initialize(environ: Mapping[str, str] | None = None, *, heartbeat_timeout: int = HEARTBEAT_TIMEOUT) -> ProcessInfo:
+    """Join a multi-process run (``jax.distributed.initialize``); alone, run alone.
+
+    Call it first thing, before any other JAX computation; every process runs the same
+    script. Where the processes come from:
+
+    - ``JAX_COORDINATOR_ADDRESS`` (``host:port`` where process 0 serves the coordinator,
+      e.g. ``127.0.0.1:1234`` for processes on one machine), ``JAX_NUM_PROCESSES`` and
+      ``JAX_PROCESS_ID`` (``0 .. num_processes - 1``), when set, are checked and passed;
+    - otherwise JAX's own cluster detection decides (Slurm, Open MPI, mpi4py,
+      Kubernetes, Cloud TPU: ``jax.distributed.initialize()`` with no arguments);
+    - with neither, nothing is initialized and the process runs alone.
+
+    Afterwards ``jax.devices()`` holds every process's devices: a sweep, PBT and the LR
+    range test spread their members over all of them, and ``data_parallel()`` spans them.
+
+    Faults: each process sends heartbeats to the coordinator; when one stops (killed,
+    crashed, its machine lost) for ``heartbeat_timeout`` seconds, JAX ends the others with
+    an error that says so, rather than leaving them waiting on a collective forever.
 
     Args:
       environ: the environment to read (default ``os.environ``).
+      heartbeat_timeout: seconds without a heartbeat before a process counts as dead (>= 1).
     Returns:
-      ``ProcessInfo(index, count)``, as passed to ``jax.distributed.initialize`` (equal to
-      ``jax.process_index()`` and ``jax.process_count()`` afterwards).
+      ``ProcessInfo(index, count)`` (``jax.process_index()``, ``jax.process_count()``).
     Raises:
       ValueError: naming the variable that is missing (when another one is set), not an
         integer, or out of range (``num_processes < 1``, ``process_id`` outside
-        ``[0, num_processes)``, an address without a port).
+        ``[0, num_processes)``, an address without a port); a bad ``heartbeat_timeout``.
       RuntimeError: from JAX when it was already initialized or JAX already ran.
     """
     environ = os.environ if environ is None else environ
+    heartbeat_timeout = check_int("heartbeat_timeout", heartbeat_timeout)
     names = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
     present = [name for name in names if environ.get(name, "").strip()]
     if not present:
-        return ProcessInfo(0, 1)
+        return _initialize_detected(heartbeat_timeout)
     for name in names:
         if name not in present:
             raise ValueError(
@@ -319,8 +337,24 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> ProcessInfo
         raise ValueError(
             f"environment variable {ENV_PROCESS_ID} must lie in [0, {count}) ({ENV_NUM_PROCESSES}={count}); got {index}"
         )
-    jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
+    jax.distributed.initialize(
+        coordinator_address=address, num_processes=count, process_id=index, heartbeat_timeout_seconds=heartbeat_timeout
+    )
     return ProcessInfo(index, count)
+
+
+def _initialize_detected(heartbeat_timeout: int) -> ProcessInfo:
+    """``jax.distributed.initialize()`` by JAX's cluster detection; alone where it finds no cluster."""
+    try:
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout)
+    except ValueError as error:  # JAX found no cluster to take the coordinator's address from
+        if "coordinator_address" not in str(error):
+            raise
+        return ProcessInfo(0, 1)
+    return ProcessInfo(jax.process_index(), jax.process_count())
+
+
+initialize_from_env = initialize  # the earlier name, kept for existing scripts
 
 
 def process_shard(

@@ -12,6 +12,7 @@ carries its traceback, a passed one what it measured (largest differences seen).
 """
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -28,7 +29,7 @@ from fnn.distributed import (
     UnusedCoresWarning,
     check_batch_divisible,
     data_parallel,
-    initialize_from_env,
+    initialize,
     member_sharding,
     shard_for_process,
     use_cpu_cores,
@@ -140,7 +141,7 @@ def halving_and_compaction_sharded():
     sharded = fnn.sweep(config, x, y, grid=grid, schedule=halving, **options)
     single = fnn.sweep(config, x, y, grid=grid, schedule=halving, devices=1, **options)
     assert sharded.rung.tolist() == single.rung.tolist() and sharded.rung.max() == 2, sharded.rung
-    stopping = options | dict(epochs=6, patience=1, tol=0.2)  # the slow learners stop early
+    stopping = options | dict(epochs=5, patience=1, tol=0.2)  # the slow learners stop early
     compact = fnn.sweep(config, x, y, grid=grid, compact_every=1, **stopping)
     whole = fnn.sweep(config, x, y, grid=grid, devices=1, **stopping)
     stops = local(whole.results.stop_epoch)
@@ -249,6 +250,104 @@ def data_parallel_fit_over_processes(info):
     return {"numbers": numbers(parallel)}
 
 
+# ---------------------------------------------------------------------------- members over every process
+
+
+GRID = {"lr": [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2, 2e-2, 3e-2]}
+SWEEP = dict(epochs=3, batch_size=48, grid=GRID)  # one set of options: the sweeps share compiled programs
+EVERY_RUN = ("sweep", "chunked", "halving", "compaction", "pbt", "lr_range")
+
+
+def member_runs(devices=None, names=EVERY_RUN) -> dict:
+    """Member-running entry points on ``devices`` (default every process's), as
+    ``{name: summary}`` (see :func:`summary`): a sweep of 8 members, the same in chunks of
+    3 (3 calls, the last padded), successive halving (rungs of 8, 2 and 1), compaction
+    with early stopping, PBT (4 members, exploiting across processes) and the LR range
+    test. The test compares each process's summaries with one run on one device."""
+    x, y = digits()
+    options = SWEEP | dict(validation=(x[:96], y[:96]), devices=devices)
+    calls = {
+        "sweep": lambda: fnn.sweep(config, x, y, **options),
+        "chunked": lambda: fnn.sweep(config, x, y, chunk_size=3, **options),
+        "halving": lambda: fnn.sweep(config, x, y, schedule=fnn.halving(rung_epochs=1, eta=4), **options),
+        "compaction": lambda: fnn.sweep(config, x, y, compact_every=1, patience=1, tol=0.2, **options),
+        "pbt": lambda: fnn.pbt(
+            config,
+            x,
+            y,
+            population={"lr": GRID["lr"][2:6]},
+            interval=1,
+            hyperparameters=["lr"],
+            **{k: v for k, v in options.items() if k != "grid"},
+        ),
+        "lr_range": lambda: fnn.lr_range(
+            config, x, y, lrs=np.logspace(-4, -1, 6), steps=7, batch_size=48, devices=devices
+        ),
+    }
+    return {name: summary(calls[name]()) for name in names}
+
+
+def summary(run) -> dict:
+    """What a sweep or PBT run computed, as JSON-ready lists: every member's final params
+    and histories, stop and best epochs, and the rungs (halving) or parents (PBT). Asserts
+    that the whole result is on this process."""
+    if isinstance(run, fnn.LRRangeResult):
+        return {"losses": run.losses.tolist()}
+    results = run.results
+    assert all(not isinstance(leaf, jax.Array) or leaf.is_fully_addressable for leaf in jax.tree.leaves(results))
+    out = {
+        "params": [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(results.train_state.params)],
+        "history": {k: np.nan_to_num(np.asarray(v), nan=-1.0).tolist() for k, v in results.history.items()},
+        "stop_epoch": np.asarray(results.stop_epoch).tolist(),
+        "best_epoch": np.asarray(results.best_epoch).tolist(),
+    }
+    extra = {"rung": getattr(run, "rung", None), "parents": getattr(run, "parents", None)}
+    return out | {k: np.asarray(v).tolist() for k, v in extra.items() if v is not None}
+
+
+def members_over_processes(info, names=EVERY_RUN):
+    """Member-running entry points over every process's devices: each process's summaries
+    (the test compares them with one device's)."""
+    sharding = member_sharding(None, 8)
+    processes = sorted({d.process_index for d in sharding.device_set})
+    assert processes == list(range(info.count)), (processes, info)  # the mesh spans every process
+    return {"runs": member_runs(names=names)}
+
+
+def members_over_more_processes(info):
+    """A sweep, halving and PBT (the rest runs in the 2-process run)."""
+    return members_over_processes(info, ("sweep", "halving", "pbt"))
+
+
+def different_data_refused(info):
+    """A process that passes other data than process 0's is refused, on every process."""
+    x, y = digits()
+    mine = x if info.index == 0 else x + np.float32(1.0)
+    try:
+        fnn.sweep(config, mine, y, seeds=2, **SWEEP)
+    except ValueError as error:
+        assert "differ between processes" in str(error) and "[1]" in str(error), error
+    else:
+        raise AssertionError("a sweep whose processes passed different data was accepted")
+
+
+def checkpoints_from_process_zero(info):
+    """A sweep and a data-parallel fit save their checkpoints (process 0 writes, the others
+    wait at a barrier); a resume on every process reads them back to the same results."""
+    x, y = digits()
+    folder = os.environ["FNN_TEST_SHARED_DIR"]
+    path = os.path.join(folder, "sweep.ckpt")
+    kwargs = SWEEP | dict(validation=(x[:96], y[:96]), checkpoint=path)
+    first = fnn.sweep(config, x, y, **kwargs)
+    again = fnn.sweep(config, x, y, resume=True, **kwargs)
+    assert again.calls == first.calls, (again.calls, first.calls)  # nothing ran again
+    fit_path = os.path.join(folder, "fit.ckpt")
+    options = OPTIONS | dict(key=0, batch_sharding=data_parallel(), checkpoint=fit_path)
+    fitted = fnn.fit(config(), x, y, checkpoint_every=1, **options)
+    resumed = fnn.fit(config(), x, y, resume=True, **options)
+    return {"sweep": compare(again.results, first.results), "fit": compare(resumed, fitted)}
+
+
 CHECKS = {
     "devices": [
         sweep_parallel,
@@ -259,15 +358,25 @@ CHECKS = {
         fit_checks_batch_divisible,
         forced_count_kept,
     ],
-    "processes": [processes_initialized, allgather_shards, global_mesh_sum, data_parallel_fit_over_processes],
+    "processes": [
+        processes_initialized,
+        allgather_shards,
+        global_mesh_sum,
+        data_parallel_fit_over_processes,
+        members_over_processes,
+        different_data_refused,
+        checkpoints_from_process_zero,
+    ],
+    "processes4": [members_over_more_processes],  # 4 processes, 1 device each
+    "processes2x2": [members_over_more_processes],  # 2 processes, 2 devices each
     "cores": [three_devices, sweep_on_every_core, late_call_refused],
 }
 
 
 def main(mode: str):
     args = ()
-    if mode == "processes":
-        args = (initialize_from_env(),)  # before any computation
+    if mode.startswith("processes"):
+        args = (initialize(),)  # before any computation
     if mode == "cores":
         args = (use_cpu_cores(3),)
     if mode == "devices":

@@ -23,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import _multidevice_checks as checks
 import jax
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ from fnn.distributed import (
     UnusedCoresWarning,
     check_batch_divisible,
     data_parallel,
-    initialize_from_env,
+    initialize,
     member_sharding,
     process_shard,
     shard_for_process,
@@ -62,20 +63,21 @@ def _free_port() -> int:
 
 
 class Launched:
-    """Subprocesses running ``_multidevice_checks.py``; ``reports(i)`` waits for one."""
+    """Subprocesses running ``_multidevice_checks.py``; ``reports(i)`` waits for one.
 
-    def __init__(self, runs: list[tuple[str, dict]]):
-        self.runs = [
-            subprocess.Popen(
-                [sys.executable, str(CHECKS), mode],
-                cwd=ROOT,
-                env=_environment(**env),
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            for mode, env in runs
-        ]
+    Their output goes to files, not pipes: a process of a multi-process run whose pipe
+    filled up, unread while the test waits on another, would block its partners in their
+    next collective."""
+
+    def __init__(self, runs: list[tuple[str, dict]], folder: Path):
+        self.outputs = [(folder / f"run{i}.out", folder / f"run{i}.err") for i in range(len(runs))]
+        self.runs = []
+        for (mode, env), (out, err) in zip(runs, self.outputs, strict=True):
+            with open(out, "w") as stdout, open(err, "w") as stderr:
+                command = [sys.executable, str(CHECKS), mode]
+                self.runs.append(
+                    subprocess.Popen(command, cwd=ROOT, env=_environment(**env), stdout=stdout, stderr=stderr)
+                )
         self.done: dict = {}
 
     def reports(self, i: int) -> dict:
@@ -83,14 +85,16 @@ class Launched:
         if i not in self.done:
             process = self.runs[i]
             try:
-                out, err = process.communicate(timeout=TIMEOUT)
+                process.wait(timeout=TIMEOUT)
             except subprocess.TimeoutExpired:
                 process.kill()
-                out, err = process.communicate()
-                pytest.fail(f"{process.args} did not finish in {TIMEOUT} s\n{out}\n{err[-3000:]}")
+                process.wait()
+            out, err = (path.read_text() for path in self.outputs[i])
+            if process.returncode is None or process.returncode < 0:
+                pytest.fail(f"{process.args} did not finish in {TIMEOUT} s\n{out[-3000:]}\n{err[-3000:]}")
             reports = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
             if process.returncode != 0 or not reports:
-                pytest.fail(f"{process.args} exited with {process.returncode}\n{out}\n{err[-3000:]}")
+                pytest.fail(f"{process.args} exited with {process.returncode}\n{out[-3000:]}\n{err[-3000:]}")
             self.done[i] = {r["check"]: r for r in reports}
         return self.done[i]
 
@@ -99,22 +103,47 @@ class Launched:
             if process.poll() is None:
                 process.kill()
             process.wait()
-            process.stdout.close()  # also those of runs no test read (an unclosed pipe is a
-            process.stderr.close()  # ResourceWarning, an error here, when collected)
+
+
+def _processes(mode: str, count: int, shared_dir, devices: int = 1) -> list[tuple[str, dict]]:
+    """The ``count`` processes of one multi-process run of ``mode`` over loopback."""
+    port = _free_port()
+    flags = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} if devices > 1 else {}
+    return [
+        (
+            mode,
+            {
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": str(count),
+                "JAX_PROCESS_ID": str(i),
+                "FNN_TEST_SHARED_DIR": str(shared_dir),
+            }
+            | flags,
+        )
+        for i in range(count)
+    ]
+
+
+# the runs launched together, by index: 0 four devices, 1-2 two processes, 3 three cores,
+# 4-7 four processes of one device, 8-9 two processes of two devices
+RUNS = {"devices": [0], "processes": [1, 2], "cores": [3], "processes4": [4, 5, 6, 7], "processes2x2": [8, 9]}
 
 
 @pytest.fixture(scope="module")
-def launched():
-    """One 4-device run, two processes of a 2-process run and a 3-core run, started together."""
-    port = _free_port()
-    processes = [
-        (
-            "processes",
-            {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
-        )
-        for i in range(2)
-    ]
-    runs = Launched([("devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}), *processes, ("cores", {})])
+def launched(tmp_path_factory):
+    """One 4-device run, a 2-process run, a 3-core run, a 4-process run and a run of 2
+    processes of 2 devices, started together (see ``RUNS``)."""
+    shared = tmp_path_factory.mktemp("processes")
+    runs = Launched(
+        [
+            ("devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
+            *_processes("processes", 2, shared),
+            ("cores", {}),
+            *_processes("processes4", 4, shared),
+            *_processes("processes2x2", 2, shared, devices=2),
+        ],
+        tmp_path_factory.mktemp("outputs"),
+    )
     yield runs
     runs.close()
 
@@ -140,17 +169,25 @@ def assert_passed(report: dict):
 def test_on_four_devices(launched, check):
     """sweep_parallel: members 2 per device, allclose(rtol 1e-5, atol 1e-6) to one device;
     data_parallel_fit: the same tolerance to one-device fit; too_many_devices: errors."""
-    assert_passed(launched.reports(0)[check])
+    assert_passed(launched.reports(RUNS["devices"][0])[check])
 
 
 # ---------------------------------------------------------------------------- 2 processes
 
 
 @pytest.mark.parametrize(
-    "check", ["processes_initialized", "allgather_shards", "global_mesh_sum", "data_parallel_fit_over_processes"]
+    "check",
+    [
+        "processes_initialized",
+        "allgather_shards",
+        "global_mesh_sum",
+        "data_parallel_fit_over_processes",
+        "different_data_refused",
+        "checkpoints_from_process_zero",
+    ],
 )
 def test_two_processes_over_loopback(launched, check):
-    reports = [launched.reports(i)[check] for i in (1, 2)]
+    reports = [launched.reports(i)[check] for i in RUNS["processes"]]
     for report in reports:
         assert_passed(report)
     if check == "processes_initialized":
@@ -158,12 +195,41 @@ def test_two_processes_over_loopback(launched, check):
     if check == "allgather_shards":
         assert reports[0]["shard_sizes"] == [6, 5]  # 11 examples: the first process gets the extra one
     if check == "data_parallel_fit_over_processes":  # == fit on one device (run by the 4-device check)
-        reference = launched.reports(0)["data_parallel_fit"].get("reference")
+        reference = launched.reports(RUNS["devices"][0])["data_parallel_fit"].get("reference")
         if reference is None:
             pytest.fail("the one-device reference comes from the 4-device data_parallel_fit check, which failed")
         for report in reports:
             for a, b in zip(report["numbers"], reference, strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def one_device_runs():
+    """``member_runs`` on one device of this process: the one-process results."""
+    return checks.member_runs(devices=1)
+
+
+@pytest.mark.parametrize("mode", ["processes", "processes4", "processes2x2"])
+def test_members_over_processes_equal_one_process(launched, one_device_runs, mode):
+    """A sweep, a chunked sweep, halving, compaction, PBT and the LR range test over 2
+    processes, and a sweep, halving and PBT over 4 processes and over 2 processes of 2
+    devices: every process holds the whole result, equal to one device's (rtol 1e-5; stop
+    and best epochs, rungs and PBT's parents exact)."""
+    check = "members_over_processes" if mode == "processes" else "members_over_more_processes"
+    for i in RUNS[mode]:
+        report = launched.reports(i)[check]
+        assert_passed(report)
+        for name, got in report["runs"].items():
+            expected = one_device_runs[name]
+            for key in ("stop_epoch", "best_epoch", "rung", "parents"):
+                assert got.get(key) == expected.get(key), (mode, i, name, key)
+            for key in ("params", "losses"):
+                for a, b in zip(got.get(key, []), expected.get(key, []), strict=True):
+                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{mode} {i} {name} {key}")
+            for entry, values in expected.get("history", {}).items():
+                np.testing.assert_allclose(
+                    got["history"][entry], values, rtol=1e-5, atol=1e-6, err_msg=f"{name} {entry}"
+                )
 
 
 # ---------------------------------------------------------------------------- every core
@@ -174,9 +240,9 @@ def test_use_cpu_cores(launched, check):
     """three_devices: use_cpu_cores(3) gives 3 (and use_cpu_cores() keeps a forced XLA_FLAGS
     count, in the 4-device run); sweep_on_every_core: a 3-device sweep, no warning, equal
     to one device; late_call_refused: another count after the start is an error."""
-    assert_passed(launched.reports(3)[check])
+    assert_passed(launched.reports(RUNS["cores"][0])[check])
     if check == "three_devices":
-        assert_passed(launched.reports(0)["forced_count_kept"])
+        assert_passed(launched.reports(RUNS["devices"][0])["forced_count_kept"])
 
 
 @pytest.fixture
@@ -274,18 +340,39 @@ def multihost_env(address="10.0.0.1:1234", count="4", index="3"):
     return {k: v for k, v in values.items() if v is not None}
 
 
-def test_initialize_from_env_passes_the_variables_to_jax(initialize_calls, monkeypatch):
-    assert initialize_from_env(multihost_env(count=" 4 ")) == ProcessInfo(3, 4)
-    assert initialize_calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3)]
+def test_initialize_passes_the_variables_to_jax(initialize_calls, monkeypatch):
+    assert initialize(multihost_env(count=" 4 ")) == ProcessInfo(3, 4)
+    heartbeat = dict(heartbeat_timeout_seconds=distributed.HEARTBEAT_TIMEOUT)
+    assert initialize_calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3) | heartbeat]
     for name, value in multihost_env(address="127.0.0.1:5555", count="2", index="0").items():
         monkeypatch.setenv(name, value)
-    assert initialize_from_env() == (0, 2)  # os.environ by default
-    assert initialize_calls[-1] == dict(coordinator_address="127.0.0.1:5555", num_processes=2, process_id=0)
+    assert initialize(heartbeat_timeout=5) == (0, 2)  # os.environ by default
+    assert initialize_calls[-1] == dict(
+        coordinator_address="127.0.0.1:5555", num_processes=2, process_id=0, heartbeat_timeout_seconds=5
+    )
+    assert distributed.initialize_from_env is initialize  # the earlier name
 
 
-def test_initialize_from_env_without_variables_runs_alone(initialize_calls):
-    assert initialize_from_env({}) == ProcessInfo(0, 1) and initialize_calls == []
-    assert initialize_from_env({"JAX_NUM_PROCESSES": " "}) == (0, 1)
+def test_initialize_without_variables_defers_to_jax_cluster_detection(initialize_calls):
+    """No variables: jax.distributed.initialize() with no address detects Slurm, Open MPI,
+    Kubernetes, ... (here the fake detects a one-process cluster)."""
+    assert initialize({}) == ProcessInfo(0, 1)
+    assert initialize({"JAX_NUM_PROCESSES": " "}) == (0, 1)
+    assert initialize_calls == [dict(heartbeat_timeout_seconds=distributed.HEARTBEAT_TIMEOUT)] * 2
+
+
+def test_initialize_where_jax_detects_no_cluster_runs_alone(monkeypatch):
+    def no_cluster(**kwargs):
+        raise ValueError("coordinator_address should be defined.")  # JAX's words when it detects nothing
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    assert initialize({}) == ProcessInfo(0, 1)
+
+
+def test_initialize_names_a_bad_heartbeat_timeout(initialize_calls):
+    with pytest.raises(ValueError, match="heartbeat_timeout must be >= 1"):
+        initialize({}, heartbeat_timeout=0)
+    assert initialize_calls == []
 
 
 @pytest.mark.parametrize(
@@ -304,9 +391,9 @@ def test_initialize_from_env_without_variables_runs_alone(initialize_calls):
         (multihost_env(address="host:99999"), "JAX_COORDINATOR_ADDRESS must be host:port"),
     ],
 )
-def test_initialize_from_env_names_the_bad_variable(initialize_calls, variables, match):
+def test_initialize_names_the_bad_variable(initialize_calls, variables, match):
     with pytest.raises(ValueError, match=match):
-        initialize_from_env(variables)
+        initialize(variables)
     assert initialize_calls == []
 
 

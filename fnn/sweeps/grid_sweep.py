@@ -44,6 +44,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from fnn import memory as memory_lib
+from fnn import multihost
 from fnn import options as options_lib
 from fnn import progress as progress_lib
 from fnn.checks import check_bool, check_int, check_whole
@@ -256,7 +257,8 @@ def check_members(
 ) -> Trainer:
     """Everything ``fit`` checks, for every member of ``table``, with concrete values:
     the configuration at every grid point (``check_configurations``) and the data and
-    options (``fnn.fit.check_fit``); per-run options are refused. Then warns (once) when
+    options (``fnn.fit.check_fit``); per-run options are refused; in a multi-process run,
+    data that differs between processes is refused. Then warns (once) when
     ``entry`` leaves cores unused (``depth``: calls from ``entry`` down to this one).
 
     Returns:
@@ -269,6 +271,7 @@ def check_members(
             raise ValueError(f"{name}= is not a sweep option: members take their keys from seeds")
     trainer = check_configurations(config, table)
     check_fit(trainer, x, y, key=table["seed"][0], **fit_kwargs)  # an int seed, or raw key data
+    multihost.check_same_data((x, y, fit_kwargs.get("validation")), "x, y and validation")
     warn_unused_cores(entry, devices, depth=depth)
     return trainer
 

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import multihost
 from fnn import progress as progress_lib
 from fnn.distributed import member_sharding
 from fnn.fit import plan
@@ -122,9 +123,10 @@ class Pending(NamedTuple):
 
 def place(members: dict, sharding) -> dict:
     """A member table as arrays (hyperparameters float; seeds int32, or uint32 raw key
-    data [m, 2] as the LR range test gives every member one key), sharded if asked."""
+    data [m, 2] as the LR range test gives every member one key), sharded if asked (over
+    every process's devices: ``fnn.multihost.distribute``)."""
     members = {k: host_array(v, _seed_dtype(v) if k == "seed" else float) for k, v in members.items()}
-    return jax.device_put(members, sharding)
+    return jax.device_put(members) if sharding is None else multihost.distribute(members, sharding)
 
 
 def _seed_dtype(seeds: np.ndarray):
@@ -169,7 +171,8 @@ class Population:
         self._multiple = sharding.num_devices if sharding is not None else 1
         self._devices = devices
         self.buckets = buckets(min(chunk, self.size), self._multiple)
-        self._program = functools.partial(advance, config, options, x, y, arrays)
+        self._program = functools.partial(advance, config, options)
+        self._data = (x, y, arrays)
         self.member_epochs = 0  # the compute spent: per call, its padded members x the epochs its loop ran
         self.calls = 0
         self.pending: Pending | None = None  # the call in progress, while its pieces run
@@ -214,7 +217,7 @@ class Population:
         if whole:
             self.loops = part
             return
-        device = jax.devices()[0]
+        device = jax.local_devices()[0]
         if self.loops is None:
             self.loops = jax.device_put(zeros(self.carry_shapes(self.size)), device)
         self.loops = _put(jax.device_put(self.loops, device), piece, jax.device_put(part, device))
@@ -226,7 +229,7 @@ class Population:
             k: jax.ShapeDtypeStruct((members, *np.shape(v)[1:]), _seed_dtype(v) if k == "seed" else float_dtype)
             for k, v in self.table.items()
         }
-        return jax.eval_shape(self._program, table, None, np.int32(1))
+        return jax.eval_shape(self._program, *self._data, table, None, np.int32(1))
 
     def _run_piece(self, piece: np.ndarray, end: int, compact: bool, label: str, first: bool) -> Loop:
         """One compiled call: ``piece``'s members padded to a bucket (from scratch in the
@@ -235,12 +238,11 @@ class Population:
         padded = np.concatenate([piece, np.repeat(piece[-1:], size - piece.size)])
         sharding = member_sharding(self._devices, size)
         members = place({k: v[padded] for k, v in self.table.items()}, sharding)
-        loops = None if first else take(self.loops, padded)
-        if loops is not None and sharding is not None:
-            loops = jax.device_put(loops, sharding)
+        loops = None if first else multihost.distribute(take(self.loops, padded), sharding)
+        data = multihost.shared(self._data, sharding)
         if self.progress:
             progress_lib.start(members=piece.size, label=label, restart_clock=False)
-        new = self._program(members, loops, np.int32(end))
+        new = multihost.collect(self._program(*data, members, loops, np.int32(end)))  # whole on every process
         if self.progress:
             jax.block_until_ready(new)  # its lines before the next call's
         new = take(new, np.arange(piece.size)) if size > piece.size else new

@@ -32,6 +32,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from fnn import checkpoint as checkpoint_lib
+from fnn import multihost
 from fnn.checks import as_key, check_bool, check_int, check_number
 from fnn.distributed import member_sharding, resolve_devices
 from fnn.fit import check_checkpoint_options, resolve_monitor
@@ -193,10 +194,8 @@ def pbt(
     resume = check_bool("resume", resume)
     options, arrays = split_options(fit_kwargs)
     sharding = member_sharding(_dividing(devices, size), size)
-    run = functools.partial(
-        _program, config, options, spec, device_array(x), device_array(y), arrays, place(table, sharding)
-    )
-    key = as_key(key)
+    *data, key = multihost.shared((device_array(x), device_array(y), arrays, as_key(key)), sharding)
+    run = functools.partial(_program, config, options, spec, *data, place(table, sharding))
     carry, records, done = None, None, 0
     with reporting(fit_kwargs):
         if checkpoint is not None:
@@ -211,7 +210,7 @@ def pbt(
         while done < intervals:
             count = min(per_call, intervals - done)
             carry, record = run(carry, key, host_array(done, int), count)  # the default int, as i
-            records, done = _joined(records, jax.device_get(record)), done + count
+            records, done = _joined(records, jax.device_get(multihost.collect(record))), done + count
             if checkpoint is not None:
                 sweep_resume.save(checkpoint, {"carry": carry, "records": records}, description, {"done": done})
     trajectory, parents, scores = cast(tuple, records)
@@ -219,7 +218,7 @@ def pbt(
         hyperparameters=trajectory | {"seed": table["seed"]},
         parents=parents,
         scores=scores,
-        results=jax.device_get(cast(tuple, carry)[0].result),
+        results=jax.device_get(multihost.collect(cast(tuple, carry)[0].result)),
         monitor=monitor,
         maximize=maximize,
     )
@@ -238,7 +237,7 @@ def _restore(path, description: dict, shapes, sharding):
     carry, record = shapes
     records = jax.tree.map(lambda r: np.zeros((done, *r.shape[1:]), r.dtype), record)
     tree = checkpoint_lib.restore(path, {"carry": zeros(carry), "records": records})
-    carry = tree["carry"] if sharding is None else jax.device_put(tree["carry"], sharding)
+    carry = multihost.distribute(tree["carry"], sharding)
     return carry, jax.device_get(tree["records"]), done
 
 
@@ -437,6 +436,19 @@ def _reach(starts: np.ndarray, perturb: tuple[float, ...], explores: int, bounds
 
 
 def _dividing(devices, size: int):
-    """The first ``k`` of ``devices`` for the largest ``k`` that divides ``size``."""
-    available = resolve_devices(devices, jax.local_devices())
-    return next(available[:k] for k in range(len(available), 0, -1) if size % k == 0)
+    """The first ``k`` of ``devices`` (default every process's) for the largest ``k`` that
+    divides ``size``.
+
+    Raises:
+      ValueError: in a multi-process run, when those devices leave a process out (each
+        process takes part in every call): the population must divide evenly over them.
+    """
+    available = resolve_devices(devices, jax.devices())
+    chosen = next(available[:k] for k in range(len(available), 0, -1) if size % k == 0)
+    left_out = sorted({d.process_index for d in available} - {d.process_index for d in chosen})
+    if left_out:
+        raise ValueError(
+            f"population of {size} members does not divide over the {len(available)} devices of every process "
+            f"(process(es) {left_out} would get none): use a multiple of {len(available)} members, or devices="
+        )
+    return chosen
