@@ -717,10 +717,13 @@ class Run(Timer):
 
 
 def use_cores(n: int | None) -> None:
-    """``fnn.distributed.use_cpu_cores(n)``; where ``n`` is not given and JAX already runs in
-    this process (``main`` called from Python, e.g. by the tests), its devices are kept."""
+    """``fnn.distributed.use_cpu_cores(n)``, then ``fnn.distributed.initialize()`` (a
+    multi-process run where one is set up: the sweeps then span every process); where ``n``
+    is not given and JAX already runs in this process (``main`` called from Python, e.g. by
+    the tests), its devices are kept."""
     try:
         fnn.distributed.use_cpu_cores(n)
+        fnn.distributed.initialize()
     except RuntimeError:
         if n is not None:
             raise
@@ -807,7 +810,9 @@ def write_results(
         **extra,
     }
     path = out / f"{name}.json"
-    path.write_text(json.dumps(_plain(payload), indent=2) + "\n")
+    with fnn.multihost.process_zero_writes(f"results {name}") as writing:  # one writer in a multi-process run
+        if writing:
+            path.write_text(json.dumps(_plain(payload), indent=2) + "\n")
     return path
 
 
@@ -861,7 +866,9 @@ def save_figure(fig, out: Path, name: str) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with fnn.multihost.process_zero_writes(f"figure {name}") as writing:  # one writer in a multi-process run
+        if writing:
+            fig.savefig(path, dpi=100, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

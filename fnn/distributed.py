@@ -33,14 +33,17 @@ home-made protocol):
 
    ``batch_size`` must be a multiple of the number of devices (``check_batch_divisible``).
 
-3. **Multi-host** (``initialize_from_env``, ``process_shard``). Start one process per
-   host with ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0),
-   ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set; call ``initialize_from_env()``
-   before any other JAX call; then ``jax.devices()`` lists every process's devices and
-   ``process_shard`` tells each process which contiguous part of the data is its own::
+3. **Many processes** (``initialize``, ``process_shard``). Every process runs the same
+   script and calls ``initialize()`` before any other JAX call (the explicit
+   ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``, else JAX's
+   cluster detection: Slurm, Open MPI, Kubernetes, Cloud TPU); then ``jax.devices()``
+   lists every process's devices, a sweep's members spread over all of them (each
+   process trains its share; ``fnn.multihost`` gathers the results back to every
+   process), and ``process_shard`` tells each process which contiguous part of the data
+   is its own for data-parallel work::
 
-       index, count = fnn.distributed.initialize_from_env()
-       x_mine, y_mine = fnn.distributed.shard_for_process((x, y))
+       index, count = fnn.distributed.initialize()
+       table = fnn.sweep(config, x, y, seeds=1000, ...)   # every process: the whole table
 
 Fake devices for testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
 (or ``jax.config.update("jax_num_cpu_devices", 4)``) before JAX starts.
@@ -220,7 +223,7 @@ def data_parallel(devices: int | Sequence[jax.Device] | None = None) -> NamedSha
     devices with an all-reduce. ``batch_size`` must be a multiple of the device count.
 
     Args:
-      devices: ``None`` for all devices (every process's, after ``initialize_from_env``),
+      devices: ``None`` for all devices (every process's, after ``initialize``),
         an int count (the first that many) or a list of devices.
     Returns:
       ``NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))``.

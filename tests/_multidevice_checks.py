@@ -348,6 +348,25 @@ def checkpoints_from_process_zero(info):
     return {"sweep": compare(again.results, first.results), "fit": compare(resumed, fitted)}
 
 
+FAULT_EPOCHS = 60  # 60 compiled calls of one epoch, a save after each: time to kill a process mid-sweep
+
+
+def fault_reference() -> dict:
+    """``sweep_with_checkpoints``'s sweep on one device, uninterrupted, without saving."""
+    x, y = digits()
+    options = SWEEP | dict(epochs=FAULT_EPOCHS, validation=(x[:96], y[:96]), devices=1)
+    return summary(fnn.sweep(config, x, y, **options))
+
+
+def sweep_with_checkpoints(info):
+    """A sweep saving after every epoch, resumed from its checkpoint when one exists: the
+    test kills one process mid-sweep, then starts both again."""
+    x, y = digits()
+    path = os.path.join(os.environ["FNN_TEST_SHARED_DIR"], "killed.ckpt")
+    options = SWEEP | dict(epochs=FAULT_EPOCHS, validation=(x[:96], y[:96]), checkpoint=path, checkpoint_every=1)
+    return {"runs": {"sweep": summary(fnn.sweep(config, x, y, resume=True, **options))}}
+
+
 CHECKS = {
     "devices": [
         sweep_parallel,
@@ -369,14 +388,17 @@ CHECKS = {
     ],
     "processes4": [members_over_more_processes],  # 4 processes, 1 device each
     "processes2x2": [members_over_more_processes],  # 2 processes, 2 devices each
+    "fault": [sweep_with_checkpoints],  # 2 processes, one killed by the test
     "cores": [three_devices, sweep_on_every_core, late_call_refused],
 }
 
 
 def main(mode: str):
     args = ()
-    if mode.startswith("processes"):
-        args = (initialize(),)  # before any computation
+    if mode.startswith("processes") or mode == "fault":
+        args = (
+            initialize(heartbeat_timeout=int(os.environ.get("FNN_TEST_HEARTBEAT", "30"))),
+        )  # before any computation
     if mode == "cores":
         args = (use_cpu_cores(3),)
     if mode == "devices":

@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -220,16 +221,56 @@ def test_members_over_processes_equal_one_process(launched, one_device_runs, mod
         report = launched.reports(i)[check]
         assert_passed(report)
         for name, got in report["runs"].items():
-            expected = one_device_runs[name]
-            for key in ("stop_epoch", "best_epoch", "rung", "parents"):
-                assert got.get(key) == expected.get(key), (mode, i, name, key)
-            for key in ("params", "losses"):
-                for a, b in zip(got.get(key, []), expected.get(key, []), strict=True):
-                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{mode} {i} {name} {key}")
-            for entry, values in expected.get("history", {}).items():
-                np.testing.assert_allclose(
-                    got["history"][entry], values, rtol=1e-5, atol=1e-6, err_msg=f"{name} {entry}"
-                )
+            assert_runs_equal(got, one_device_runs[name], f"{mode} process {i}: {name}")
+
+
+def assert_runs_equal(got: dict, expected: dict, where: str = ""):
+    """Summaries (``_multidevice_checks.summary``) equal: epochs, rungs and parents exactly,
+    params, histories and losses to rtol 1e-5."""
+    for key in ("stop_epoch", "best_epoch", "rung", "parents"):
+        assert got.get(key) == expected.get(key), (where, key)
+    for key in ("params", "losses"):
+        for a, b in zip(got.get(key, []), expected.get(key, []), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{where} {key}")
+    for entry, values in expected.get("history", {}).items():
+        np.testing.assert_allclose(got["history"][entry], values, rtol=1e-5, atol=1e-6, err_msg=f"{where} {entry}")
+
+
+def test_a_killed_process_ends_the_other_and_a_restart_resumes(tmp_path):
+    """Two processes sweep, saving after every epoch; once a save exists, process 1 is
+    killed (SIGKILL). Process 0 must end with an error within the heartbeat timeout (5 s)
+    and a margin, not hang; both started again resume from the checkpoint and end with
+    the one-device sweep's result."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    variables = {"FNN_TEST_HEARTBEAT": "5"}
+    (tmp_path / "first").mkdir()
+    runs = Launched([(mode, env | variables) for mode, env in _processes("fault", 2, shared)], tmp_path / "first")
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (shared / "killed.ckpt").exists() and runs.runs[1].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (shared / "killed.ckpt").exists(), "no checkpoint was written"
+        runs.runs[1].kill()
+        killed = time.monotonic()
+        code = runs.runs[0].wait(timeout=60)
+        ended = time.monotonic() - killed
+    finally:
+        runs.close()
+    assert code != 0, "process 0 finished although process 1 was killed before the end"
+    saved_calls = fnn.checkpoint.read(shared / "killed.ckpt")[0]["metadata"]["state"]["calls"]
+    assert 1 <= saved_calls < checks.FAULT_EPOCHS, saved_calls  # the restart goes on from there
+    (tmp_path / "again").mkdir()
+    restarted = Launched([(mode, env | variables) for mode, env in _processes("fault", 2, shared)], tmp_path / "again")
+    try:
+        reports = [restarted.reports(i)["sweep_with_checkpoints"] for i in (0, 1)]
+    finally:
+        restarted.close()
+    expected = checks.fault_reference()
+    for i, report in enumerate(reports):
+        assert_passed(report)
+        assert_runs_equal(report["runs"]["sweep"], expected, f"process {i}")
+    print(f"process 0 ended {ended:.1f} s after process 1 was killed")
 
 
 # ---------------------------------------------------------------------------- every core

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from fnn import multihost
 from fnn import progress as progress_lib
@@ -77,6 +78,25 @@ def advance_members(config: Callable, options: tuple, x, y, arrays: dict, member
 
 
 advance = jit_program(advance_members, ("config", "options"))
+
+
+def _advance_per_device(config: Callable, options: tuple, mesh: Mesh, x, y, arrays: dict, members, loops, end):
+    """``advance_members`` on each device of ``mesh`` for its own members (``shard_map``):
+    every device runs its members' loops alone, with no collective between devices — under
+    a sharded ``vmap`` the loops' joint stopping test would be an all-reduce every epoch,
+    across processes a network round trip — and stops when its own members have."""
+    members_axis = PartitionSpec("members")
+    run = jax.shard_map(
+        functools.partial(advance_members, config, options),
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), members_axis, members_axis, PartitionSpec()),
+        out_specs=members_axis,
+        check_vma=False,
+    )
+    return run(x, y, arrays, members, loops, end)
+
+
+advance_per_device = jit_program(_advance_per_device, ("config", "options", "mesh"))
 
 
 # Moving members' carries between calls: one program per pytree and shapes (one per
@@ -172,6 +192,7 @@ class Population:
         self._devices = devices
         self.buckets = buckets(min(chunk, self.size), self._multiple)
         self._program = functools.partial(advance, config, options)
+        self._per_device = functools.partial(advance_per_device, config, options)
         self._data = (x, y, arrays)
         self.member_epochs = 0  # the compute spent: per call, its padded members x the epochs its loop ran
         self.calls = 0
@@ -242,7 +263,12 @@ class Population:
         data = multihost.shared(self._data, sharding)
         if self.progress:
             progress_lib.start(members=piece.size, label=label, restart_clock=False)
-        new = multihost.collect(self._program(*data, members, loops, np.int32(end)))  # whole on every process
+        # sharded without progress lines (one line for all members needs them in one
+        # program), each device runs its members alone
+        program = (
+            self._program if sharding is None or self.progress else functools.partial(self._per_device, sharding.mesh)
+        )
+        new = multihost.collect(program(*data, members, loops, np.int32(end)))  # whole on every process
         if self.progress:
             jax.block_until_ready(new)  # its lines before the next call's
         new = take(new, np.arange(piece.size)) if size > piece.size else new
