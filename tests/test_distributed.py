@@ -9,8 +9,11 @@ The checks that need several devices or processes run in subprocesses (see
   sharded over them equals the one-device sweep; data-parallel ``fit`` equals one-device
   ``fit`` up to float reassociation; asking for 5 devices is an error.
 - 2 processes over loopback (``jax.distributed`` with the CPU backend's gloo
-  collectives): ``initialize_from_env``, gathering each process's shard, a jitted sum
-  over a mesh spanning both, and data-parallel ``fit`` across the processes.
+  collectives): ``initialize``, gathering each process's shard, a jitted sum over a mesh
+  spanning both, data-parallel ``fit`` across the processes, every member-running entry
+  point over both against one device, refused data, checkpoints from process 0.
+- marked ``processes`` (CI's second step, ``python -m pytest -q -m processes``): 4
+  processes, 2 processes of 2 devices, and a process killed mid-sweep.
 
 Both kinds start together (module fixture) and run while the in-process tests do.
 """
@@ -125,25 +128,35 @@ def _processes(mode: str, count: int, shared_dir, devices: int = 1) -> list[tupl
     ]
 
 
-# the runs launched together, by index: 0 four devices, 1-2 two processes, 3 three cores,
-# 4-7 four processes of one device, 8-9 two processes of two devices
-RUNS = {"devices": [0], "processes": [1, 2], "cores": [3], "processes4": [4, 5, 6, 7], "processes2x2": [8, 9]}
+# the runs launched together, by index: 0 four devices, 1-2 two processes, 3 three cores;
+# and by ``launched_more`` (marked ``processes``: CI's second step): 0-3 four processes of
+# one device, 4-5 two processes of two devices
+RUNS = {"devices": [0], "processes": [1, 2], "cores": [3], "processes4": [0, 1, 2, 3], "processes2x2": [4, 5]}
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    """One 4-device run, a 2-process run, a 3-core run, a 4-process run and a run of 2
-    processes of 2 devices, started together (see ``RUNS``)."""
+    """One 4-device run, a 2-process run and a 3-core run, started together (see ``RUNS``)."""
     shared = tmp_path_factory.mktemp("processes")
     runs = Launched(
         [
             ("devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
             *_processes("processes", 2, shared),
             ("cores", {}),
-            *_processes("processes4", 4, shared),
-            *_processes("processes2x2", 2, shared, devices=2),
         ],
         tmp_path_factory.mktemp("outputs"),
+    )
+    yield runs
+    runs.close()
+
+
+@pytest.fixture(scope="module")
+def launched_more(tmp_path_factory):
+    """A 4-process run and a run of 2 processes of 2 devices, started together."""
+    shared = tmp_path_factory.mktemp("more_processes")
+    runs = Launched(
+        [*_processes("processes4", 4, shared), *_processes("processes2x2", 2, shared, devices=2)],
+        tmp_path_factory.mktemp("more_outputs"),
     )
     yield runs
     runs.close()
@@ -210,13 +223,21 @@ def one_device_runs():
     return checks.member_runs(devices=1)
 
 
-@pytest.mark.parametrize("mode", ["processes", "processes4", "processes2x2"])
-def test_members_over_processes_equal_one_process(launched, one_device_runs, mode):
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "processes",
+        pytest.param("processes4", marks=pytest.mark.processes),
+        pytest.param("processes2x2", marks=pytest.mark.processes),
+    ],
+)
+def test_members_over_processes_equal_one_process(request, one_device_runs, mode):
     """A sweep, a chunked sweep, halving, compaction, PBT and the LR range test over 2
     processes, and a sweep, halving and PBT over 4 processes and over 2 processes of 2
     devices: every process holds the whole result, equal to one device's (rtol 1e-5; stop
     and best epochs, rungs and PBT's parents exact)."""
     check = "members_over_processes" if mode == "processes" else "members_over_more_processes"
+    launched = request.getfixturevalue("launched" if mode == "processes" else "launched_more")
     for i in RUNS[mode]:
         report = launched.reports(i)[check]
         assert_passed(report)
@@ -236,6 +257,7 @@ def assert_runs_equal(got: dict, expected: dict, where: str = ""):
         np.testing.assert_allclose(got["history"][entry], values, rtol=1e-5, atol=1e-6, err_msg=f"{where} {entry}")
 
 
+@pytest.mark.processes
 def test_a_killed_process_ends_the_other_and_a_restart_resumes(tmp_path):
     """Two processes sweep, saving after every epoch; once a save exists, process 1 is
     killed (SIGKILL). Process 0 must end with an error within the heartbeat timeout (5 s)
