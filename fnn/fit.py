@@ -37,9 +37,11 @@ from jax.typing import ArrayLike
 
 from fnn import checkpoint as checkpoint_lib
 from fnn import losses as losses_lib
+from fnn import multihost
 from fnn import options as options_lib
 from fnn import progress as progress_lib
 from fnn import resume as resume_lib
+from fnn import tensorboard as tensorboard_lib
 from fnn.checks import as_key, check_int, is_concrete
 from fnn.data_checks import as_arrays, check_run_data
 from fnn.distributed import check_batch_divisible
@@ -82,11 +84,13 @@ class Run(NamedTuple):
 
 class Saving(NamedTuple):
     """fit's host options, checked: the checkpoint file (or None), epochs per compiled
-    chunk between saves, and whether to resume from the file."""
+    chunk between saves, whether to resume from the file, and the TensorBoard run folder
+    (or None) written after each compiled chunk."""
 
     path: str | os.PathLike[str] | None
     every: int
     resume: bool
+    tensorboard: str | os.PathLike[str] | None = None
 
 
 def fit(
@@ -112,6 +116,7 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    tensorboard: str | os.PathLike[str] | None = None,
     batch_sharding: NamedSharding | None = None,
 ) -> FitResult:
     """Train ``trainer``'s model on (x, y) for ``epochs`` epochs of mini-batches.
@@ -154,6 +159,9 @@ def fit(
       checkpoint_every: epochs per compiled chunk between checkpoints (default: all).
       resume: continue from ``checkpoint`` if that file exists; a finished run resumed
         with a larger ``epochs`` continues where it stopped.
+      tensorboard: a folder: the history's epochs are written there as TensorBoard
+        scalars (``fnn.tensorboard.write_history``) after each compiled chunk (every
+        ``checkpoint_every`` epochs, else at the end); needs ``fnn[tensorboard]``.
       batch_sharding: a ``jax.sharding.NamedSharding`` that splits each mini-batch's
         example axis over devices (data-parallel training; see
         ``fnn.distributed.data_parallel``). Params stay replicated.
@@ -246,7 +254,8 @@ def build_run(trainer: Trainer, x: ArrayLike, y: ArrayLike, options: dict[str, A
         return initial_loop(trainer, state, o["epochs"], validation is not None, maximize)
 
     loop = jax.eval_shape(start, state) if abstract else start(state)
-    return Run(trainer, loop, data, settings, o["epochs"], Saving(o["checkpoint"], every, o["resume"]))
+    saving = Saving(o["checkpoint"], every, o["resume"], o["tensorboard"])
+    return Run(trainer, loop, data, settings, o["epochs"], saving)
 
 
 def resolve_monitor(trainer: Trainer, monitor: str | None, has_validation: bool, what: str = "monitor"):
@@ -327,23 +336,37 @@ def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:
 
 
 def _execute(run: Run) -> Loop:
-    """Run the compiled program once, or in chunks with a checkpoint after each."""
+    """Run the compiled program once, or in chunks with a checkpoint after each; the
+    epochs each chunk ran go to TensorBoard after it, when asked."""
     saving = run.saving
-    if saving.path is None:
+    if saving.path is None and saving.tensorboard is None:
         return _call(run, run.loop, run.epochs)
     if not is_concrete(run.loop):
         raise ValueError(
-            "checkpoint= cannot be used under an outer jit or vmap (nothing can be saved from inside a trace)"
+            "checkpoint= and tensorboard= cannot be used under an outer jit or vmap (nothing can be written from "
+            "inside a trace)"
         )
     description = resume_lib.describe(run.trainer, run.loop, run.settings, run.data, run.epochs)
     loop = run.loop
-    if saving.resume and os.path.exists(saving.path):
+    if saving.path is not None and saving.resume and os.path.exists(saving.path):
         loop = resume_lib.restore(saving.path, run.loop, description)
     while _still_running(loop, run.epochs, run.settings.max_steps):
-        end = min(int(loop.result.train_state.epoch) + saving.every, run.epochs)
-        loop = _call(run, loop, end)
-        checkpoint_lib.save(saving.path, loop, metadata=description)
+        start = int(loop.result.train_state.epoch)
+        loop = _call(run, loop, min(start + saving.every, run.epochs))
+        if saving.path is not None:
+            checkpoint_lib.save(saving.path, loop, metadata=description)
+        if saving.tensorboard is not None:
+            _log_epochs(saving.tensorboard, loop.result, start)
     return loop
+
+
+def _log_epochs(folder, result: FitResult, start: int) -> None:
+    """The epochs from ``start`` to where ``result`` stands, to the TensorBoard run ``folder``
+    (from process 0 in a multi-process run)."""
+    history = jax.device_get(multihost.collect(result.history))
+    with multihost.process_zero_writes("fnn.fit tensorboard") as writing:
+        if writing:
+            tensorboard_lib.write_history(folder, history, start_epoch=start, end_epoch=int(result.train_state.epoch))
 
 
 def _still_running(loop: Loop, epochs: int, max_steps: int | None) -> bool:

@@ -29,6 +29,7 @@ sweep's options into static and traced ones and its refusal of per-run ones
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -76,6 +77,13 @@ def _real_scalar(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return checked
 
 
+def _folder(name: str, value: Any) -> Any:
+    """A folder path (str or ``os.PathLike``); it is created when written to."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(f"{name} must be a folder path (str or os.PathLike) or None; got {value!r}")
+    return value
+
+
 OPTIONS: dict[str, Option] = {
     "key": Option(None, PER_RUN),
     "epochs": Option(REQUIRED, STATIC, LARGER, check_int),
@@ -95,6 +103,7 @@ OPTIONS: dict[str, Option] = {
     "checkpoint": Option(None, HOST, ANY),  # a path: checked with checkpoint_every and resume
     "checkpoint_every": Option(None, HOST, ANY, _optional(check_int)),
     "resume": Option(False, HOST, ANY, check_bool),
+    "tensorboard": Option(None, HOST, ANY, _optional(_folder)),
     "batch_sharding": Option(None, STATIC),  # checked against batch_size (fnn.distributed)
 }
 
@@ -136,6 +145,12 @@ def checked(options: Mapping[str, Any]) -> dict[str, Any]:
       ValueError: naming the first option whose value is refused.
     """
     return {name: _checked(name, value) for name, value in options.items()}
+
+
+def checked_host(name: str, value: Any) -> Any:
+    """One host option, checked as fit checks it (for entry points that take it
+    themselves: a sweep's and PBT's ``tensorboard``)."""
+    return _checked(name, value)
 
 
 def _checked(name: str, value: Any) -> Any:

@@ -198,3 +198,43 @@ def test_without_tensorboardx_the_error_says_what_to_install(tmp_path, monkeypat
     monkeypatch.setitem(__import__("sys").modules, "tensorboardX.event_file_writer", None)
     with pytest.raises(ImportError, match=r"pip install 'fnn\[tensorboard\]'"):
         tensorboard.write_history(tmp_path, {"loss": np.array([1.0])})
+
+
+def test_fit_sweep_and_pbt_write_their_runs_when_asked(tmp_path, data):
+    """``tensorboard=``: fit writes each compiled chunk's epochs (here chunks of 2 of 3
+    epochs: two event files), a sweep and PBT write their runs when they end; read back
+    equal to the results. A bad folder is refused before anything runs."""
+    x, y, x_val, y_val = data
+    options = dict(epochs=3, batch_size=16, validation=(x_val, y_val))
+    run = tmp_path / "fit"
+    result = fnn.fit(
+        config(), x, y, key=0, checkpoint=tmp_path / "fit.ckpt", checkpoint_every=2, tensorboard=run, **options
+    )
+    assert len(os.listdir(run)) == 2
+    assert_history_written(read_run(run)[0], result.history)
+    table = fnn.sweep(config, x, y, seeds=2, tensorboard=tmp_path / "sweep", **options)
+    for i, name in enumerate(["seed=0", "seed=1"]):
+        assert_history_written(
+            read_run(tmp_path / "sweep" / name)[0], {k: v[i] for k, v in table.results.history.items()}
+        )
+    pbt = fnn.pbt(
+        config,
+        x,
+        y,
+        population={"lr": [1e-3, 3e-2]},
+        interval=1,
+        hyperparameters=["lr"],
+        tensorboard=tmp_path / "pbt",
+        **options,
+    )
+    scalars, _ = read_run(tmp_path / "pbt" / "member=0")
+    assert {k: v for k, v in scalars.items() if not k.startswith("pbt/")} == {
+        k: {e: np.float32(v) for e, v in enumerate(h[0])} for k, h in pbt.results.history.items()
+    }
+    for call in (
+        lambda: fnn.fit(config(), x, y, key=0, tensorboard=3, **options),
+        lambda: fnn.sweep(config, x, y, tensorboard="", **options),
+        lambda: fnn.pbt(config, x, y, population=2, interval=1, hyperparameters=["lr"], tensorboard=[], **options),
+    ):
+        with pytest.raises(ValueError, match="tensorboard must be a folder path"):
+            call()

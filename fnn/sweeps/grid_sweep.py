@@ -47,6 +47,7 @@ from fnn import memory as memory_lib
 from fnn import multihost
 from fnn import options as options_lib
 from fnn import progress as progress_lib
+from fnn import tensorboard as tensorboard_lib
 from fnn.checks import check_bool, check_int, check_whole
 from fnn.distributed import resolve_devices, warn_unused_cores
 from fnn.fit import check_checkpoint_options, check_fit, resolve_monitor
@@ -76,6 +77,7 @@ def sweep(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    tensorboard: str | os.PathLike[str] | None = None,
     **fit_kwargs: Any,
 ) -> SweepResult:
     """Train every member of seeds × grid with one vmapped, compiled ``fit``.
@@ -117,6 +119,9 @@ def sweep(
         is bit-identical to the uninterrupted sweep's; a file written for another sweep
         (members, epochs, schedule, chunk, options, data, model) is refused, naming what
         differs. With ``progress=True`` a line says where the sweep resumed.
+      tensorboard: a folder: when the sweep ends, one TensorBoard run per member and the
+        HParams dashboard are written there (``fnn.tensorboard.write_sweep``, from process
+        0); needs ``fnn[tensorboard]``.
       **fit_kwargs: passed to ``fit`` (epochs, batch_size, validation, patience, ...).
         ``key`` and ``train_state`` are per-run options and are refused here.
         Everything ``fit`` checks is checked first, eagerly (``fnn.fit.check_fit``),
@@ -132,6 +137,7 @@ def sweep(
         named with its keys and values.
     """
     table = members(config, {} if grid is None else grid, seeds, product)
+    log = options_lib.checked_host("tensorboard", tensorboard)
     compact = None if compact_every is None else check_int("compact_every", compact_every)
     if schedule is not None and not isinstance(schedule, Halving):
         raise ValueError(f"schedule must be fnn.halving(...) or None; got {type(schedule).__name__}")
@@ -149,11 +155,17 @@ def sweep(
         if checkpoint is not None:
             settings = dict(epochs=epochs, schedule=repr(schedule), compact_every=compact, checkpoint_every=saves)
             _keep_saved(population, checkpoint, resume, x, y, settings, fit_kwargs)
+        rung = None
         if schedule is None:
             advance(population, np.arange(population.size), epochs)
-            return result_table(population)
-        rung = run_rungs(population, schedule, epochs, monitor, advance)
-    return result_table(population, rung)
+        else:
+            rung = run_rungs(population, schedule, epochs, monitor, advance)
+    result = result_table(population, rung)
+    if log is not None:
+        with multihost.process_zero_writes("fnn.sweep tensorboard") as writing:
+            if writing:
+                tensorboard_lib.write_sweep(log, result)
+    return result
 
 
 def _advance(population: Population, which: np.ndarray, end: int, stops: tuple[int, ...], label: str) -> None:

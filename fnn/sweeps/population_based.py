@@ -33,6 +33,8 @@ from jax.typing import ArrayLike
 
 from fnn import checkpoint as checkpoint_lib
 from fnn import multihost
+from fnn import options as options_lib
+from fnn import tensorboard as tensorboard_lib
 from fnn.checks import as_key, check_bool, check_int, check_number
 from fnn.distributed import member_sharding, resolve_devices
 from fnn.fit import check_checkpoint_options, resolve_monitor
@@ -123,6 +125,7 @@ def pbt(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    tensorboard: str | os.PathLike[str] | None = None,
     **fit_kwargs: Any,
 ) -> PBTResult:
     """Population-based training of ``config``'s members in one compiled program.
@@ -160,6 +163,9 @@ def pbt(
         bit-identical to the uninterrupted run's with the same options; a file written
         for another run is refused, naming what differs. With ``progress=True`` a line
         says where the run resumed.
+      tensorboard: a folder: when the run ends, one TensorBoard run per member with its
+        history and hyperparameter trajectory is written there
+        (``fnn.tensorboard.write_pbt``, from process 0); needs ``fnn[tensorboard]``.
       **fit_kwargs: ``fit``'s options (epochs, batch_size, validation, monitor, ...);
         ``patience`` is refused (a member's run does not stop early in PBT).
     Returns:
@@ -168,6 +174,7 @@ def pbt(
       ValueError: for bad input, before anything is compiled.
     """
     table = _initial_table(config, population, seeds)
+    log = options_lib.checked_host("tensorboard", tensorboard)
     size = len(table["seed"])
     names = _check_names(config, table, hyperparameters)
     if fit_kwargs.get("patience") is not None:
@@ -214,7 +221,7 @@ def pbt(
             if checkpoint is not None:
                 sweep_resume.save(checkpoint, {"carry": carry, "records": records}, description, {"done": done})
     trajectory, parents, scores = cast(tuple, records)
-    return PBTResult(
+    result = PBTResult(
         hyperparameters=trajectory | {"seed": table["seed"]},
         parents=parents,
         scores=scores,
@@ -222,6 +229,11 @@ def pbt(
         monitor=monitor,
         maximize=maximize,
     )
+    if log is not None:
+        with multihost.process_zero_writes("fnn.pbt tensorboard") as writing:
+            if writing:
+                tensorboard_lib.write_pbt(log, result, interval=spec.interval)
+    return result
 
 
 def _joined(records, new):
