@@ -7,6 +7,7 @@ over seeds and hyperparameters.
 """
 
 from fnn import (
+    accumulation,
     activations,
     checkpoint,
     clipping,
@@ -19,12 +20,14 @@ from fnn import (
     multihost,
     optimizers,
     options,
+    privacy,
     programs,
     schedules,
     sweeps,
     tensorboard,
     types,
 )
+from fnn.averaging import EMA, ema
 from fnn.clipping import clip_by_global_norm, clip_by_value
 from fnn.data import one_hot, prepare_images, standardize, train_test_split
 from fnn.fit import DivergenceError, FitResult, fit
@@ -61,6 +64,7 @@ from fnn.losses import (
     weighted_mean,
 )
 from fnn.optimizers import Optimizer, adagrad, adam, adamw, rmsprop, sgd
+from fnn.privacy import DPSGD, dp_sgd
 from fnn.regularizers import is_weight, l1, l1_l2, l2
 from fnn.sweeps import LRRangeResult, PBTResult, SweepResult, ensemble, halving, lr_range, pbt, sweep
 from fnn.train import Trainer, TrainState
@@ -68,6 +72,7 @@ from fnn.train import Trainer, TrainState
 __version__ = "0.1.0"
 
 __all__ = [
+    "accumulation",
     "accuracy",
     "Activation",
     "activations",
@@ -94,7 +99,11 @@ __all__ = [
     "multihost",
     "options",
     "DivergenceError",
+    "dp_sgd",
+    "DPSGD",
     "Dropout",
+    "EMA",
+    "ema",
     "ensemble",
     "export",
     "fit",
@@ -127,6 +136,7 @@ __all__ = [
     "pbt",
     "PBTResult",
     "prepare_images",
+    "privacy",
     "Reshape",
     "Residual",
     "rmsprop",

@@ -9,7 +9,8 @@ what was expected rather than failing inside a compiled program:
 - :func:`check_data`: x is a non-empty floating array of finite values that the model
   maps to one output row per example; y has as many rows, of the targets the loss
   declares (:func:`fnn.losses.check_targets`), and the loss accepts them;
-- :func:`check_run_data`: both of a run's datasets, and its batch size against them.
+- :func:`check_run_data`: both of a run's datasets, and its batch size against them
+  (and against the trainer's ``accumulate``, which must divide it).
 
 The model is only traced abstractly (``jax.eval_shape``): nothing is computed or
 compiled. Value checks (finite values, label ranges) are skipped for traced arrays.
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from fnn import losses as losses_lib
+from fnn.accumulation import check_batch_size
 from fnn.checks import check_finite
 from fnn.programs import device_array
 from fnn.types import ModelState, Params
@@ -58,10 +60,20 @@ def _array(name: str, value) -> jax.Array:
 
 
 def check_run_data(
-    model, loss: Callable, params: Params, model_state: ModelState, x, y, validation, batch_size: int
+    model,
+    loss: Callable,
+    params: Params,
+    model_state: ModelState,
+    x,
+    y,
+    validation,
+    batch_size: int,
+    accumulate: int = 1,
 ) -> None:
     """A run's training data and validation pair (arrays, :func:`as_arrays`) against the
-    model and the loss (:func:`check_data`), and ``batch_size`` against the examples.
+    model and the loss (:func:`check_data`), and ``batch_size`` against the examples and
+    the trainer's ``accumulate`` (micro-batches per update, which must divide it:
+    :func:`fnn.accumulation.check_batch_size`).
 
     Raises:
       ValueError: naming the argument and what was expected.
@@ -72,6 +84,7 @@ def check_run_data(
         raise ValueError(
             f"batch_size must be <= the number of examples ({n}); got {batch_size}: use a smaller batch_size"
         )
+    check_batch_size(batch_size, accumulate)
     if validation is not None:
         xv, yv = validation
         if jnp.shape(xv)[1:] != jnp.shape(x)[1:]:

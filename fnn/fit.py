@@ -42,6 +42,7 @@ from fnn import options as options_lib
 from fnn import progress as progress_lib
 from fnn import resume as resume_lib
 from fnn import tensorboard as tensorboard_lib
+from fnn.averaging import check_state as check_ema_state
 from fnn.checks import as_key, check_int, is_concrete
 from fnn.data_checks import as_arrays, check_run_data
 from fnn.distributed import check_batch_divisible
@@ -234,7 +235,17 @@ def build_run(trainer: Trainer, x: ArrayLike, y: ArrayLike, options: dict[str, A
     every = check_checkpoint_options(o["checkpoint"], o["checkpoint_every"], o["resume"], o["epochs"])
     x, y, validation = as_arrays(x, y, o["validation"])
     state = _initial_state(trainer, o, abstract)
-    check_run_data(trainer.model, trainer.loss, state.params, state.model_state, x, y, validation, o["batch_size"])
+    check_run_data(
+        trainer.model,
+        trainer.loss,
+        state.params,
+        state.model_state,
+        x,
+        y,
+        validation,
+        o["batch_size"],
+        trainer.accumulate,
+    )
     monitor, maximize = resolve_monitor(trainer, o["monitor"], validation is not None)
     settings = Settings(
         batch_size=o["batch_size"],
@@ -314,13 +325,15 @@ _init_program = jit_program(lambda trainer, key: trainer.init(key), ())
 
 
 def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:
-    """A given TrainState: params and model state fit the model, counters are int32
-    scalars, the key is a key, and epochs still remain (``epochs`` counts the total)."""
+    """A given TrainState: params and model state fit the model, its moving average the
+    trainer's ``ema``, counters are int32 scalars, the key is a key, and epochs still
+    remain (``epochs`` counts the total)."""
     if not isinstance(state, TrainState):
         raise ValueError(f"train_state must be an fnn.TrainState; got {type(state).__name__}")
     check_params(
         trainer.model, state.params, state.model_state, names=("train_state.params", "train_state.model_state")
     )
+    check_ema_state(trainer.ema, state)
     for name in ("step", "epoch"):
         value = getattr(state, name)
         if jnp.shape(value) != () or jnp.result_type(value) != jnp.int32:

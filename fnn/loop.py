@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from fnn import progress as progress_lib
+from fnn.averaging import evaluated
 from fnn.batching import epoch_batches
 from fnn.programs import host_array, jit_program
 from fnn.train import Trainer, TrainState, order_key
@@ -38,7 +39,8 @@ class FitResult(NamedTuple):
     Attributes:
       train_state: the final TrainState (the last good one if the run diverged).
       best_params, best_model_state: the params and model state at the best epoch of the
-        monitored value (the final ones if nothing was monitored).
+        monitored value (the final ones if nothing was monitored); with
+        ``trainer.ema`` evaluating (``fnn.ema(..., evaluate=True)``), the moving average's.
       best_epoch: index of that epoch (-1 before any epoch completed).
       history: ``{name: [epochs] array}`` — "loss" (mean training loss of the epoch),
         the trainer's metrics (e.g. "accuracy"), "lr" (learning rate of the epoch's last
@@ -66,6 +68,17 @@ class FitResult(NamedTuple):
     def stop_epoch(self) -> jax.Array:
         """Number of epochs run (``train_state.epoch``)."""
         return self.train_state.epoch
+
+    @property
+    def ema_params(self) -> Params:
+        """The moving average of the params at the end of the run (``train_state.ema_params``;
+        ``None`` without ``trainer.ema``)."""
+        return self.train_state.ema_params
+
+    @property
+    def ema_model_state(self) -> ModelState:
+        """The moving average of the model state at the end of the run (``train_state.ema_model_state``)."""
+        return self.train_state.ema_model_state
 
 
 class Loop(NamedTuple):
@@ -149,10 +162,11 @@ def initial_loop(trainer: Trainer, state: TrainState, epochs: int, has_validatio
     """The carry before the first epoch: histories of NaN, no best epoch, nothing stopped."""
     history = {name: float_array(np.full(epochs, np.nan)) for name in history_names(trainer, has_validation)}
     minus_one = host_array(-1, np.int32)
+    params, model_state = evaluated(trainer.ema, state)  # the moving average's with trainer.ema evaluating
     result = FitResult(
         train_state=state,
-        best_params=state.params,
-        best_model_state=state.model_state,
+        best_params=params,
+        best_model_state=model_state,
         best_epoch=minus_one,
         history=history,
         stopped_early=host_array(False),
@@ -219,13 +233,15 @@ def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Se
 
 
 def end_epoch(trainer: Trainer, loop: Loop, means: dict, data: RunData, settings: Settings) -> Loop:
-    """Evaluate, record history, track the best epoch and decide on early stopping."""
+    """Evaluate, record history, track the best epoch and decide on early stopping.
+
+    The params evaluated and kept as the best are the moving average's when the trainer
+    has an evaluating ``ema`` (``fnn.averaging.evaluated``), else the raw params."""
     result = loop.result
     state = result.train_state
+    params, model_state = evaluated(trainer.ema, state)
     if data.validation is not None:
-        scores = trainer.evaluate(
-            state.params, state.model_state, *data.validation, batch_size=settings.eval_batch_size
-        )
+        scores = trainer.evaluate(params, model_state, *data.validation, batch_size=settings.eval_batch_size)
         means = means | {f"val_{k}": v for k, v in scores.items()}
     epoch = state.epoch
     history = {k: h.at[epoch].set(means[k].astype(h.dtype)) for k, h in result.history.items()}
@@ -239,8 +255,8 @@ def end_epoch(trainer: Trainer, loop: Loop, means: dict, data: RunData, settings
     stopped = jnp.asarray(False) if settings.patience is None else wait >= settings.patience
     result = result._replace(
         train_state=state._replace(epoch=jnp.where(result.diverged, epoch, epoch + 1).astype(jnp.int32)),
-        best_params=_tree_where(improved, state.params, result.best_params),
-        best_model_state=_tree_where(improved, state.model_state, result.best_model_state),
+        best_params=_tree_where(improved, params, result.best_params),
+        best_model_state=_tree_where(improved, model_state, result.best_model_state),
         best_epoch=jnp.where(improved, epoch, result.best_epoch).astype(jnp.int32),
         history=history,
         stopped_early=stopped & ~result.diverged,

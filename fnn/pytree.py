@@ -40,6 +40,11 @@ def static_field(default: Any = dataclasses.MISSING) -> Any:
     return dataclasses.field(default=default, metadata={_STATIC: True})
 
 
+def is_static(field: dataclasses.Field) -> bool:
+    """Whether a dataclass field was declared with :func:`static_field` (metadata, not a leaf)."""
+    return bool(field.metadata.get(_STATIC))
+
+
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, static_field))
 def pytree_dataclass(cls: type[_T]) -> type[_T]:
     """Make ``cls`` a frozen dataclass registered as a pytree.
@@ -59,8 +64,8 @@ def pytree_dataclass(cls: type[_T]) -> type[_T]:
     """
     cls = dataclasses.dataclass(frozen=True)(cls)
     fields = dataclasses.fields(cast(Any, cls))
-    static = [f.name for f in fields if f.metadata.get(_STATIC)]
-    data = [f.name for f in fields if not f.metadata.get(_STATIC)]
+    static = [f.name for f in fields if is_static(f)]
+    data = [f.name for f in fields if not is_static(f)]
     _register(cls, data, static)
     return cls
 

@@ -6,8 +6,10 @@ settings that decide its numbers (fit's options that a resumed run must match, a
 :mod:`fnn.options` declares them: ``batch_size``, ``drop_last``, ``patience``,
 ``monitor``, ``eval_batch_size``, ``batch_sharding``, ``tol``, ``divergence_threshold``;
 the number of training and validation examples, the history entries, ``epochs``, the loss's name, every number in the trainer — learning
-rate, momentum, dropout rate, L2 strength, ... —, the run key and a SHA-256 digest of the
-data) and the shape of every array it carries (params, model state, optimizer state, ...).
+rate, momentum, dropout rate, L2 strength, EMA decay, ... —, every static field of the
+trainer's configuration objects — ``nesterov``, activations, the EMA's ``debias`` and
+``evaluate`` flags, ... —, the run key and a SHA-256 digest of the data) and the shape of
+every array it carries (params, model state, optimizer state, moving average, ...).
 
 Resuming compares the call's description with the file's before reading any array, so
 a mismatch is reported as what the user changed — "the checkpoint was written for
@@ -23,7 +25,9 @@ run that stopped early or diverged stays stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +36,7 @@ import numpy as np
 from fnn import checkpoint as checkpoint_lib
 from fnn.loop import Loop, RunData, Settings
 from fnn.options import LARGER, SAME, STATIC, TRACED, names
+from fnn.pytree import is_static
 from fnn.train import Trainer
 
 # where a carried array lives -> how to name a difference there
@@ -39,6 +44,7 @@ _PARTS = (
     (".result.train_state.params", "the model's parameters differ (another model or layer sizes?)"),
     (".result.train_state.model_state", "the model's state (batch-norm statistics) differs (another model?)"),
     (".result.train_state.opt_state", "the optimizer's state differs (another optimizer?)"),
+    (".result.train_state.ema_", "the moving average of the params differs (trainer.ema added or removed?)"),
 )
 
 
@@ -49,8 +55,9 @@ def describe(trainer: Trainer, loop: Loop, settings: Settings, data: RunData, ep
       ``{"settings": {name: value}, "arrays": {path: "dtype[shape]"}}``: the settings
       that decide the run's numbers — fit's options that a resumed run must match
       (``fnn.options``), the loss, every number in the trainer
-      (``trainer.optimizer.lr.value``, ...), the run key, a digest of the data — and the
-      arrays of the carry outside the histories.
+      (``trainer.optimizer.lr.value``, ``trainer.ema.decay``, ...), every static field of
+      its configuration objects (:func:`static_fields`), the run key, a digest of the
+      data — and the arrays of the carry outside the histories.
     """
     static = [name for name in names(STATIC, on_resume=SAME) if name in Settings.__dataclass_fields__]
     settings_used = {
@@ -64,13 +71,55 @@ def describe(trainer: Trainer, loop: Loop, settings: Settings, data: RunData, ep
         "key": np.asarray(jax.random.key_data(loop.result.train_state.key)).tolist(),
         "data (SHA-256)": digest((data.x, data.y, data.validation)),
     }
-    for path, leaf in jax.tree_util.tree_leaves_with_path(trainer):
-        settings_used["trainer" + jax.tree_util.keystr(path)] = np.asarray(leaf).tolist()
+    settings_used |= describe_trainer(trainer)
     without_history = loop._replace(result=loop.result._replace(history={}))
     arrays = {
         jax.tree_util.keystr(path): spec(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(without_history)
     }
     return {"settings": settings_used, "arrays": arrays}
+
+
+def describe_trainer(trainer: Trainer) -> dict:
+    """Every number in the trainer (``trainer.optimizer.lr.value``, ...) and the static
+    fields of its configuration objects (:func:`static_fields`), by path: what a resumed
+    run's trainer must match."""
+    numbers = {
+        "trainer" + jax.tree_util.keystr(path): np.asarray(leaf).tolist()
+        for path, leaf in jax.tree_util.tree_leaves_with_path(trainer)
+    }
+    return numbers | static_fields(trainer)
+
+
+def static_fields(obj, path: str = "trainer") -> dict[str, str]:
+    """The static fields of ``obj``'s configuration objects (fnn's pytree dataclasses), by path.
+
+    Static fields (``nesterov``, an activation's name, layer sizes, the EMA's ``debias``
+    and ``evaluate``, the loss and metrics) are part of the compiled program, not
+    leaves, so a resumed call must match them too.
+
+    Args:
+      obj: the trainer (or any pytree of dataclasses, tuples, lists and dicts).
+      path: the name of ``obj`` in the keys.
+    Returns:
+      ``{"trainer.optimizer.nesterov": "False", "trainer.ema.debias": "True", ...}``:
+      each value by its ``repr`` with memory addresses left out (a function's ``repr``
+      holds its address, which differs between processes).
+    """
+    found: dict[str, str] = {}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            value, where = getattr(obj, field.name), f"{path}.{field.name}"
+            if is_static(field):
+                found[where] = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+            else:
+                found |= static_fields(value, where)
+    elif isinstance(obj, (tuple, list)):
+        for i, value in enumerate(obj):
+            found |= static_fields(value, f"{path}[{i}]")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            found |= static_fields(value, f"{path}[{key!r}]")
+    return found
 
 
 def _json(value):
@@ -132,7 +181,8 @@ def compare(path, saved: dict, call: dict, extendable: tuple[str, ...] = names(o
             raise ValueError(
                 f"cannot resume from {path}: {reason}: {where} is {was} in the checkpoint, {now} in this call"
             )
-    for name, value in call["settings"].items():
+    settings = call["settings"] | {name: None for name in saved["settings"] if name not in call["settings"]}
+    for name, value in settings.items():  # a setting of the checkpoint alone (privacy removed, say) differs too
         was = saved["settings"].get(name)
         if name in extendable and isinstance(was, int) and was <= value:
             continue  # extending a run is allowed

@@ -16,16 +16,36 @@ A ``TrainState`` is everything that changes during training, also a pytree::
     key           the run's base PRNG key; every random draw of the run comes from it
                   (:func:`params_key`, :func:`order_key`, :func:`dropout_key`), so a run
                   is a function of this key alone.
+    ema_params, ema_model_state
+                  the exponential moving average of the params and model state
+                  (``Trainer(ema=fnn.ema(decay))``, :mod:`fnn.averaging`), updated after
+                  every update; ``None`` without ``ema`` (nothing is added to the run).
 
 One update (``Trainer.train_step``), for a mini-batch (x, y) with example weights w::
 
     L(θ) = loss(model(θ, x), y, w) + regularizer(θ)
     g    = ∇θ L(θ)                       (jax.grad — backpropagation)
     θ, opt_state = optimizer.update(g, opt_state, θ)      (e.g. θ ← θ - lr · g)
+    a ← (1 - w_t) · a + w_t · θ          (with ema: the moving average, fnn.averaging)
+
+Two options of the Trainer change how ``g`` is computed (:meth:`Trainer.gradients`), never
+the update: ``accumulate=k`` sums the gradient over ``k`` micro-batches of the
+mini-batch in a ``lax.scan`` (the memory of one micro-batch; :mod:`fnn.accumulation`),
+and ``privacy=fnn.dp_sgd(clip_norm, noise_multiplier)`` clips every example's gradient
+and adds Gaussian noise (DP-SGD; :mod:`fnn.privacy`). Either way ``g`` is the gradient
+of the mini-batch's weighted mean loss (clipped and noised under DP-SGD), divided by
+the mini-batch's weight, plus the regularizer's gradient, and the optimizer takes one
+update.
+
+Keys inside an update, all from its key ``k`` (``dropout_key(run_key, step)`` or the key
+passed to ``train_step``): micro-batch ``i``'s dropout key is ``fold_in(k, i)``, DP-SGD's
+example ``j``'s ``fold_in(k, j)`` (its row in the mini-batch) and its noise key
+:func:`noise_key` ``= fold_in(k, 2**31 - 1)``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,11 +53,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from fnn import accumulation, precision
 from fnn import losses as losses_lib
+from fnn.averaging import EMA
 from fnn.batching import eval_batches
 from fnn.checks import as_key, check_int, is_concrete
 from fnn.data_checks import check_data
 from fnn.layers import as_model, check_params
+from fnn.privacy import DPSGD
 from fnn.pytree import pytree_dataclass, static_field
 from fnn.types import ModelState, OptState, Params, PRNGKeyLike
 
@@ -51,6 +74,8 @@ class TrainState(NamedTuple):
     step: jax.Array
     epoch: jax.Array
     key: jax.Array
+    ema_params: Params = None
+    ema_model_state: ModelState = None
 
 
 # The run key's streams (the PRNG contract), derived here and nowhere else.
@@ -70,6 +95,15 @@ def order_key(run_key: jax.Array, epoch) -> jax.Array:
 def dropout_key(run_key: jax.Array, step) -> jax.Array:
     """The dropout key of update ``step``: ``fold_in(fold_in(run_key, 1), step)``."""
     return jax.random.fold_in(jax.random.fold_in(run_key, _DROPOUT), step)
+
+
+_NOISE = 2**31 - 1  # a stream of an update's key apart from its micro-batches' and examples' (0, 1, ...)
+
+
+def noise_key(step_key: ArrayLike) -> jax.Array:
+    """The key of an update's gradient noise (DP-SGD, :mod:`fnn.privacy`): ``fold_in(step_key, 2**31 - 1)``
+    of the update's key ``step_key`` (:func:`dropout_key`, or the key passed to ``train_step``)."""
+    return jax.random.fold_in(step_key, _NOISE)
 
 
 _RESERVED = ("loss", "lr")  # history entries the engine writes itself
@@ -106,6 +140,21 @@ class Trainer:
       metrics: ``{name: metric(predictions, targets, weights)}``; by default the loss's
         declared metrics (accuracy for the classification losses, nothing for mse). Names
         must not be "loss" or "lr" or start with "val_" (history entries).
+      ema: optional ``fnn.ema(decay, ...)``: keep an exponential moving average of the
+        params and model state in the TrainState (``ema_params``, ``ema_model_state``),
+        by default the params that validation and ``best_params`` use
+        (:mod:`fnn.averaging`).
+      accumulate: micro-batches per update (static int >= 1; default 1): each mini-batch
+        of ``fit``'s ``batch_size`` (the effective batch, which it must divide) is split
+        into ``accumulate`` micro-batches whose gradients are summed in a ``lax.scan``
+        before one update (:mod:`fnn.accumulation`: dropout keys, batch norm).
+      privacy: ``fnn.dp_sgd(clip_norm, noise_multiplier)`` for DP-SGD's clipped, noised
+        per-example gradients (:class:`fnn.privacy.DPSGD`), or ``None``; its numbers are
+        leaves (a sweep grids them). Refused for a model with state (batch norm).
+      compute_dtype: ``jnp.bfloat16`` for mixed precision (static; default ``None``: the
+        params' dtype): the training forward and backward passes in bfloat16, the
+        params, optimizer state, loss, metrics and means in float32
+        (:mod:`fnn.precision`); float16 (it needs loss scaling) is refused.
     """
 
     model: Any
@@ -113,6 +162,10 @@ class Trainer:
     loss: Callable = static_field(default=losses_lib.mse)
     regularizer: Any = None
     metrics: Any = static_field(default=None)
+    ema: Any = None
+    accumulate: int = static_field(default=1)
+    privacy: Any = None
+    compute_dtype: Any = static_field(default=None)
 
     def __post_init__(self):
         object.__setattr__(self, "model", as_model(self.model))
@@ -125,10 +178,23 @@ class Trainer:
                 )
         metrics = losses_lib.default_metrics(self.loss) if self.metrics is None else self.metrics
         object.__setattr__(self, "metrics", _checked_metrics(metrics))
+        object.__setattr__(self, "accumulate", check_int("accumulate", self.accumulate))
+        object.__setattr__(self, "compute_dtype", precision.check_compute_dtype(self.compute_dtype))
+        if self.privacy is not None and not isinstance(self.privacy, DPSGD):
+            raise ValueError(
+                f"privacy must be fnn.dp_sgd(clip_norm, noise_multiplier) or None; got {type(self.privacy).__name__}"
+            )
+        if self.privacy is not None and jax.tree.leaves(self.model._state_shapes()):
+            raise ValueError(
+                "privacy (DP-SGD) needs per-example gradients, and this model has state (batch norm, whose "
+                "statistics mix the examples of a batch): use a model without state (LayerNorm instead of BatchNorm)"
+            )
+        if self.ema is not None and not isinstance(self.ema, EMA):
+            raise ValueError(f"ema must be fnn.ema(decay, ...) or None; got {self.ema!r}")
 
     def init(self, key: PRNGKeyLike, params: Params = None, model_state: ModelState = None) -> TrainState:
         """A fresh TrainState: params from ``model.init`` (unless given), optimizer state,
-        step 0, epoch 0, and the run key.
+        step 0, epoch 0, the run key and, with ``ema``, the average started at the params.
 
         Args:
           key: int seed or PRNG key; params are drawn from :func:`params_key`.
@@ -151,7 +217,10 @@ class Trainer:
                     )
         opt_state = self.optimizer.init(params)
         zero = jnp.zeros((), jnp.int32)
-        return TrainState(params, model_state, opt_state, zero, zero, run_key)
+        state = TrainState(params, model_state, opt_state, zero, zero, run_key)
+        if self.ema is None:
+            return state
+        return state._replace(ema_params=params, ema_model_state=model_state)  # a_0 = θ_0 (fnn.averaging)
 
     def objective(
         self,
@@ -167,10 +236,71 @@ class Trainer:
         Returns:
           ``(total, (loss, new_model_state, predictions))`` where total = loss + penalty.
         """
-        predictions, new_model_state = self.model.apply_train(params, x, state=model_state, key=key)
-        loss = self.loss(predictions, y, weights)
+        loss, (new_model_state, predictions) = self.data_loss(params, model_state, x, y, weights, key)
         penalty = 0.0 if self.regularizer is None else self.regularizer(params)
         return loss + penalty, (loss, new_model_state, predictions)
+
+    def data_loss(
+        self,
+        params: Params,
+        model_state: ModelState,
+        x: jax.Array,
+        y: jax.Array,
+        weights: jax.Array | None,
+        key: ArrayLike | None,
+    ) -> tuple[jax.Array, tuple[ModelState, jax.Array]]:
+        """The loss on a batch, without the regularizer: the training-mode forward pass and the loss.
+
+        With ``compute_dtype``, the params and x are cast to it for the forward pass and
+        the predictions back to x's dtype for the loss (:mod:`fnn.precision`).
+
+        Returns:
+          ``(loss, (new_model_state, predictions))``.
+        """
+        if self.compute_dtype is None:
+            predictions, new_model_state = self.model.apply_train(params, x, state=model_state, key=key)
+        else:
+            low_params, low_x = precision.cast((params, x), self.compute_dtype)
+            predictions, new_model_state = self.model.apply_train(low_params, low_x, state=model_state, key=key)
+            predictions = predictions.astype(precision.output_dtype(x))
+        return self.loss(predictions, y, weights), (new_model_state, predictions)
+
+    def gradients(
+        self,
+        params: Params,
+        model_state: ModelState,
+        x: jax.Array,
+        y: jax.Array,
+        weights: jax.Array | None,
+        key: ArrayLike | None,
+    ) -> tuple[Any, tuple[jax.Array, ModelState, jax.Array]]:
+        """The gradient of the objective on a mini-batch, and what the step reports.
+
+        By default ``jax.grad`` of :meth:`objective`. With ``accumulate=k`` or ``privacy``:
+        the example-weighted gradient sums of the ``k`` micro-batches
+        (:func:`fnn.accumulation.accumulate`; per-example and clipped under DP-SGD,
+        :meth:`fnn.privacy.DPSGD.batch_sums`), DP-SGD's noise added once
+        (:func:`noise_key`), divided by the mini-batch's weight, plus the regularizer's gradient.
+
+        Returns:
+          ``(grads, (loss, new_model_state, predictions))``: loss and predictions of the whole mini-batch.
+        """
+        if self.accumulate == 1 and self.privacy is None:
+            return jax.grad(self.objective, has_aux=True)(params, model_state, x, y, weights, key)
+        if self.privacy is None:
+            sums = functools.partial(accumulation.batch_sums, self.data_loss, params)
+        elif key is None:
+            raise ValueError("privacy (DP-SGD) draws noise: gradients needs the update's key (train_step's default)")
+        else:
+            sums = functools.partial(self.privacy.batch_sums, self.data_loss, params, key)
+        total, model_state, predictions = accumulation.accumulate(
+            sums, self.accumulate, model_state, x, y, weights, key
+        )
+        noise = None if self.privacy is None or key is None else self.privacy.noise(noise_key(key), total.grads)
+        grads, loss = accumulation.mean(total, noise)
+        if self.regularizer is not None:
+            grads = jax.tree.map(jnp.add, grads, jax.grad(self.regularizer)(params))
+        return grads, (loss, model_state, predictions)
 
     def train_step(
         self,
@@ -191,11 +321,15 @@ class Trainer:
         x, y, weights = batch if len(batch) == 3 else (*batch, None)
         if key is None:
             key = dropout_key(state.key, state.step)
-        grad_fn = jax.grad(self.objective, has_aux=True)
-        grads, (loss, model_state, predictions) = grad_fn(state.params, state.model_state, x, y, weights, key)
+        grads, (loss, model_state, predictions) = self.gradients(state.params, state.model_state, x, y, weights, key)
         lr = self.optimizer.learning_rate(state.opt_state)
         params, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_state = state._replace(params=params, model_state=model_state, opt_state=opt_state, step=state.step + 1)
+        if self.ema is not None:  # static (the trainer's structure): without ema nothing is added to the program
+            new_state = new_state._replace(
+                ema_params=self.ema.average(state.ema_params, new_state.params, new_state.step),
+                ema_model_state=self.ema.average(state.ema_model_state, new_state.model_state, new_state.step),
+            )
         metrics = {"loss": loss, "lr": jnp.asarray(lr), **self.measure(predictions, y, weights)}
         return new_state, metrics
 

@@ -565,6 +565,7 @@ FAMILIES = [
     (fnn.init.uniform, fnn.init.Uniform, "(scale=0.01)", dict(scale=float("nan")), "scale"),
     (fnn.init.orthogonal, fnn.init.Orthogonal, "(gain=1.0)", dict(gain=np.array([1.0])), "gain"),
     (fnn.halving, Halving, "(rung_epochs, eta=3, monitor=None)", dict(rung_epochs=2, eta=1), "eta"),
+    (fnn.ema, fnn.EMA, "(decay, debias=True, warmup=False, evaluate=True)", dict(decay=1.0), "decay"),
 ]
 
 

@@ -189,7 +189,9 @@ def _keep_saved(population: Population, path, resume: bool, x, y, settings: dict
     """Resume ``population`` from ``path`` (when asked and the file exists), and save it
     there after every compiled call from now on."""
     settings = {"entry": "fnn.sweep", **settings, "chunk": population.buckets[0]}
-    description = sweep_resume.describe(population.table, population.carry_shapes(1), x, y, settings, fit_kwargs)
+    description = sweep_resume.describe(
+        population.table, population.carry_shapes(1), x, y, settings, fit_kwargs, population.trainer
+    )
     if resume and os.path.exists(path):
         sweep_resume.restore_population(path, population, description)
         if population.progress:

@@ -209,7 +209,7 @@ def pbt(
             shapes = jax.eval_shape(functools.partial(run, count=1), None, key, host_array(0, int))
             settings = {"entry": "fnn.pbt", "spec": repr(spec), "per call": per_call}
             settings["key"] = np.asarray(jax.random.key_data(key)).tolist()
-            description = sweep_resume.describe(table, shapes[0][0], x, y, settings, fit_kwargs)
+            description = sweep_resume.describe(table, shapes[0][0], x, y, settings, fit_kwargs, trainer)
             if resume and os.path.exists(checkpoint):
                 carry, records, done = _restore(checkpoint, description, shapes, sharding)
                 if fit_kwargs.get("progress"):

@@ -29,11 +29,12 @@ from fnn import resume as resume_lib
 from fnn.options import ANY, OPTIONS
 from fnn.sweeps.population import Pending, Population, zeros
 from fnn.sweeps.successive_halving import Rungs
+from fnn.train import Trainer
 
 FORMAT = "fnn.sweep 1"
 
 
-def describe(table: dict, carry, x, y, settings: dict, fit_kwargs: dict) -> dict:
+def describe(table: dict, carry, x, y, settings: dict, fit_kwargs: dict, trainer: Trainer) -> dict:
     """A sweep's (or a PBT run's) description, stored with its checkpoint and compared
     on resume.
 
@@ -46,10 +47,15 @@ def describe(table: dict, carry, x, y, settings: dict, fit_kwargs: dict) -> dict
       fit_kwargs: fit's options (by ``repr``; arrays such as ``validation`` by a digest;
         those that do not decide the numbers, such as ``progress``, left out:
         ``fnn.options``).
+      trainer: the configuration at the first member's hyperparameters (concrete): its
+        numbers and the static fields of its configuration objects
+        (``trainer.accumulate``, ``trainer.optimizer.nesterov``, ...;
+        ``fnn.resume.describe_trainer``) are described too, so that a sweep resumed with
+        another configuration outside the grid is refused.
     Returns:
       ``{"settings": {...}, "arrays": {path: "dtype[shape]"}}``: ``settings`` with fit's
-      options, the members and a digest of the data, and the shape of one member's carry
-      outside its histories.
+      options, the members, the trainer and a digest of the data, and the shape of one
+      member's carry outside its histories.
     """
     members = {name: np.asarray(values).tolist() for name, values in table.items()}
     arrays = {
@@ -65,6 +71,7 @@ def describe(table: dict, carry, x, y, settings: dict, fit_kwargs: dict) -> dict
         "settings": {
             **options,
             **settings,
+            **resume_lib.describe_trainer(trainer),
             "members": members,
             "data (SHA-256)": resume_lib.digest((x, y)),
         },
