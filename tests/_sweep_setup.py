@@ -1,6 +1,7 @@
 """What the sweep tests share (test_sweep, test_halving, test_pbt, test_sweep_resume,
-test_ensemble): the configuration they sweep over the ``digits_300`` fixture, their fit
-options, and a stand-in that fails a test when a compiled program runs.
+test_ensemble, test_ema): the configuration they sweep over the ``digits_300`` fixture,
+their fit options, a stand-in that fails a test when a compiled program runs, and a
+counter of compilations.
 
 One configuration (test_sweep, test_halving, test_pbt) and one batch size keep the
 compiled programs' shapes the same, so a program one file compiles serves the others run
@@ -9,6 +10,10 @@ in the same process. Tests import this as a sibling module, ``from _sweep_setup 
 """
 
 from __future__ import annotations
+
+import contextlib
+
+import jax
 
 import fnn
 
@@ -54,3 +59,19 @@ def forbid(monkeypatch, owner, name: str, what: str) -> None:
         raise AssertionError(f"{what} ran")
 
     monkeypatch.setattr(owner, name, never)
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA compilations inside the block (``jax.monitoring``): yields a list."""
+    events = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)

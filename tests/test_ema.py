@@ -5,12 +5,11 @@ examples, batches of 16 (3 updates an epoch, the last padded), 3 epochs: every `
 here with the default flags shares one compiled program, whatever its decay.
 """
 
-import contextlib
-
 import chex
 import jax
 import numpy as np
 import pytest
+from _sweep_setup import count_compiles
 from tolerances import assert_trees_close_f32
 
 import fnn
@@ -47,22 +46,6 @@ def options(data):
 def fitted(data, options):
     """``fit`` of the default configuration (decay 0.9, debiased, evaluating), key 0."""
     return fnn.fit(config(), *data[:2], key=0, **options)
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Counts XLA compilations inside the block (``jax.monitoring``): yields a list."""
-    events = []
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def step_by_step(trainer, x, y):

@@ -5,14 +5,13 @@ of a 6-member chunk is built once and shared by the tests (only the chunked swee
 4-member chunks, compiles a second one). Multi-device sweeps: tests/test_distributed.py.
 """
 
-import contextlib
 import operator
 
 import chex
 import jax
 import numpy as np
 import pytest
-from _sweep_setup import BATCH, config, forbid
+from _sweep_setup import BATCH, config, count_compiles, forbid
 
 import fnn
 from fnn import progress
@@ -48,22 +47,6 @@ def assert_members_close(batched, i, single, rtol=1e-5, atol=1e-6):
     )
     for name in ("stop_epoch", "best_epoch", "stopped_early", "diverged"):
         assert getattr(batched, name)[i] == getattr(single, name), name
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Counts XLA compilations inside the block (``jax.monitoring``): yields a list."""
-    events = []
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 # ---------------------------------------------------------------------------- numbers
