@@ -11,9 +11,10 @@ min–max over seeds next to the published MLP baseline of the MNIST-1D README (
 from the same read, the accuracy of the seeds' ensemble (``SweepResult.ensemble``: the
 mean of the members' softmax probabilities).
 
-The defaults (activation, learning rate, dropout) are what ``--select`` chose: a grid
-trained over 8 other seeds and scored on the validation split only (it reads no test
-data; results in ``mnist1d_seeds_select.json``).
+The defaults (activation, learning rate, L2, dropout) are what ``--select`` chose: a grid
+(GELU; learning rate {3e-3, 1e-2, 3e-2} x L2 {0, 1e-3, 1e-2} x dropout {0, 0.1, 0.3}, the
+grid of ``experiments/halving.py``) trained over 8 other seeds and scored on the
+validation split only (it reads no test data; results in ``mnist1d_seeds_select.json``).
 
     python experiments/mnist1d_seeds.py              # the defaults: 32 seeds, 60 epochs
     python experiments/mnist1d_seeds.py --select     # the selection grid (validation only)
@@ -57,9 +58,9 @@ def parser():
         batch_size=100,
         hidden=[100, 100],
         activation="gelu",
-        lr=1e-2,
+        lr=3e-2,
         dropout=0.1,
-        l2=0.0,
+        l2=1e-3,
         n_train=None,
         n_test=None,
         helps={
@@ -70,9 +71,10 @@ def parser():
         "--select", action="store_true", help="run the selection grid on the validation split (reads no test data)"
     )
     p.add_argument("--select-seeds", type=int, nargs="+", default=list(range(100, 108)), help="seeds of the grid")
-    p.add_argument("--grid-activation", nargs="+", default=["relu", "gelu"], help="activations of the grid")
-    p.add_argument("--grid-lr", type=float, nargs="+", default=[5e-3, 1e-2, 2e-2], help="learning rates of the grid")
-    p.add_argument("--grid-dropout", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="dropout rates of the grid")
+    p.add_argument("--grid-activation", nargs="+", default=["gelu"], help="activations of the grid")
+    p.add_argument("--grid-lr", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2], help="learning rates of the grid")
+    p.add_argument("--grid-l2", type=float, nargs="+", default=[0.0, 1e-3, 1e-2], help="L2 strengths of the grid")
+    p.add_argument("--grid-dropout", type=float, nargs="+", default=[0.0, 0.1, 0.3], help="dropout rates of the grid")
     return p
 
 
@@ -179,12 +181,12 @@ def main(argv=None) -> dict:
 
 
 def select(run, args, configuration, x_train, y_train, fit_options, split, sizes) -> dict:
-    """The selection grid: activation x learning rate x dropout over ``--select-seeds``,
+    """The selection grid: activation x learning rate x L2 x dropout over ``--select-seeds``,
     scored on the validation split; one vmapped sweep per activation. No test data."""
     run.name = NAME + "_select"
-    grid = {"lr": args.grid_lr, "dropout": args.grid_dropout}
+    grid = {"lr": args.grid_lr, "l2": args.grid_l2, "dropout": args.grid_dropout}
     seeds = args.select_seeds
-    points = len(args.grid_lr) * len(args.grid_dropout)
+    points = len(args.grid_lr) * len(args.grid_l2) * len(args.grid_dropout)
     rows = []
     for activation in args.grid_activation:
         common.say(
@@ -202,13 +204,14 @@ def select(run, args, configuration, x_train, y_train, fit_options, split, sizes
             a["selected_epoch_mean"] = float(np.mean([r["best_epoch"] + 1 for r in members]))
             rows.append(a)
     chosen = max(rows, key=lambda r: r["mean"])
-    header = ["activation", "lr", "dropout", "validation accuracy (best epoch)", "min–max", "final-epoch val acc"]
+    header = ["activation", "lr", "l2", "dropout", "validation accuracy (best epoch)", "min–max", "final-epoch val acc"]
     table_md = common.markdown_table(
         header,
         [
             [
                 ("**" + r["activation"] + "**") if r is chosen else r["activation"],
                 f"{r['lr']:g}",
+                f"{r['l2']:g}",
                 f"{r['dropout']:g}",
                 f"{r['mean']:.4f} ± {r['std']:.4f}",
                 f"{r['min']:.4f}–{r['max']:.4f}",
@@ -217,10 +220,10 @@ def select(run, args, configuration, x_train, y_train, fit_options, split, sizes
             for r in rows
         ],
     )
-    selected = {"activation": chosen["activation"], "lr": chosen["lr"], "dropout": chosen["dropout"]}
+    selected = {k: chosen[k] for k in ("activation", "lr", "l2", "dropout")}
     command = (
         f"python experiments/mnist1d_seeds.py --activation {chosen['activation']} --lr {chosen['lr']:g} "
-        f"--dropout {chosen['dropout']:g}"
+        f"--l2 {chosen['l2']:g} --dropout {chosen['dropout']:g}"
     )
     common.say(f"\nmean ± std over {len(seeds)} seeds, validation split only:\n{table_md}\nselected: {selected}")
     common.say(f"run it: {command}")
@@ -244,10 +247,11 @@ def select(run, args, configuration, x_train, y_train, fit_options, split, sizes
 
 def plot_selection(rows, chosen):
     fig, axes = common.figure("MNIST-1D selection grid (validation accuracy, mean ± std over seeds)", 1, figsize=(8, 4))
-    keys = sorted({(r["activation"], r["dropout"]) for r in rows})
-    for i, (activation, dropout) in enumerate(keys):
+    keys = sorted({(r["activation"], r["l2"], r["dropout"]) for r in rows})
+    for i, (activation, l2, dropout) in enumerate(keys):
         line = sorted(
-            (r for r in rows if (r["activation"], r["dropout"]) == (activation, dropout)), key=lambda r: r["lr"]
+            (r for r in rows if (r["activation"], r["l2"], r["dropout"]) == (activation, l2, dropout)),
+            key=lambda r: r["lr"],
         )
         axes.errorbar(
             [r["lr"] for r in line],
@@ -256,7 +260,7 @@ def plot_selection(rows, chosen):
             marker="o",
             capsize=3,
             color=f"C{i}",
-            label=f"{activation}, dropout {dropout:g}",
+            label=f"{activation}, l2 {l2:g}, dropout {dropout:g}",
         )
     axes.plot([chosen["lr"]], [chosen["mean"]], "k*", ms=14, label="selected")
     axes.set(xscale="log", xlabel="learning rate (cosine decay to 0)", ylabel="validation accuracy")

@@ -101,7 +101,9 @@ def test_mnist1d_selection_reads_no_test_data(tmp_path, monkeypatch):
     module = load("mnist1d_seeds")
     common = module.common
     monkeypatch.setattr(common.TestSet, "read", lambda self: pytest.fail("the selection run read the test set"))
-    options = "--select --select-seeds 3 4 --grid-lr 0.01 0.02 --grid-dropout 0.1 --grid-activation relu"
+    options = (
+        "--select --select-seeds 3 4 --grid-lr 0.01 0.02 --grid-l2 0.001 --grid-dropout 0.1 --grid-activation relu"
+    )
     returned = module.main(
         [
             "--out",
@@ -121,9 +123,10 @@ def test_mnist1d_selection_reads_no_test_data(tmp_path, monkeypatch):
     protocol = check_protocol(record, test_read=False)
     check_split(protocol["split"], 200, 100, None)
     grid = record["metrics"]["grid"]
-    assert [(g["activation"], g["lr"], g["dropout"]) for g in grid] == [("relu", 0.01, 0.1), ("relu", 0.02, 0.1)]
+    points = [(g["activation"], g["lr"], g["l2"], g["dropout"]) for g in grid]
+    assert points == [("relu", 0.01, 0.001, 0.1), ("relu", 0.02, 0.001, 0.1)]
     best = max(grid, key=lambda g: g["mean"])
-    assert record["metrics"]["selected"] == {"activation": "relu", "lr": best["lr"], "dropout": 0.1}
+    assert record["metrics"]["selected"] == {"activation": "relu", "lr": best["lr"], "l2": 0.001, "dropout": 0.1}
     assert protocol["seeds"] == [3, 4] and all(g["seeds"] == 2 for g in grid)
 
 
