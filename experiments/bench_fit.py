@@ -20,9 +20,11 @@ use_cpu_cores(n)`` first) it prints, all measured in this run on this machine:
 * achieved GFLOP/s of all of them against a jit-compiled program doing only the forward
   and backward matmuls of the same shapes (scanned over an epoch of batches).
 
-``--precision`` measures instead W1 in float32 against ``compute_dtype=jnp.bfloat16``
-(``fnn.precision``), side by side in one process: seconds per epoch of ``fit`` (compile
-excluded) and the validation accuracy after ``--epochs`` epochs (50,000 training images,
+``--precision`` measures instead W1 in float32 against ``compute_dtype=jnp.bfloat16`` and
+``jnp.float16`` (``fnn.precision``; float16 with dynamic loss scaling, ``fnn.loss_scaling``),
+side by side in one process: seconds per epoch of ``fit`` (compile excluded; the median
+of 3 interleaved rounds), the
+validation accuracy after ``--epochs`` epochs and the steps the loss scale skipped (50,000 training images,
 the last 10,000 of the training set held out; the test set is not read).
 
 Usage: python experiments/bench_fit.py [--epochs 3] [--devices 1 2] [--data-dir DIR] [--precision]
@@ -237,21 +239,34 @@ def measure(args) -> dict:
     }
 
 
-def compare_precision(args) -> dict:
-    """W1 in float32 and in bfloat16: ``{dtype: (seconds per epoch, validation accuracy)}``."""
+def compare_precision(args, rounds: int = 3) -> dict:
+    """W1 in float32, bfloat16 and float16 (with dynamic loss scaling): ``{dtype: (seconds per
+    epoch, validation accuracy, steps skipped by the loss scale)}``; the seconds are the
+    median of ``rounds`` timed fits per dtype, the dtypes interleaved in each round so that
+    the machine's drift falls on all three."""
     data = fnn.datasets.load_fashion_mnist(args.data_dir / "fashion-mnist")
     x_all = np.asarray(fnn.prepare_images(data.x_train))
     y_all = data.y_train.astype(np.int32)
     x, y, validation = x_all[:-10000], y_all[:-10000], (x_all[-10000:], y_all[-10000:])
-    results = {}
-    for name, dtype in (("float32", None), ("bfloat16", jnp.bfloat16)):
-        model = fnn.mlp(SIZES, init="he_normal")
-        trainer = fnn.Trainer(model, fnn.adam(1e-3), fnn.cross_entropy, compute_dtype=dtype)
-        options = dict(epochs=args.epochs, batch_size=BATCH, validation=validation)
+    options = dict(epochs=args.epochs, batch_size=BATCH, validation=validation)
+    trainers = {
+        name: fnn.Trainer(fnn.mlp(SIZES, init="he_normal"), fnn.adam(1e-3), fnn.cross_entropy, compute_dtype=dtype)
+        for name, dtype in (("float32", None), ("bfloat16", jnp.bfloat16), ("float16", jnp.float16))
+    }
+    for trainer in trainers.values():
         fnn.fit(trainer, x, y, key=1, **options)  # compiles
-        seconds, result = timed(lambda trainer=trainer, options=options: fnn.fit(trainer, x, y, key=0, **options))
-        results[name] = (seconds / args.epochs, float(result.history["val_accuracy"][-1]))
-    return results
+    seconds: dict[str, list[float]] = {name: [] for name in trainers}
+    results = {}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            elapsed, results[name] = timed(lambda trainer=trainer: fnn.fit(trainer, x, y, key=0, **options))
+            seconds[name].append(elapsed / args.epochs)
+    table = {}
+    for name, result in results.items():
+        scale = result.train_state.loss_scale
+        skipped = "-" if scale is None else int(scale.skipped)
+        table[name] = (float(np.median(seconds[name])), float(result.history["val_accuracy"][-1]), skipped)
+    return table
 
 
 def main(argv=None):
@@ -262,7 +277,7 @@ def main(argv=None):
     parser.add_argument(
         "--devices", type=int, nargs="+", default=None, help="CPU device counts (default: 1 and one per core)"
     )
-    parser.add_argument("--precision", action="store_true", help="W1 in float32 against bfloat16, side by side")
+    parser.add_argument("--precision", action="store_true", help="W1 in float32, bfloat16 and float16, side by side")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -274,9 +289,9 @@ def main(argv=None):
     if args.precision:
         results = compare_precision(args)
         print(f"W1 (MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}), {args.epochs} epochs, 50,000 images")
-        print("\n| compute dtype | s / epoch | validation accuracy |\n|---|---|---|")
-        for name, (seconds, accuracy) in results.items():
-            print(f"| {name} | {seconds:.3f} | {accuracy:.4f} |")
+        print("\n| compute dtype | s / epoch | validation accuracy | steps skipped (loss scale) |\n|---|---|---|---|")
+        for name, (seconds, accuracy, skipped) in results.items():
+            print(f"| {name} | {seconds:.3f} | {accuracy:.4f} | {skipped} |")
         return results
     if args.worker:
         fnn.distributed.use_cpu_cores(args.worker)

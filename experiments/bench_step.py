@@ -1,4 +1,4 @@
-"""Benchmark: one training step's time and memory, plain against gradient accumulation and DP-SGD.
+"""Benchmark: one training step's time and memory, plain against accumulation, DP-SGD and mixed precision.
 
 The step of ``fnn.Trainer.train_step`` for the MLP 784-256-256-10 (ReLU, Adam,
 cross-entropy) on a mini-batch of 128 random MNIST-shaped examples, compiled once per
@@ -12,7 +12,10 @@ variant:
 * **DP-SGD, accumulate=4** — the per-example gradients of 32 examples at a time;
 * **bfloat16** — mixed precision, ``Trainer(compute_dtype=jnp.bfloat16)``
   (``fnn.precision``): the forward and backward passes in bfloat16 (fast on GPUs and
-  TPUs; a CPU without bfloat16 arithmetic emulates it).
+  TPUs; a CPU without bfloat16 arithmetic emulates it);
+* **float16 + loss scaling** — ``compute_dtype=jnp.float16`` with its dynamic loss scale
+  (``fnn.loss_scaling``): the scaled loss, the unscaled gradient, the finiteness test and
+  the masked update that skips a non-finite step.
 
 For each: the mean time of a step (after a warm-up call; ``--steps`` calls, each waited
 for), XLA's memory analysis of the compiled step (``temp``: the working memory the step
@@ -49,6 +52,7 @@ def variants() -> dict[str, dict]:
         "DP-SGD": {"privacy": private},
         "DP-SGD, accumulate=4": {"privacy": private, "accumulate": 4},
         "bfloat16": {"compute_dtype": jnp.bfloat16},
+        "float16 + loss scaling": {"compute_dtype": jnp.float16},
     }
 
 

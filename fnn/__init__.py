@@ -16,6 +16,7 @@ from fnn import (
     export,
     init,
     layers,
+    loss_scaling,
     losses,
     multihost,
     optimizers,
@@ -54,6 +55,7 @@ from fnn.layers import (
     as_model,
     mlp,
 )
+from fnn.loss_scaling import DynamicLossScale, dynamic_loss_scale
 from fnn.losses import (
     Loss,
     accuracy,
@@ -99,6 +101,8 @@ __all__ = [
     "multihost",
     "options",
     "DivergenceError",
+    "DynamicLossScale",
+    "dynamic_loss_scale",
     "dp_sgd",
     "DPSGD",
     "Dropout",
@@ -121,6 +125,7 @@ __all__ = [
     "LayerNorm",
     "layers",
     "Loss",
+    "loss_scaling",
     "losses",
     "lr_range",
     "LRRangeResult",

@@ -48,6 +48,7 @@ from fnn.data_checks import as_arrays, check_run_data
 from fnn.distributed import check_batch_divisible
 from fnn.layers import check_params
 from fnn.loop import FitResult, Loop, RunData, Settings, float_array, history_names, initial_loop, run_epochs
+from fnn.loss_scaling import check_state as check_loss_scale_state
 from fnn.options import OPTIONS
 from fnn.programs import jit_program
 from fnn.train import Trainer, TrainState
@@ -326,7 +327,7 @@ _init_program = jit_program(lambda trainer, key: trainer.init(key), ())
 
 def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:
     """A given TrainState: params and model state fit the model, its moving average the
-    trainer's ``ema``, counters are int32 scalars, the key is a key, and epochs still
+    trainer's ``ema``, its loss scale the trainer's ``loss_scaling``, counters are int32 scalars, the key is a key, and epochs still
     remain (``epochs`` counts the total)."""
     if not isinstance(state, TrainState):
         raise ValueError(f"train_state must be an fnn.TrainState; got {type(state).__name__}")
@@ -334,6 +335,7 @@ def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:
         trainer.model, state.params, state.model_state, names=("train_state.params", "train_state.model_state")
     )
     check_ema_state(trainer.ema, state)
+    check_loss_scale_state(trainer.loss_scaling, state)
     for name in ("step", "epoch"):
         value = getattr(state, name)
         if jnp.shape(value) != () or jnp.result_type(value) != jnp.int32:

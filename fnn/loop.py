@@ -30,6 +30,7 @@ from fnn.averaging import evaluated
 from fnn.batching import epoch_batches
 from fnn.programs import host_array, jit_program
 from fnn.train import Trainer, TrainState, order_key
+from fnn.tree_util import all_finite, tree_where
 from fnn.types import ModelState, Params
 
 
@@ -133,15 +134,6 @@ def float_array(value=jnp.nan):
     return host_array(value, jnp.result_type(float))
 
 
-def _tree_where(condition, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
-
-
-def _all_finite(tree):
-    """True when every element is finite (one fused reduction: a sum is finite iff its terms are)."""
-    return jnp.isfinite(sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)))
-
-
 def _shard(batch, sharding):
     """Split a mini-batch's example axis over devices (data parallelism); the compiler
     then averages the gradients across them. No-op without a sharding."""
@@ -200,14 +192,14 @@ def train_epoch(trainer: Trainer, result: FitResult, data: RunData, settings: Se
         # become a select of the whole carry anyway, and unbatched the epoch loop stops
         # after this epoch. An update past max_steps is discarded, not a divergence.
         loss = float_array(metrics["loss"])  # float32 for a float32 model; sums and thresholds are float64 under x64
-        healthy = jnp.isfinite(loss) & (loss <= data.divergence_threshold) & _all_finite(new_state.params)
+        healthy = jnp.isfinite(loss) & (loss <= data.divergence_threshold) & all_finite(new_state.params)
         within = True if settings.max_steps is None else carry.state.step < settings.max_steps
         fails = ~healthy & within & ~carry.diverged
         ok = healthy & within & ~carry.diverged
         total = float_array(jnp.sum(w))
         counted = {k: float_array(metrics[k]) * total for k in names}
         return _StepCarry(
-            state=_tree_where(ok, new_state, carry.state),
+            state=tree_where(ok, new_state, carry.state),
             diverged=carry.diverged | fails,
             diverged_step=jnp.where(fails, carry.state.step, carry.diverged_step),
             last_loss=jnp.where(ok, loss, carry.last_loss),
@@ -255,8 +247,8 @@ def end_epoch(trainer: Trainer, loop: Loop, means: dict, data: RunData, settings
     stopped = jnp.asarray(False) if settings.patience is None else wait >= settings.patience
     result = result._replace(
         train_state=state._replace(epoch=jnp.where(result.diverged, epoch, epoch + 1).astype(jnp.int32)),
-        best_params=_tree_where(improved, params, result.best_params),
-        best_model_state=_tree_where(improved, model_state, result.best_model_state),
+        best_params=tree_where(improved, params, result.best_params),
+        best_model_state=tree_where(improved, model_state, result.best_model_state),
         best_epoch=jnp.where(improved, epoch, result.best_epoch).astype(jnp.int32),
         history=history,
         stopped_early=stopped & ~result.diverged,

@@ -1,6 +1,6 @@
 """Mixed precision: the forward and backward passes in a lower float dtype, the rest in float32.
 
-``fnn.Trainer(..., compute_dtype=jnp.bfloat16)`` (static) runs each training step's
+``fnn.Trainer(..., compute_dtype=jnp.bfloat16)`` (static; or ``jnp.float16``) runs each training step's
 forward pass, and so its backward pass, in bfloat16, while everything that accumulates
 stays in the params' own dtype (float32)::
 
@@ -16,8 +16,10 @@ the params' dtype. Every cast is explicit: nothing relies on JAX's dtype promoti
 
 bfloat16 keeps float32's exponent range, so gradients neither underflow nor overflow
 and no loss scaling is needed (Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep
-Learning Training"). float16 would need dynamic loss scaling (Micikevicius et al. 2018,
-"Mixed Precision Training"), which fnn does not implement: it is refused.
+Learning Training"). float16 (``compute_dtype=jnp.float16``) keeps 3 more significant
+bits but a narrow exponent range (6.0e-8 to 65504): its small gradients flush to zero
+unless the loss is scaled, so a float16 trainer scales it dynamically
+(Micikevicius et al. 2018, "Mixed Precision Training"; :mod:`fnn.loss_scaling`).
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ def check_compute_dtype(value) -> np.dtype | None:
     """``value`` as a NumPy dtype (``jnp.bfloat16``, ``"bfloat16"``, ``jnp.float32``, ...), or ``None``.
 
     Raises:
-      ValueError: naming ``compute_dtype``, for a value that is not a floating dtype, and
-        for float16 (it needs loss scaling).
+      ValueError: naming ``compute_dtype``, for a value that is not a floating dtype.
     """
     if value is None:
         return None
@@ -46,11 +47,6 @@ def check_compute_dtype(value) -> np.dtype | None:
         ) from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"compute_dtype must be a floating dtype such as jnp.bfloat16, or None; got {dtype}")
-    if dtype == np.float16:
-        raise ValueError(
-            "compute_dtype=float16 needs dynamic loss scaling, which fnn does not implement: use jnp.bfloat16 "
-            "(float32's exponent range, no loss scaling)"
-        )
     return dtype
 
 

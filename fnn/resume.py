@@ -45,6 +45,7 @@ _PARTS = (
     (".result.train_state.model_state", "the model's state (batch-norm statistics) differs (another model?)"),
     (".result.train_state.opt_state", "the optimizer's state differs (another optimizer?)"),
     (".result.train_state.ema_", "the moving average of the params differs (trainer.ema added or removed?)"),
+    (".result.train_state.loss_scale", "the loss scale's state differs (compute_dtype float16 added or removed?)"),
 )
 
 

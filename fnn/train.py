@@ -20,6 +20,8 @@ A ``TrainState`` is everything that changes during training, also a pytree::
                   the exponential moving average of the params and model state
                   (``Trainer(ema=fnn.ema(decay))``, :mod:`fnn.averaging`), updated after
                   every update; ``None`` without ``ema`` (nothing is added to the run).
+    loss_scale    the dynamic loss scale's state (float16 compute, :mod:`fnn.loss_scaling`);
+                  ``None`` without ``loss_scaling``.
 
 One update (``Trainer.train_step``), for a mini-batch (x, y) with example weights w::
 
@@ -27,6 +29,10 @@ One update (``Trainer.train_step``), for a mini-batch (x, y) with example weight
     g    = ∇θ L(θ)                       (jax.grad — backpropagation)
     θ, opt_state = optimizer.update(g, opt_state, θ)      (e.g. θ ← θ - lr · g)
     a ← (1 - w_t) · a + w_t · θ          (with ema: the moving average, fnn.averaging)
+
+With ``compute_dtype=jnp.float16`` the step differentiates ``S · L(θ)`` and divides ``g`` by
+the loss scale ``S``; a step whose ``g`` is not finite is skipped and lowers ``S``
+(dynamic loss scaling, :mod:`fnn.loss_scaling`).
 
 Two options of the Trainer change how ``g`` is computed (:meth:`Trainer.gradients`), never
 the update: ``accumulate=k`` sums the gradient over ``k`` micro-batches of the
@@ -53,15 +59,17 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fnn import accumulation, precision
+from fnn import accumulation, loss_scaling, precision
 from fnn import losses as losses_lib
 from fnn.averaging import EMA
 from fnn.batching import eval_batches
 from fnn.checks import as_key, check_int, is_concrete
 from fnn.data_checks import check_data
 from fnn.layers import as_model, check_params
+from fnn.loss_scaling import DynamicLossScale, LossScaleState
 from fnn.privacy import DPSGD
 from fnn.pytree import pytree_dataclass, static_field
+from fnn.tree_util import all_finite, tree_where
 from fnn.types import ModelState, OptState, Params, PRNGKeyLike
 
 
@@ -76,6 +84,7 @@ class TrainState(NamedTuple):
     key: jax.Array
     ema_params: Params = None
     ema_model_state: ModelState = None
+    loss_scale: LossScaleState | None = None
 
 
 # The run key's streams (the PRNG contract), derived here and nowhere else.
@@ -151,10 +160,14 @@ class Trainer:
       privacy: ``fnn.dp_sgd(clip_norm, noise_multiplier)`` for DP-SGD's clipped, noised
         per-example gradients (:class:`fnn.privacy.DPSGD`), or ``None``; its numbers are
         leaves (a sweep grids them). Refused for a model with state (batch norm).
-      compute_dtype: ``jnp.bfloat16`` for mixed precision (static; default ``None``: the
-        params' dtype): the training forward and backward passes in bfloat16, the
-        params, optimizer state, loss, metrics and means in float32
-        (:mod:`fnn.precision`); float16 (it needs loss scaling) is refused.
+      compute_dtype: ``jnp.bfloat16`` or ``jnp.float16`` for mixed precision (static;
+        default ``None``: the params' dtype): the training forward and backward passes in
+        that dtype, the params, optimizer state, loss, metrics and means in float32
+        (:mod:`fnn.precision`).
+      loss_scaling: for float16 compute, the dynamic loss scale (default
+        ``fnn.dynamic_loss_scale()`` with float16, :mod:`fnn.loss_scaling`); refused with
+        another compute dtype (bfloat16 has float32's exponent range and needs none) and
+        with ``privacy`` (the clip norm would apply to scaled gradients).
     """
 
     model: Any
@@ -166,6 +179,7 @@ class Trainer:
     accumulate: int = static_field(default=1)
     privacy: Any = None
     compute_dtype: Any = static_field(default=None)
+    loss_scaling: Any = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", as_model(self.model))
@@ -191,6 +205,30 @@ class Trainer:
             )
         if self.ema is not None and not isinstance(self.ema, EMA):
             raise ValueError(f"ema must be fnn.ema(decay, ...) or None; got {self.ema!r}")
+        self._check_loss_scaling()
+
+    def _check_loss_scaling(self):
+        """Default float16's dynamic loss scale; refuse one without float16, or with DP-SGD."""
+        float16 = self.compute_dtype == jnp.float16
+        if float16 and self.loss_scaling is None:
+            object.__setattr__(self, "loss_scaling", DynamicLossScale())
+        if self.loss_scaling is None:
+            return
+        if not isinstance(self.loss_scaling, DynamicLossScale):
+            raise ValueError(
+                f"loss_scaling must be fnn.dynamic_loss_scale(...) or None; got {type(self.loss_scaling).__name__}"
+            )
+        if not float16:
+            raise ValueError(
+                f"loss_scaling is for compute_dtype=jnp.float16 (float16's narrow exponent range); got "
+                f"compute_dtype={self.compute_dtype}: drop loss_scaling (bfloat16 and float32 need none)"
+            )
+        if self.privacy is not None:
+            raise ValueError(
+                "compute_dtype=float16 (with its loss scaling) and privacy (DP-SGD) do not go together: DP-SGD clips "
+                "each example's gradient to clip_norm, and a scaled gradient is loss_scale times too large; use "
+                "compute_dtype=jnp.bfloat16 with privacy"
+            )
 
     def init(self, key: PRNGKeyLike, params: Params = None, model_state: ModelState = None) -> TrainState:
         """A fresh TrainState: params from ``model.init`` (unless given), optimizer state,
@@ -218,6 +256,8 @@ class Trainer:
         opt_state = self.optimizer.init(params)
         zero = jnp.zeros((), jnp.int32)
         state = TrainState(params, model_state, opt_state, zero, zero, run_key)
+        if self.loss_scaling is not None:
+            state = state._replace(loss_scale=self.loss_scaling.init())
         if self.ema is None:
             return state
         return state._replace(ema_params=params, ema_model_state=model_state)  # a_0 = θ_0 (fnn.averaging)
@@ -273,6 +313,7 @@ class Trainer:
         y: jax.Array,
         weights: jax.Array | None,
         key: ArrayLike | None,
+        scale: jax.Array | None = None,
     ) -> tuple[Any, tuple[jax.Array, ModelState, jax.Array]]:
         """The gradient of the objective on a mini-batch, and what the step reports.
 
@@ -281,14 +322,19 @@ class Trainer:
         (:func:`fnn.accumulation.accumulate`; per-example and clipped under DP-SGD,
         :meth:`fnn.privacy.DPSGD.batch_sums`), DP-SGD's noise added once
         (:func:`noise_key`), divided by the mini-batch's weight, plus the regularizer's gradient.
+        With a loss ``scale`` ``S`` (float32 scalar; :mod:`fnn.loss_scaling`): the gradient
+        of ``S`` times the loss, divided by ``S``.
 
         Returns:
           ``(grads, (loss, new_model_state, predictions))``: loss and predictions of the whole mini-batch.
         """
         if self.accumulate == 1 and self.privacy is None:
-            return jax.grad(self.objective, has_aux=True)(params, model_state, x, y, weights, key)
+            objective = loss_scaling.scaled(self.objective, scale)
+            grads, aux = jax.grad(objective, has_aux=True)(params, model_state, x, y, weights, key)
+            return loss_scaling.unscale(grads, scale), aux
         if self.privacy is None:
-            sums = functools.partial(accumulation.batch_sums, self.data_loss, params)
+            data_loss = loss_scaling.scaled(self.data_loss, scale)
+            sums = functools.partial(accumulation.batch_sums, data_loss, params)
         elif key is None:
             raise ValueError("privacy (DP-SGD) draws noise: gradients needs the update's key (train_step's default)")
         else:
@@ -297,7 +343,7 @@ class Trainer:
             sums, self.accumulate, model_state, x, y, weights, key
         )
         noise = None if self.privacy is None or key is None else self.privacy.noise(noise_key(key), total.grads)
-        grads, loss = accumulation.mean(total, noise)
+        grads, loss = loss_scaling.unscale(accumulation.mean(total, noise), scale)
         if self.regularizer is not None:
             grads = jax.tree.map(jnp.add, grads, jax.grad(self.regularizer)(params))
         return grads, (loss, model_state, predictions)
@@ -321,7 +367,11 @@ class Trainer:
         x, y, weights = batch if len(batch) == 3 else (*batch, None)
         if key is None:
             key = dropout_key(state.key, state.step)
-        grads, (loss, model_state, predictions) = self.gradients(state.params, state.model_state, x, y, weights, key)
+        loss_scaling.check_state(self.loss_scaling, state, name="state")
+        scale = None if state.loss_scale is None else state.loss_scale.scale
+        grads, (loss, model_state, predictions) = self.gradients(
+            state.params, state.model_state, x, y, weights, key, scale
+        )
         lr = self.optimizer.learning_rate(state.opt_state)
         params, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_state = state._replace(params=params, model_state=model_state, opt_state=opt_state, step=state.step + 1)
@@ -329,6 +379,11 @@ class Trainer:
             new_state = new_state._replace(
                 ema_params=self.ema.average(state.ema_params, new_state.params, new_state.step),
                 ema_model_state=self.ema.average(state.ema_model_state, new_state.model_state, new_state.step),
+            )
+        if self.loss_scaling is not None:  # a non-finite gradient: skip the step, lower the scale
+            finite = all_finite(grads)
+            new_state = tree_where(finite, new_state, state)._replace(
+                loss_scale=self.loss_scaling.adjust(state.loss_scale, finite)
             )
         metrics = {"loss": loss, "lr": jnp.asarray(lr), **self.measure(predictions, y, weights)}
         return new_state, metrics

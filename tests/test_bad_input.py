@@ -566,6 +566,13 @@ FAMILIES = [
     (fnn.init.orthogonal, fnn.init.Orthogonal, "(gain=1.0)", dict(gain=np.array([1.0])), "gain"),
     (fnn.halving, Halving, "(rung_epochs, eta=3, monitor=None)", dict(rung_epochs=2, eta=1), "eta"),
     (fnn.ema, fnn.EMA, "(decay, debias=True, warmup=False, evaluate=True)", dict(decay=1.0), "decay"),
+    (
+        fnn.dynamic_loss_scale,
+        fnn.DynamicLossScale,
+        "(initial_scale=32768.0, factor=2.0, period=2000, min_scale=1.0)",
+        dict(factor=1.0),
+        "factor",
+    ),
 ]
 
 
