@@ -3,7 +3,7 @@
 An experiment script is its options, its experiment and its plot; the rest is here:
 
 * :func:`parser` builds its ``ArgumentParser`` from the script's docstring: ``--out``,
-  ``--no-progress``, ``--data-dir`` for the scripts that read MNIST-family files, and the
+  ``--no-progress``, ``--tensorboard`` (:meth:`Run.tensorboard`), ``--data-dir`` for the scripts that read MNIST-family files, and the
   options several experiments share (:data:`SHARED_OPTIONS`: ``--epochs``, ``--hidden``,
   ``--lr``, ...) with the script's defaults; the script adds its own options to it, and
   those of a selection run (:func:`add_selection_options`, :func:`add_grid_options`,
@@ -41,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -106,6 +107,14 @@ def parser(doc: str, *, data: bool = False, helps: dict[str, str] | None = None,
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results JSON and the PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no per-epoch progress lines")
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write TensorBoard event files of every fit, sweep and PBT run, under DIR/<results name>/<phase> "
+        "(needs fnn[tensorboard]; view with: tensorboard --logdir DIR)",
+    )
     if data:
         p.add_argument(
             "--data-dir",
@@ -479,7 +488,8 @@ class Grid(NamedTuple):
 def selection_sweeps(run: Run, variants, x, y, validation, values: dict) -> Grid:
     """Sweep the selection grid: for each variant, the hyperparameters' ``values`` over the
     seeds ``--select-seeds`` as one sweep on ``(x, y)``, announced and timed as the run's
-    phase ``"select <variant>"``, each member scored on ``validation`` at its last epoch.
+    phase ``"select <variant>"`` (and logged there with ``--tensorboard``), each member
+    scored on ``validation`` at its last epoch.
 
     Args:
       run: the selection run.
@@ -511,6 +521,7 @@ def selection_sweeps(run: Run, variants, x, y, validation, values: dict) -> Grid
                 progress=not run.args.no_progress,
                 epochs=epochs,
                 batch_size=batch_size,
+                tensorboard=run.tensorboard(f"select {v.name}"),
             )
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)
@@ -566,7 +577,7 @@ def finish_selection(
 def retrain(run: Run, config, x, y, **options):
     """The final models: seeds ``0..--seeds - 1`` of ``config`` trained on all of ``(x, y)``
     (train + validation) as one sweep with no validation, timed as the run's phase
-    ``"train (compile + run)"``.
+    ``"train (compile + run)"`` (and logged there with ``--tensorboard``).
 
     Args:
       run: the script's run (its options give seeds, epochs, batch size, progress).
@@ -580,7 +591,8 @@ def retrain(run: Run, config, x, y, **options):
     """
     args = run.args
     with run("train (compile + run)"):
-        table = fnn.sweep(config, x, y, seeds=args.seeds, **training_options(args, None), **options)
+        log = run.tensorboard("train")
+        table = fnn.sweep(config, x, y, seeds=args.seeds, **training_options(args, None), tensorboard=log, **options)
         jax.block_until_ready(table.results.history)
     diverged = np.asarray(table.results.diverged)
     if diverged.any():
@@ -690,6 +702,29 @@ class Run(Timer):
         super().__init__()
         self.name, self.args, self.argv = name, args, argv
         self.script = name  # experiments/<script>.py; ``name`` names the results files
+        self.logged: set[Path] = set()
+
+    def tensorboard(self, phase: str) -> Path | None:
+        """The folder of a phase's TensorBoard runs, for ``fnn.fit`` / ``fnn.sweep`` /
+        ``fnn.pbt``'s ``tensorboard=``: ``<--tensorboard>/<name>/<phase>`` (the phase in
+        lower case, each run of other characters than letters, digits, ``.``, ``=``, ``_``
+        a ``-``), or ``None`` without ``--tensorboard``.
+
+        Raises:
+          SystemExit: when the folder is not empty (a run written before would mix with
+            this one's in TensorBoard) or was handed out already in this run.
+        """
+        if getattr(self.args, "tensorboard", None) is None:
+            return None
+        slug = re.sub(r"[^a-z0-9.=_]+", "-", phase.lower()).strip("-")
+        folder = self.args.tensorboard / self.name / slug
+        if folder in self.logged or (folder.is_dir() and any(folder.iterdir())):
+            raise SystemExit(
+                f"--tensorboard: {folder} holds runs already; pass another folder, or remove it, so that "
+                "TensorBoard does not mix two runs' events"
+            )
+        self.logged.add(folder)
+        return folder
 
     def finish(self, *, config: dict, metrics: dict, plot, protocol: dict, **extra) -> dict:
         """The end of the run: ``<out>/<name>.json`` (:func:`write_results`: the options

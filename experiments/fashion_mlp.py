@@ -147,7 +147,9 @@ def main(argv=None) -> dict:
         "vmapped program (compiling first; per-epoch lines: 'val_' = validation)"
     )
     with run("train (compile + run)"):
-        table = fnn.sweep(config, x_train, y_train, seeds=args.seeds, **fit_options)
+        table = fnn.sweep(
+            config, x_train, y_train, seeds=args.seeds, tensorboard=run.tensorboard("train"), **fit_options
+        )
         jax.block_until_ready(table.results.history)
     results, trainer = table.results, config()
     if np.asarray(results.diverged).any():
@@ -239,7 +241,9 @@ def select(run, args, x_train, y_train, fit_options, split, defaults) -> dict:
             f"{n_points * len(seeds)} runs in one vmapped program; {len(y_train)} train / {split['validation']} validation"
         )
         with run(f"select {text}"):
-            table = fnn.sweep(config, x_train, y_train, seeds=seeds, grid=grid, **fit_options | {"epochs": v["epochs"]})
+            log = run.tensorboard(f"select {text}")
+            options = fit_options | {"epochs": v["epochs"], "tensorboard": log}
+            table = fnn.sweep(config, x_train, y_train, seeds=seeds, grid=grid, **options)
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)
         table_rows = table.rows()  # once: it builds a dict per member

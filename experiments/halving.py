@@ -199,20 +199,21 @@ def main(argv=None) -> dict:
             f"{unpadded(rungs)} member-epochs without padding, against {n * args.epochs} for the full sweep"
         )
 
-    def full_sweep():
-        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], **fit_options)
+    def full_sweep(log=None):
+        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], tensorboard=log, **fit_options)
 
-    def halving(r: int):
+    def halving(r: int, log=None):
         schedule = fnn.halving(rung_epochs=r, eta=args.eta, monitor=args.rung_monitor)
-        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], schedule=schedule, **fit_options)
+        options = fit_options | {"schedule": schedule, "tensorboard": log}
+        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], **options)
 
     names = {r: f"halving, rungs of {r}" for r in args.rung_epochs}
     common.say("\n== full sweep (cold: compiles its program)")
-    full = timed(run, "full sweep (cold)", full_sweep)
+    full = timed(run, "full sweep (cold)", lambda: full_sweep(run.tensorboard("full sweep")))
     halved = {}
     for r in args.rung_epochs:
         common.say(f"\n== {names[r]} epochs (cold: compiles its programs)")
-        halved[r] = timed(run, f"{names[r]} (cold)", lambda r=r: halving(r))
+        halved[r] = timed(run, f"{names[r]} (cold)", lambda r=r: halving(r, run.tensorboard(names[r])))
     if not args.no_warm:
         common.say("\n== all again, programs compiled (warm)")
         with run("full sweep (warm)"):
@@ -284,8 +285,16 @@ def main(argv=None) -> dict:
         common.say(f"\n== the selected configuration(s) {chosen} over seeds 0..{args.final_seeds - 1}")
         zipped = {k: [c[i] for c in chosen] for i, k in enumerate(HYPERPARAMETERS)}
         with run("retrain selected"):
+            log = run.tensorboard("retrain selected")
             retrained = fnn.sweep(
-                config, x_train, y_train, grid=zipped, product=False, seeds=args.final_seeds, **fit_options
+                config,
+                x_train,
+                y_train,
+                grid=zipped,
+                product=False,
+                seeds=args.final_seeds,
+                tensorboard=log,
+                **fit_options,
             )
             jax.block_until_ready(retrained.results.history)
 

@@ -112,7 +112,9 @@ def main(argv=None) -> dict:
     )
     config = configuration(args.activation)
     with run("train (compile + run)"):
-        table = fnn.sweep(config, x_train, y_train, seeds=args.seeds, **fit_options)
+        table = fnn.sweep(
+            config, x_train, y_train, seeds=args.seeds, tensorboard=run.tensorboard("train"), **fit_options
+        )
         jax.block_until_ready(table.results.history)
     results, trainer = table.results, config()
     history = {k: np.asarray(v) for k, v in results.history.items()}
@@ -194,7 +196,10 @@ def select(run, args, configuration, x_train, y_train, fit_options, split, sizes
             f"in one vmapped program; {len(y_train)} train / {split['validation']} validation"
         )
         with run(f"select {activation}"):
-            table = fnn.sweep(configuration(activation), x_train, y_train, seeds=seeds, grid=grid, **fit_options)
+            log = run.tensorboard(f"select {activation}")
+            table = fnn.sweep(
+                configuration(activation), x_train, y_train, seeds=seeds, grid=grid, tensorboard=log, **fit_options
+            )
             jax.block_until_ready(table.results.history)
         table_rows = table.rows()  # once: it builds a dict per member
         for (_, indices), a in zip(table.groups(), table.aggregate("best_val_accuracy")):

@@ -114,8 +114,15 @@ def main(argv=None) -> dict:
 
         common.say(f"\n== {name}: selection, learning rates {grids[name]} x seeds {args.select_seeds}")
         with run(f"{name}: select"):
+            log = run.tensorboard(f"{name} select")
             table = fnn.sweep(
-                config, x_train, y_train, seeds=args.select_seeds, grid={"lr": grids[name]}, **fit_options
+                config,
+                x_train,
+                y_train,
+                seeds=args.select_seeds,
+                grid={"lr": grids[name]},
+                tensorboard=log,
+                **fit_options,
             )
             jax.block_until_ready(table.results.history)
         grid_rows = summarize_grid(table, grids[name])
@@ -125,7 +132,9 @@ def main(argv=None) -> dict:
         common.say(table.summary("best_val_accuracy"))
         common.say(f"   selected lr {chosen['lr']:g}; comparison over {args.seeds} seeds in one vmapped program")
         with run(f"{name}: compare"):
-            compared = fnn.sweep(config, x_train, y_train, seeds=seeds, grid={"lr": [chosen["lr"]]}, **fit_options)
+            log = run.tensorboard(f"{name} compare")
+            grid = {"lr": [chosen["lr"]]}
+            compared = fnn.sweep(config, x_train, y_train, seeds=seeds, grid=grid, tensorboard=log, **fit_options)
             jax.block_until_ready(compared.results.history)
         runs[name] = (config(chosen["lr"]), compared)
 

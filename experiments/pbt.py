@@ -126,13 +126,17 @@ def main(argv=None) -> dict:
                 bounds={"lr": tuple(args.lr_bounds), "dropout": tuple(args.dropout_bounds)},
                 seeds=[r] * size,
                 key=r,
+                tensorboard=run.tensorboard(f"pbt repetition {r}"),
                 **fit_options,
             )
             jax.block_until_ready(result.results.history)
         pbts.append(result)
     common.say(f"\n== fixed hyperparameters: {size} members x {args.repeats} seed(s) in one sweep")
     with run("fixed (compile + run)"):
-        fixed = fnn.sweep(config, x_train, y_train, grid=population, product=False, seeds=args.repeats, **fit_options)
+        log = run.tensorboard("fixed")
+        fixed = fnn.sweep(
+            config, x_train, y_train, grid=population, product=False, seeds=args.repeats, tensorboard=log, **fit_options
+        )
         jax.block_until_ready(fixed.results.history)
     load_after = common.load_average()
 

@@ -121,6 +121,7 @@ def main(argv=None) -> dict:
                 ys_in,
                 seeds=args.seeds,
                 grid={"l2": args.grid_l2},
+                tensorboard=run.tensorboard(f"split {split} select"),
                 **common.training_options(args, (xs_va, ys_va)),
             )
             jax.block_until_ready(table.results.history)
@@ -133,7 +134,13 @@ def main(argv=None) -> dict:
         y_mean, y_std = float(y_mean.reshape(())), float(y_std.reshape(()))
         with run("MLP final sweeps (compile + run)"):
             final = fnn.sweep(
-                config, xs_tr, ys_tr, seeds=args.seeds, grid={"l2": [chosen]}, **common.training_options(args, None)
+                config,
+                xs_tr,
+                ys_tr,
+                seeds=args.seeds,
+                grid={"l2": [chosen]},
+                tensorboard=run.tensorboard(f"split {split} final"),
+                **common.training_options(args, None),
             )
             params = jax.block_until_ready(final.results.train_state.params)
         design = np.hstack([np.ones((len(y_tr), 1)), np.asarray(x_tr, float)])

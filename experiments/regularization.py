@@ -151,7 +151,14 @@ def main(argv=None) -> dict:
         )
         with run("select (sweep)"):
             table = fnn.sweep(
-                config, x_train, y_train, seeds=args.select_seeds, grid=zipped(points), product=False, **fit_options
+                config,
+                x_train,
+                y_train,
+                seeds=args.select_seeds,
+                grid=zipped(points),
+                product=False,
+                tensorboard=run.tensorboard("select"),
+                **fit_options,
             )
             jax.block_until_ready(table.results.history)
         val = np.asarray(table.results.history["val_accuracy"], dtype=float)[:, -1].reshape(len(points), n)
@@ -188,15 +195,24 @@ def main(argv=None) -> dict:
     if compared:
         common.say(f"\n== comparison: {', '.join(names)}: {len(compared)} x {args.seeds} seeds in one vmapped program")
         with run("compare (sweep)"):
+            log = run.tensorboard("compare")
             table = fnn.sweep(
-                config, x_train, y_train, seeds=seeds, grid=zipped(compared), product=False, **fit_options
+                config,
+                x_train,
+                y_train,
+                seeds=seeds,
+                grid=zipped(compared),
+                product=False,
+                tensorboard=log,
+                **fit_options,
             )
             jax.block_until_ready(table.results.history)
         sweeps["penalties and dropout"] = (config(), table, names)
     if "batchnorm" in args.settings:
         common.say(f"\n== comparison: batch norm: {args.seeds} seeds in one vmapped program")
         with run("compare batch norm (sweep)"):
-            table_bn = fnn.sweep(config_bn, x_train, y_train, seeds=seeds, **fit_options)
+            log = run.tensorboard("compare batch norm")
+            table_bn = fnn.sweep(config_bn, x_train, y_train, seeds=seeds, tensorboard=log, **fit_options)
             jax.block_until_ready(table_bn.results.history)
         sweeps["batch norm"] = (config_bn(), table_bn, ["batch norm"])
     results = {}

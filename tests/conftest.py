@@ -50,3 +50,18 @@ def digits_300(all_digits):
     real problem of the sweep tests (``x, y, x_val, y_val``)."""
     x, y = all_digits
     return x[:300], y[:300], x[300:400], y[300:400]
+
+
+@pytest.fixture(scope="session")
+def padded_batch():
+    """A mini-batch ``x, y, w`` of 12 random examples of 5 features (float32) and 3 classes
+    (int32), whose last 3 rows are padding (weight 0), as the last batch of an epoch is:
+    the training-step tests' data."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 12).astype(np.int32)
+    w = np.ones(12, np.float32)
+    w[-3:] = 0
+    return x, y, w

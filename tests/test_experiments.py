@@ -74,9 +74,10 @@ def check_split(split: dict, train: int, validation: int, test: int | None, stra
 
 
 def test_mnist1d_seeds(tmp_path, capsys):
-    returned = load("mnist1d_seeds").main(
-        ["--out", str(tmp_path), *"--seeds 2 --epochs 2 --n-train 400 --n-val 100 --n-test 200".split()]
-    )
+    options = "--seeds 2 --epochs 2 --n-train 400 --n-val 100 --n-test 200".split()
+    logs = tmp_path / "tb"
+    tensorboard = ["--tensorboard", str(logs)] if importlib.util.find_spec("tensorboardX") else []
+    returned = load("mnist1d_seeds").main(["--out", str(tmp_path), *options, *tensorboard])
     printed = capsys.readouterr().out
     assert "epoch 1/2" in printed and "epoch 2/2" in printed  # the progress lines from inside the compiled run
     assert "| seeds |" in printed  # SweepResult.summary's table
@@ -95,6 +96,37 @@ def test_mnist1d_seeds(tmp_path, capsys):
     for name in ("ensemble_test_accuracy", "ensemble_validation_accuracy"):  # the 2 seeds' averaged probabilities
         assert finite(m[name]) and 0 <= m[name] <= 1
     assert finite(m["ensemble_test_loss"]) and "ensemble of the 2 seeds" in printed
+    if tensorboard:
+        check_tensorboard_runs(logs / "mnist1d_seeds" / "train", record["curves"])
+
+
+def check_tensorboard_runs(folder: Path, curves: dict):
+    """The runs ``--tensorboard`` wrote for a 2-seed sweep: ``seed=0`` and ``seed=1``, whose
+    per-epoch scalars average to the JSON's curves (the same runs), to float32 rounding."""
+    from test_tensorboard import read_run  # needs tensorboard's reader (the test extra)
+
+    runs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert runs == ["seed=0", "seed=1"]
+    scalars = [read_run(folder / run)[0] for run in runs]
+    for name in ("loss", "val_loss", "val_accuracy"):
+        per_seed = [[s[name][epoch] for epoch in sorted(s[name])] for s in scalars]
+        np.testing.assert_allclose(np.mean(per_seed, axis=0), curves[name]["mean"], rtol=1e-6, err_msg=name)
+
+
+def test_tensorboard_folders_are_per_phase_and_never_shared(tmp_path):
+    """``Run.tensorboard``: ``<DIR>/<name>/<phase slug>``, ``None`` without the option; a
+    phase folder handed out twice, or holding runs already, is refused."""
+    common = load("common")
+    args = common.parser("T.").parse_args(["--tensorboard", str(tmp_path)])
+    run = common.Run("demo", args)
+    assert run.tensorboard("Select c16x32+d0 (warm)") == tmp_path / "demo" / "select-c16x32-d0-warm"
+    with pytest.raises(SystemExit, match="holds runs already"):
+        run.tensorboard("select c16x32+d0 (warm)")
+    (tmp_path / "demo" / "train").mkdir(parents=True)
+    (tmp_path / "demo" / "train" / "seed=0").mkdir()
+    with pytest.raises(SystemExit, match=r"demo/train holds runs already"):
+        common.Run("demo", args).tensorboard("train")
+    assert common.Run("demo", common.parser("T.").parse_args([])).tensorboard("train") is None
 
 
 def test_mnist1d_selection_reads_no_test_data(tmp_path, monkeypatch):
@@ -314,7 +346,7 @@ def test_shared_options():
     common = load("common")
     p = common.parser("Title.\n\nMore text.", epochs=3, hidden=[8, 8], helps={"epochs": "passes over the data"})
     assert p.description == "Title."
-    assert [a.dest for a in p._actions] == ["help", "out", "no_progress", "epochs", "hidden"]
+    assert [a.dest for a in p._actions] == ["help", "out", "no_progress", "tensorboard", "epochs", "hidden"]
     args = p.parse_args(["--hidden", "4", "5"])
     assert args.epochs == 3 and args.hidden == [4, 5] and args.no_progress is False
     assert "passes over the data" in p.format_help()

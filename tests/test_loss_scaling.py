@@ -17,19 +17,8 @@ from _sweep_setup import count_compiles
 import fnn
 from fnn.loss_scaling import LossScaleState
 
-N, FEATURES, HIDDEN, CLASSES = 12, 5, 7, 3
+FEATURES, HIDDEN, CLASSES = 5, 7, 3  # the sizes of conftest's padded_batch
 EPS16 = 2.0**-10  # float16 keeps 11 significant bits: the spacing at 1.0
-
-
-@pytest.fixture(scope="module")
-def data():
-    """12 examples of 5 features, 3 classes; the last 3 rows are padding (weight 0)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N, FEATURES)).astype(np.float32)
-    y = rng.integers(0, CLASSES, N).astype(np.int32)
-    w = np.ones(N, np.float32)
-    w[-3:] = 0
-    return x, y, w
 
 
 def tiny_loss(predictions, targets, weights):
@@ -74,13 +63,13 @@ def float16_trainer(loss=fnn.cross_entropy, **options):
 
 
 @pytest.mark.parametrize("accumulate", [1, 3])
-def test_the_scaled_float16_gradient_is_the_float32_one_where_float16_alone_flushes_it(data, accumulate):
+def test_the_scaled_float16_gradient_is_the_float32_one_where_float16_alone_flushes_it(padded_batch, accumulate):
     """A loss whose gradients are about 1e-8: scaled by 2**15, the float16 backward pass
     gives the float32 gradient to float16 rounding (normwise within 8 float16 epsilons of
     the largest element, as the bfloat16 test bounds its own; each element sums 12
     examples' terms through two layers), in float32, with the matmuls in float16. Unscaled
     (``scale=None``) the same float16 pass loses most of them to zero."""
-    x, y, w = data
+    x, y, w = padded_batch
     scaled = float16_trainer(tiny_loss, accumulate=accumulate)
     full = fnn.Trainer(scaled.model, scaled.optimizer, tiny_loss, accumulate=accumulate)
     state = full.init(0)
@@ -98,13 +87,13 @@ def test_the_scaled_float16_gradient_is_the_float32_one_where_float16_alone_flus
         assert np.max(np.abs(np.asarray(u) - np.asarray(e))) > 10 * bound  # what the scale prevents
 
 
-def test_a_step_with_a_non_finite_gradient_changes_nothing_but_the_scale(data):
+def test_a_step_with_a_non_finite_gradient_changes_nothing_but_the_scale(padded_batch):
     """initial_scale 2**30 overflows float16 (65504) in the backward pass: the step leaves
     params, batch-norm state, Adam's state, the step count and the EMA bit for bit as they
     were and halves the scale, until a scale fits; that step is the step of a trainer
     started at that scale (bit for bit) and close to the float32 step (Adam's first step
     is about lr * sign(g): within 1e-4 of its 1e-2 size)."""
-    x, y, w = data
+    x, y, w = padded_batch
     model = fnn.mlp([FEATURES, HIDDEN, CLASSES], batchnorm=True)
 
     def trainer(initial_scale, dtype=jnp.float16):
@@ -155,10 +144,10 @@ def test_a_float16_fit_learns_the_digits_and_resumes_bit_exactly(digits_300, tmp
         fnn.fit(full, x, y, epochs=6, checkpoint=path, resume=True, **options)
 
 
-def test_one_program_for_every_initial_scale_and_a_sweep_over_them(data):
+def test_one_program_for_every_initial_scale_and_a_sweep_over_them(padded_batch):
     """initial_scale is a leaf: a sweep over two initial scales is one vmapped program and
     its members equal their fits alone; the overflowing one has skipped steps."""
-    x, y, _ = data
+    x, y, _ = padded_batch
     config = lambda scale: float16_trainer(loss_scaling=fnn.dynamic_loss_scale(scale))  # noqa: E731
     options = dict(epochs=2, batch_size=4)
     with count_compiles() as compiles:
@@ -209,8 +198,8 @@ def test_loss_scaling_goes_with_float16_only():
         fnn.Trainer(model, fnn.sgd(0.1), compute_dtype=jnp.float16, privacy=fnn.dp_sgd(1.0, 1.0))
 
 
-def test_train_state_must_match_the_trainers_loss_scaling(data):
-    x, y, _ = data
+def test_train_state_must_match_the_trainers_loss_scaling(padded_batch):
+    x, y, _ = padded_batch
     half = float16_trainer()
     full = fnn.Trainer(half.model, half.optimizer, fnn.cross_entropy)
     options = dict(epochs=1, batch_size=4)
@@ -220,8 +209,8 @@ def test_train_state_must_match_the_trainers_loss_scaling(data):
         fnn.fit(full, x, y, train_state=half.init(0), **options)
 
 
-def test_a_sweep_refuses_a_bad_factor_before_tracing(data):
-    x, y, _ = data
+def test_a_sweep_refuses_a_bad_factor_before_tracing(padded_batch):
+    x, y, _ = padded_batch
     config = lambda factor: float16_trainer(loss_scaling=fnn.dynamic_loss_scale(factor=factor))  # noqa: E731
     with count_compiles() as compiles, pytest.raises(ValueError, match=r"grid point \{'factor': 0.5\}.*factor"):
         fnn.sweep(config, x, y, grid={"factor": [2.0, 0.5]}, epochs=1, batch_size=4, devices=1)

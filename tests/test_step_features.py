@@ -17,18 +17,7 @@ from tolerances import assert_trees_close_f32
 import fnn
 from fnn.train import noise_key
 
-N, FEATURES, HIDDEN, CLASSES = 12, 5, 7, 3
-
-
-@pytest.fixture(scope="module")
-def data():
-    """12 examples of 5 features, 3 classes; the last 3 rows are padding (weight 0)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N, FEATURES)).astype(np.float32)
-    y = rng.integers(0, CLASSES, N).astype(np.int32)
-    w = np.ones(N, np.float32)
-    w[-3:] = 0
-    return x, y, w
+FEATURES, HIDDEN, CLASSES = 5, 7, 3  # the sizes of conftest's padded_batch
 
 
 def trainer(optimizer=None, **options):
@@ -45,13 +34,13 @@ def trainer(optimizer=None, **options):
 
 
 @pytest.mark.parametrize("optimizer", [fnn.sgd(0.1, momentum=0.9), fnn.adam(1e-2)], ids=["sgd", "adam"])
-def test_k_micro_batches_give_the_update_of_one_batch_of_k_b(data, optimizer):
+def test_k_micro_batches_give_the_update_of_one_batch_of_k_b(padded_batch, optimizer):
     """accumulate=3 on 12 rows (3 micro-batches of 4, padded rows included) == one step on
     the 12: the same gradient to float32 rounding, one update (the optimizer's count and
     the step count 1), the whole batch's loss and accuracy. Gradient bound: each
     gradient element sums 12 examples' terms through 7 hidden and 3 output units, plus
     the micro-batches' scaling by W_i / W: k = 64 covers both sides' roundings."""
-    x, y, w = data
+    x, y, w = padded_batch
     plain, accumulated = trainer(optimizer), trainer(optimizer, accumulate=3)
     state = plain.init(0)
 
@@ -68,12 +57,12 @@ def test_k_micro_batches_give_the_update_of_one_batch_of_k_b(data, optimizer):
     assert float(mk["accuracy"]) == float(m1["accuracy"])
 
 
-def test_accumulation_in_fit_counts_updates_and_a_resume_with_another_accumulate_is_refused(data, tmp_path):
+def test_accumulation_in_fit_counts_updates_and_a_resume_with_another_accumulate_is_refused(padded_batch, tmp_path):
     """fit with accumulate=2 and batch_size=8 on 12 examples: 2 updates an epoch (the
     second padded), counted by the step and the optimizer, and the schedule's learning
     rate follows them. Its checkpoint refuses a call with another accumulate, or with
     privacy added."""
-    x, y, _ = data
+    x, y, _ = padded_batch
     schedule = fnn.schedules.exponential_decay(0.1, 0.5, 1)  # halves every update
     path = tmp_path / "run.ckpt"
     options = dict(key=0, epochs=2, batch_size=8, checkpoint=path)
@@ -93,8 +82,8 @@ def test_a_bad_accumulate_is_refused(value):
         trainer(accumulate=value)
 
 
-def test_a_batch_size_accumulate_does_not_divide_is_refused(data):
-    x, y, _ = data
+def test_a_batch_size_accumulate_does_not_divide_is_refused(padded_batch):
+    x, y, _ = padded_batch
     message = r"batch_size must be divisible by the trainer's accumulate.*batch_size=9 and accumulate=2"
     with pytest.raises(ValueError, match=message):
         params = trainer().init(0).params
@@ -136,12 +125,12 @@ CLIP = 1.0
 
 
 @pytest.fixture(scope="module")
-def loop_over_examples(data):
+def loop_over_examples(padded_batch):
     """DP-SGD's clipped sum by a Python loop over the examples (Abadi et al. 2016,
     Algorithm 1), in float64: the data (the padded rows far from the rest: they must count
     for nothing), float64 params, and each real example's gradient clipped to ``CLIP``,
     summed; also the examples' norms and mean loss."""
-    x, y, w = data
+    x, y, w = padded_batch
     x = x.astype(np.float64)
     x[-3:] *= 1e3
     model = trainer().model
@@ -184,8 +173,8 @@ def test_dp_sgd_equals_a_loop_over_examples_in_float64(loop_over_examples, sigma
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-12)
 
 
-def test_dp_sgd_noise_follows_the_key(data):
-    x, y, w = data
+def test_dp_sgd_noise_follows_the_key(padded_batch):
+    x, y, w = padded_batch
     t = trainer(privacy=fnn.dp_sgd(1.0, 1.0))
     params = t.init(0).params
     grads = jax.jit(lambda key: t.gradients(params, (), x, y, w, key)[0])
@@ -194,12 +183,12 @@ def test_dp_sgd_noise_follows_the_key(data):
     assert not np.allclose(a[0]["w"], c[0]["w"])
 
 
-def test_dp_sgd_dropout_masks_follow_the_examples(data):
+def test_dp_sgd_dropout_masks_follow_the_examples(padded_batch):
     """With dropout, the pass that measures an example's norm and the pass that sums it
     draw the same mask (one real example, clipped: the gradient's norm is exactly C), and
     example j's key follows its row, also over 3 micro-batches (the same gradient)."""
-    x, y, _ = data
-    w = np.zeros(N, np.float32)
+    x, y, _ = padded_batch
+    w = np.zeros(len(y), np.float32)
     w[4] = 1
     clip = 1e-3  # every example's gradient is longer
 
@@ -219,10 +208,10 @@ def test_dp_sgd_dropout_masks_follow_the_examples(data):
     chex.assert_trees_all_close(accumulated, alone, rtol=1e-5, atol=1e-10)
 
 
-def test_a_sweep_over_noise_multipliers_equals_its_members_alone(data):
+def test_a_sweep_over_noise_multipliers_equals_its_members_alone(padded_batch):
     """Two noise multipliers in one vmapped program (traced leaves of the DPSGD) == each
     run alone: the same key, the same noise, scaled by each member's multiplier."""
-    x, y, _ = data
+    x, y, _ = padded_batch
 
     def config(noise=1.0):
         return trainer(fnn.sgd(0.1), privacy=fnn.dp_sgd(1.0, noise))
@@ -256,8 +245,8 @@ def test_bad_privacy_is_refused(build, match):
         build()
 
 
-def test_a_sweep_refuses_a_bad_noise_multiplier_before_compiling(data):
-    x, y, _ = data
+def test_a_sweep_refuses_a_bad_noise_multiplier_before_compiling(padded_batch):
+    x, y, _ = padded_batch
     config = lambda noise: trainer(privacy=fnn.dp_sgd(1.0, noise))  # noqa: E731
     with pytest.raises(ValueError, match=r"grid point \{'noise': -1.0\} .*noise_multiplier must lie in \[0"):
         fnn.sweep(config, x, y, grid={"noise": [1.0, -1.0]}, epochs=1, batch_size=4)
@@ -266,14 +255,14 @@ def test_a_sweep_refuses_a_bad_noise_multiplier_before_compiling(data):
 # ------------------------------------------------------------------------ mixed precision
 
 
-def test_bfloat16_computes_in_bfloat16_and_keeps_float32(data):
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32(padded_batch):
     """compute_dtype=bfloat16 on a batch-norm and dropout MLP (strict dtype promotion: every
     cast explicit): the matmuls run in bfloat16, the gradient, loss, params, optimizer
     state and running statistics stay float32, and the gradient is the float32 one to
     bfloat16 rounding: normwise within k = 8 bfloat16 epsilons (2**-8 each) of its
     largest element (bfloat16 keeps 8 significant bits; each element sums 12 examples'
     terms through two layers, whose errors mostly cancel: measured below 2 epsilons)."""
-    x, y, w = data
+    x, y, w = padded_batch
     model = fnn.mlp([FEATURES, HIDDEN, CLASSES], batchnorm=True, dropout=0.1)
     full = fnn.Trainer(model, fnn.adam(1e-2), fnn.cross_entropy)
     mixed = fnn.Trainer(model, fnn.adam(1e-2), fnn.cross_entropy, compute_dtype=jnp.bfloat16)
