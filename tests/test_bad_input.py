@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _sweep_setup import forbid
 
 import fnn
 from fnn import checkpoint, clipping, distributed, optimizers, regularizers, schedules
@@ -445,10 +446,7 @@ def test_fit_and_evaluate_refuse(data, call, match):
 
 @pytest.mark.parametrize("call, match", rows(SWEEP, "sweep"))
 def test_sweep_refuses_before_compiling(data, call, match, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the sweep program ran although the input is bad")
-
-    monkeypatch.setattr(fnn.sweeps.population, "advance", never)
+    forbid(monkeypatch, fnn.sweeps.population, "advance", "the sweep program")
     with pytest.raises(ValueError) as info:
         call(*data)
     assert match in str(info.value)
@@ -456,10 +454,7 @@ def test_sweep_refuses_before_compiling(data, call, match, monkeypatch):
 
 @pytest.mark.parametrize("call, match", rows(PBT, "pbt"))
 def test_pbt_refuses_before_compiling(data, call, match, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the pbt program ran although the input is bad")
-
-    monkeypatch.setattr(pbt_lib, "_program", never)
+    forbid(monkeypatch, pbt_lib, "_program", "the pbt program")
     with pytest.raises(ValueError) as info:
         call(*data)
     assert match in str(info.value)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _sweep_setup import forbid
 
 import fnn
 from fnn.batching import epoch_batches
@@ -148,10 +149,7 @@ def python_lr(lr=1e-2):
     ],
 )
 def test_bad_input_raises_before_compiling(digits, change, match, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the range test's program ran although the input is bad")
-
-    monkeypatch.setattr(lr_range_module, "_range_test", never)
+    forbid(monkeypatch, lr_range_module, "_range_test", "the range test's program")
     arguments = dict(config=config, x=digits[0][:200], y=digits[1][:200], steps=5, batch_size=50) | change
     with pytest.raises(ValueError, match=match):
         lr_range(arguments.pop("config"), arguments.pop("x"), arguments.pop("y"), **arguments)
