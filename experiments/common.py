@@ -3,11 +3,11 @@
 An experiment script is its options, its experiment and its plot; the rest is here:
 
 * :func:`parser` builds its ``ArgumentParser`` from the script's docstring: ``--out``,
-  ``--no-progress``, ``--tensorboard`` (:meth:`Run.tensorboard`), ``--data-dir`` for the scripts that read MNIST-family files, and the
-  options several experiments share (:data:`SHARED_OPTIONS`: ``--epochs``, ``--hidden``,
-  ``--lr``, ...) with the script's defaults; the script adds its own options to it, and
-  those of a selection run (:func:`add_selection_options`, :func:`add_grid_options`,
-  :func:`variant`).
+  ``--no-progress``, ``--tensorboard`` (:meth:`Run.tensorboard`), ``--data-dir`` for the
+  scripts that read MNIST-family files, and the options several experiments share
+  (:data:`SHARED_OPTIONS`: ``--epochs``, ``--hidden``, ``--lr``, ...) with the script's
+  defaults; the script adds its own options to it, and those of a selection run
+  (:func:`add_selection_options`, :func:`add_grid_options`, :func:`variant`).
 * :func:`start` (:func:`start_on_cores` for a script whose sweeps use every CPU core:
   ``--cpu-devices``) parses the command line into a :class:`Run`, which times the phases of the
   run (``with run("train"): ...``, a :class:`Timer`) and, with :meth:`Run.finish`, writes
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -703,6 +704,8 @@ class Run(Timer):
         self.name, self.args, self.argv = name, args, argv
         self.script = name  # experiments/<script>.py; ``name`` names the results files
         self.logged: set[Path] = set()
+        if getattr(args, "tensorboard", None) is not None and importlib.util.find_spec("tensorboardX") is None:
+            raise SystemExit("--tensorboard writes with tensorboardX: pip install 'fnn[tensorboard]'")
 
     def tensorboard(self, phase: str) -> Path | None:
         """The folder of a phase's TensorBoard runs, for ``fnn.fit`` / ``fnn.sweep`` /
@@ -712,13 +715,19 @@ class Run(Timer):
 
         Raises:
           SystemExit: when the folder is not empty (a run written before would mix with
-            this one's in TensorBoard) or was handed out already in this run.
+            this one's in TensorBoard) or was handed out already in this run (a phase
+            repeated: a value given twice on the command line).
         """
         if getattr(self.args, "tensorboard", None) is None:
             return None
         slug = re.sub(r"[^a-z0-9.=_]+", "-", phase.lower()).strip("-")
         folder = self.args.tensorboard / self.name / slug
-        if folder in self.logged or (folder.is_dir() and any(folder.iterdir())):
+        if folder in self.logged:
+            raise SystemExit(
+                f"--tensorboard: this run has two phases named like {phase!r} (a value given twice on the command "
+                f"line?); their runs would mix in {folder}"
+            )
+        if folder.is_dir() and any(folder.iterdir()):
             raise SystemExit(
                 f"--tensorboard: {folder} holds runs already; pass another folder, or remove it, so that "
                 "TensorBoard does not mix two runs' events"

@@ -176,6 +176,17 @@ def timed(run, label: str, fn):
     return result
 
 
+def write_tensorboard(run, tables: dict) -> None:
+    """With ``--tensorboard``, each timed sweep's runs (``fnn.tensorboard.write_sweep``),
+    written after the timings (they compare the sweeps' wall times) from process 0."""
+    for phase, table in tables.items():
+        folder = run.tensorboard(phase)
+        if folder is not None:
+            with fnn.multihost.process_zero_writes(f"tensorboard {phase}") as writing:
+                if writing:
+                    fnn.tensorboard.write_sweep(folder, table)
+
+
 def main(argv=None) -> dict:
     run, args = common.start_on_cores(NAME, parser(), argv)  # members on every core
     load_start = common.load_average()
@@ -199,21 +210,20 @@ def main(argv=None) -> dict:
             f"{unpadded(rungs)} member-epochs without padding, against {n * args.epochs} for the full sweep"
         )
 
-    def full_sweep(log=None):
-        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], tensorboard=log, **fit_options)
+    def full_sweep():
+        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], **fit_options)
 
-    def halving(r: int, log=None):
+    def halving(r: int):
         schedule = fnn.halving(rung_epochs=r, eta=args.eta, monitor=args.rung_monitor)
-        options = fit_options | {"schedule": schedule, "tensorboard": log}
-        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], **options)
+        return fnn.sweep(config, x_train, y_train, grid=grid, seeds=[args.grid_seed], schedule=schedule, **fit_options)
 
     names = {r: f"halving, rungs of {r}" for r in args.rung_epochs}
     common.say("\n== full sweep (cold: compiles its program)")
-    full = timed(run, "full sweep (cold)", lambda: full_sweep(run.tensorboard("full sweep")))
+    full = timed(run, "full sweep (cold)", full_sweep)
     halved = {}
     for r in args.rung_epochs:
         common.say(f"\n== {names[r]} epochs (cold: compiles its programs)")
-        halved[r] = timed(run, f"{names[r]} (cold)", lambda r=r: halving(r, run.tensorboard(names[r])))
+        halved[r] = timed(run, f"{names[r]} (cold)", lambda r=r: halving(r))
     if not args.no_warm:
         common.say("\n== all again, programs compiled (warm)")
         with run("full sweep (warm)"):
@@ -222,6 +232,7 @@ def main(argv=None) -> dict:
             with run(f"{names[r]} (warm)"):
                 jax.block_until_ready(halving(r).results.history)
     load_after_sweeps = common.load_average()
+    write_tensorboard(run, {"full sweep": full} | {names[r]: halved[r] for r in args.rung_epochs})
 
     full_rows = full.rows()
     history = {k: np.asarray(v) for k, v in full.results.history.items()}

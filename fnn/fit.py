@@ -327,8 +327,8 @@ _init_program = jit_program(lambda trainer, key: trainer.init(key), ())
 
 def _check_train_state(trainer: Trainer, state, epochs: int) -> TrainState:
     """A given TrainState: params and model state fit the model, its moving average the
-    trainer's ``ema``, its loss scale the trainer's ``loss_scaling``, counters are int32 scalars, the key is a key, and epochs still
-    remain (``epochs`` counts the total)."""
+    trainer's ``ema``, its loss scale the trainer's ``loss_scaling``, counters are int32
+    scalars, the key is a key, and epochs still remain (``epochs`` counts the total)."""
     if not isinstance(state, TrainState):
         raise ValueError(f"train_state must be an fnn.TrainState; got {type(state).__name__}")
     check_params(

@@ -31,8 +31,8 @@ One update (``Trainer.train_step``), for a mini-batch (x, y) with example weight
     a ← (1 - w_t) · a + w_t · θ          (with ema: the moving average, fnn.averaging)
 
 With ``compute_dtype=jnp.float16`` the step differentiates ``S · L(θ)`` and divides ``g`` by
-the loss scale ``S``; a step whose ``g`` is not finite is skipped and lowers ``S``
-(dynamic loss scaling, :mod:`fnn.loss_scaling`).
+the loss scale ``S``; a step whose ``g`` is not finite is skipped and lowers ``S``, unless
+``S`` is at its floor (dynamic loss scaling, :mod:`fnn.loss_scaling`).
 
 Two options of the Trainer change how ``g`` is computed (:meth:`Trainer.gradients`), never
 the update: ``accumulate=k`` sums the gradient over ``k`` micro-batches of the
@@ -328,6 +328,8 @@ class Trainer:
         Returns:
           ``(grads, (loss, new_model_state, predictions))``: loss and predictions of the whole mini-batch.
         """
+        if scale is not None and self.privacy is not None:
+            raise ValueError("gradients takes a loss scale only without privacy (DP-SGD clips unscaled gradients)")
         if self.accumulate == 1 and self.privacy is None:
             objective = loss_scaling.scaled(self.objective, scale)
             grads, aux = jax.grad(objective, has_aux=True)(params, model_state, x, y, weights, key)
@@ -380,9 +382,9 @@ class Trainer:
                 ema_params=self.ema.average(state.ema_params, new_state.params, new_state.step),
                 ema_model_state=self.ema.average(state.ema_model_state, new_state.model_state, new_state.step),
             )
-        if self.loss_scaling is not None:  # a non-finite gradient: skip the step, lower the scale
+        if self.loss_scaling is not None:  # a non-finite gradient above the floor: skip the step, lower the scale
             finite = all_finite(grads)
-            new_state = tree_where(finite, new_state, state)._replace(
+            new_state = tree_where(self.loss_scaling.skips(state.loss_scale, finite), state, new_state)._replace(
                 loss_scale=self.loss_scaling.adjust(state.loss_scale, finite)
             )
         metrics = {"loss": loss, "lr": jnp.asarray(lr), **self.measure(predictions, y, weights)}

@@ -113,20 +113,25 @@ def check_tensorboard_runs(folder: Path, curves: dict):
         np.testing.assert_allclose(np.mean(per_seed, axis=0), curves[name]["mean"], rtol=1e-6, err_msg=name)
 
 
-def test_tensorboard_folders_are_per_phase_and_never_shared(tmp_path):
+def test_tensorboard_folders_are_per_phase_and_never_shared(tmp_path, monkeypatch):
     """``Run.tensorboard``: ``<DIR>/<name>/<phase slug>``, ``None`` without the option; a
-    phase folder handed out twice, or holding runs already, is refused."""
+    phase folder handed out twice, or holding runs already, is refused; without
+    tensorboardX the option is refused before anything runs."""
+    pytest.importorskip("tensorboardX")
     common = load("common")
     args = common.parser("T.").parse_args(["--tensorboard", str(tmp_path)])
     run = common.Run("demo", args)
     assert run.tensorboard("Select c16x32+d0 (warm)") == tmp_path / "demo" / "select-c16x32-d0-warm"
-    with pytest.raises(SystemExit, match="holds runs already"):
+    with pytest.raises(SystemExit, match="two phases named like 'select c16x32"):
         run.tensorboard("select c16x32+d0 (warm)")
     (tmp_path / "demo" / "train").mkdir(parents=True)
     (tmp_path / "demo" / "train" / "seed=0").mkdir()
     with pytest.raises(SystemExit, match=r"demo/train holds runs already"):
         common.Run("demo", args).tensorboard("train")
     assert common.Run("demo", common.parser("T.").parse_args([])).tensorboard("train") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match=r"pip install 'fnn\[tensorboard\]'"):
+        common.Run("demo", args)
 
 
 def test_mnist1d_selection_reads_no_test_data(tmp_path, monkeypatch):

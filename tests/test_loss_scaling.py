@@ -30,9 +30,10 @@ def tiny_loss(predictions, targets, weights):
 def reference_rule(scale, good, skipped, finite, factor, period, floor):
     """Micikevicius et al. (2018), Section 3.3, transcribed: grow after ``period`` finite
     steps in a row, back off (not below ``floor``) and restart the count after a
-    non-finite one."""
+    non-finite one; at the floor a non-finite step is not a skip (fnn applies it: a
+    divergence)."""
     if not finite:
-        return max(scale / factor, floor), 0, skipped + 1
+        return max(scale / factor, floor), 0, skipped + (scale > floor)
     if good + 1 == period:
         return scale * factor, 0, skipped
     return scale, good + 1, skipped
@@ -53,6 +54,8 @@ def test_the_scale_follows_the_published_rule():
         assert (float(state.scale), int(state.good_steps), int(state.skipped)) == expected
         seen.add((bool(finite), expected[1] == 0, expected[0] == 4.0))
     assert {(True, True, False), (False, True, True), (True, False, False)} <= seen  # grew, hit the floor, counted
+    floor = LossScaleState(jnp.float32(4.0), jnp.int32(2), jnp.int32(5))
+    assert bool(rule.skips(floor, jnp.asarray(False))) is False and int(adjust(floor, jnp.asarray(False)).skipped) == 5
     top = LossScaleState(jnp.float32(2.0**127), jnp.int32(2), jnp.int32(0))
     assert float(adjust(top, jnp.asarray(True)).scale) == 2.0**127
 
@@ -74,10 +77,11 @@ def test_the_scaled_float16_gradient_is_the_float32_one_where_float16_alone_flus
     full = fnn.Trainer(scaled.model, scaled.optimizer, tiny_loss, accumulate=accumulate)
     state = full.init(0)
     key = jax.random.key(1)
-    gradients = jax.jit(lambda t, scale: t.gradients(state.params, (), x, y, w, key, scale)[0])
-    g32 = gradients(full, None)
-    g16 = gradients(scaled, jnp.float32(2.0**15))
-    unscaled = gradients(scaled, None)
+    gradients = jax.jit(lambda t, scale: t.gradients(state.params, (), x, y, w, key, scale))
+    g32, (l32, _, _) = gradients(full, None)
+    g16, (l16, _, _) = gradients(scaled, jnp.float32(2.0**15))
+    unscaled = gradients(scaled, None)[0]
+    np.testing.assert_allclose(l16, l32, rtol=8 * EPS16)  # the loss reported: unscaled
     jaxpr = str(jax.make_jaxpr(scaled.gradients)(state.params, (), x, y, w, key, jnp.float32(2.0**15)))
     assert "f16[" in jaxpr and "dot_general" in jaxpr
     assert {leaf.dtype for leaf in jax.tree.leaves(g16)} == {np.dtype(np.float32)}
@@ -166,6 +170,27 @@ def test_one_program_for_every_initial_scale_and_a_sweep_over_them(padded_batch)
         )
 
 
+def test_a_non_finite_gradient_at_the_floor_scale_is_a_divergence(padded_batch):
+    """A loss whose gradient is NaN at every scale: the step is skipped while the scale
+    backs off from 2**4 to the floor 1 (4 skips), then applied at the floor, and fit stops
+    with a DivergenceError at update 0, as a float32 run does at once (not a run that
+    skips every step and reports a finite loss)."""
+    x, y, _ = padded_batch
+
+    def nan_gradient_loss(predictions, targets, weights):  # sqrt at 0: value 0, gradient inf; times 0: NaN
+        return fnn.cross_entropy(predictions, targets, weights) + 0.0 * jnp.sum(jnp.sqrt(predictions - predictions))
+
+    nan_gradient = fnn.Loss(nan_gradient_loss, targets="labels")
+
+    half = float16_trainer(nan_gradient, loss_scaling=fnn.dynamic_loss_scale(initial_scale=16.0))
+    with pytest.raises(fnn.DivergenceError, match="update 0") as info:
+        fnn.fit(half, x, y, key=0, epochs=3, batch_size=4)
+    scale = info.value.result.train_state.loss_scale
+    assert (float(scale.scale), int(scale.skipped), int(info.value.result.diverged_epoch)) == (1.0, 4, 1)
+    with pytest.raises(fnn.DivergenceError, match="epoch 0 .*update 0"):
+        fnn.fit(fnn.Trainer(half.model, half.optimizer, nan_gradient), x, y, key=0, epochs=3, batch_size=4)
+
+
 # ---------------------------------------------------------------------------- errors
 
 
@@ -174,6 +199,8 @@ def test_one_program_for_every_initial_scale_and_a_sweep_over_them(padded_batch)
     [
         (dict(initial_scale=0.0), "initial_scale"),
         (dict(initial_scale=float("inf")), "initial_scale"),
+        (dict(initial_scale=2.0**200), "initial_scale"),  # float32 would hold inf
+        (dict(min_scale=1e-45), "min_scale"),  # float32 would hold 0 (or a subnormal)
         (dict(factor=1.0), "factor"),
         (dict(period=0), "period"),
         (dict(period=2.5), "period"),
@@ -196,6 +223,10 @@ def test_loss_scaling_goes_with_float16_only():
         fnn.Trainer(model, fnn.sgd(0.1), compute_dtype=jnp.float16, loss_scaling=1024.0)
     with pytest.raises(ValueError, match="float16.*privacy"):
         fnn.Trainer(model, fnn.sgd(0.1), compute_dtype=jnp.float16, privacy=fnn.dp_sgd(1.0, 1.0))
+    private = fnn.Trainer(model, fnn.sgd(0.1), privacy=fnn.dp_sgd(1.0, 1.0))
+    params = private.init(0).params
+    with pytest.raises(ValueError, match="loss scale only without privacy"):
+        private.gradients(params, (), np.zeros((2, FEATURES), np.float32), np.zeros(2, np.int32), None, 0, 8.0)
 
 
 def test_train_state_must_match_the_trainers_loss_scaling(padded_batch):
@@ -207,6 +238,15 @@ def test_train_state_must_match_the_trainers_loss_scaling(padded_batch):
         fnn.fit(half, x, y, train_state=full.init(0), **options)
     with pytest.raises(ValueError, match=r"train_state carries a loss scale"):
         fnn.fit(full, x, y, train_state=half.init(0), **options)
+    state = half.init(0)
+    bad = [
+        (state.loss_scale._replace(scale=jnp.float64(8.0)), "a float32 scale and int32"),
+        (state.loss_scale._replace(skipped=jnp.int64(0)), "a float32 scale and int32"),
+        (state.loss_scale._replace(scale=jnp.float32(0.0)), "scale must be positive and finite"),
+    ]
+    for loss_scale, match in bad:
+        with pytest.raises(ValueError, match=match):
+            fnn.fit(half, x, y, train_state=state._replace(loss_scale=loss_scale), **options)
 
 
 def test_a_sweep_refuses_a_bad_factor_before_tracing(padded_batch):

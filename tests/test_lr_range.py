@@ -64,6 +64,26 @@ def test_each_member_is_its_rate_run_alone(digits):
     assert "suggested lr" in result.summary() or "no suggestion" in result.summary()
 
 
+def test_float16_members_train_every_step_their_loss_scale_skips(digits):
+    """A float16 trainer starting at loss scale 2**40 skips its first steps (the float16
+    backward pass overflows): each member still trains 7 updates, as fit with
+    max_steps=7 and epochs to spare does (fnn.sweeps.range_test.skip_allowance)."""
+    x, y = digits[0][:200], digits[1][:200]
+
+    def half(lr=1e-2):
+        scaling = fnn.dynamic_loss_scale(initial_scale=2.0**40)
+        return fnn.Trainer(
+            fnn.mlp([64, 16, 10]), fnn.adam(lr), fnn.cross_entropy, compute_dtype=jnp.float16, loss_scaling=scaling
+        )
+
+    lrs = np.array([1e-3, 1e-2, 1e-1])
+    result = lr_range(half, x, y, lrs=lrs, steps=7, batch_size=50, key=3)
+    alone = [fnn.fit(half(lr), x, y, key=3, epochs=20, batch_size=50, max_steps=7, validation=(x, y)) for lr in lrs]
+    assert all(int(r.train_state.step) == 7 and int(r.train_state.loss_scale.skipped) > 0 for r in alone)
+    losses = [float(r.history["val_loss"][int(r.train_state.epoch) - 1]) for r in alone]
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-5)
+
+
 # --- against the sequential exponential-ramp test -----------------------------------------
 
 

@@ -8,7 +8,8 @@ compiled program: member ``i`` trains ``steps`` updates at the constant rate ``l
 from the same initial params (drawn from ``key``) and on the same mini-batches in the
 same order, so that only the learning rate differs. The members are a population of
 fit's runs (``fnn.sweeps.population``, the engine of every sweep), all keyed by ``key``
-and trained with fit's ``max_steps=steps`` over as many epochs as ``steps`` needs; a
+and trained with fit's ``max_steps=steps`` over as many epochs as ``steps`` needs (a few
+mini-batches more for a float16 trainer, whose loss scale may skip steps); a
 member's loss after ``steps`` updates, evaluated on the whole training set (or on
 ``validation``) at the end of its last epoch, is one point of the curve; a member that
 diverged scores ``+inf``. Unlike the ramp, no point carries the history of smaller rates,
@@ -38,7 +39,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from fnn.batching import num_steps
-from fnn.checks import as_key, check_int
+from fnn.checks import as_key, check_int, is_concrete
 from fnn.sweeps.grid_sweep import populate
 from fnn.sweeps.population import Population
 from fnn.train import Trainer
@@ -136,7 +137,8 @@ def lr_range(
     key = as_key(key)
     seeds = np.repeat(np.asarray(jax.random.key_data(key))[None], rates.size, axis=0)  # one run key for every member
     examples = np.shape(x)[0] if np.ndim(x) else 1  # data that is not an array is refused by fit's checks
-    epochs = -(-steps // num_steps(examples, batch_size, False))
+    batches = steps + skip_allowance(config(lr=float(rates[0])), steps)
+    epochs = -(-batches // num_steps(examples, batch_size, False))
     options = dict(
         epochs=epochs, batch_size=batch_size, max_steps=steps, validation=(x, y) if validation is None else validation
     )
@@ -146,12 +148,25 @@ def lr_range(
     return LRRangeResult(rates, losses, smoothed, suggest(rates, smoothed), steps)
 
 
+def skip_allowance(trainer: Any, steps: int) -> int:
+    """The mini-batches beyond ``steps`` that a float16 member may need: steps its loss
+    scale skips (``fnn.loss_scaling``) do not count as updates. Its back-offs from
+    ``initial_scale`` to ``min_scale``, and one per growth in ``steps`` updates; 0 without
+    loss scaling (or for traced scale settings, which a range test does not have)."""
+    scaling = getattr(trainer, "loss_scaling", None)  # a config that returns no Trainer is refused by the sweep
+    if scaling is None or not is_concrete((scaling.initial_scale, scaling.min_scale, scaling.factor)):
+        return 0
+    ratio = float(scaling.initial_scale) / float(scaling.min_scale)
+    return math.ceil(math.log(ratio) / math.log(float(scaling.factor))) + steps // scaling.period
+
+
 def _range_test(population: Population, epochs: int) -> np.ndarray:
-    """Run every member to the end; their losses after the last epoch ([k]; ``+inf``
-    where a member diverged or its loss is not finite)."""
+    """Run every member to the end; their losses after their last epoch, the one in which
+    ``max_steps`` fell ([k]; ``+inf`` where a member diverged or its loss is not finite)."""
     population.run(np.arange(population.size), epochs)
     result = population.results
-    losses = np.asarray(result.history["val_loss"], dtype=float)[:, epochs - 1]
+    last = np.asarray(result.train_state.epoch) - 1
+    losses = np.asarray(result.history["val_loss"], dtype=float)[np.arange(last.size), last]
     return np.where(np.isfinite(losses) & ~np.asarray(result.diverged), losses, np.inf)
 
 
