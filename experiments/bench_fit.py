@@ -22,8 +22,8 @@ use_cpu_cores(n)`` first) it prints, all measured in this run on this machine:
 
 ``--precision`` measures instead W1 in float32 against ``compute_dtype=jnp.bfloat16`` and
 ``jnp.float16`` (``fnn.precision``; float16 with dynamic loss scaling, ``fnn.loss_scaling``),
-side by side in one process: seconds per epoch of ``fit`` (compile excluded; the median
-of 3 interleaved rounds), the
+side by side in one process per CPU device count (``--devices``): seconds per epoch of
+``fit`` (compile excluded; the median of 3 interleaved rounds), the
 validation accuracy after ``--epochs`` epochs and the steps the loss scale skipped (50,000 training images,
 the last 10,000 of the training set held out; the test set is not read).
 
@@ -286,16 +286,9 @@ def main(argv=None):
         x_host = np.asarray(fnn.prepare_images(data.x_train[: args.examples]))
         print(json.dumps({"PyTorch eager": bench_torch(x_host, data.y_train[: args.examples], args.epochs)}))
         return None
-    if args.precision:
-        results = compare_precision(args)
-        print(f"W1 (MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}), {args.epochs} epochs, 50,000 images")
-        print("\n| compute dtype | s / epoch | validation accuracy | steps skipped (loss scale) |\n|---|---|---|---|")
-        for name, (seconds, accuracy, skipped) in results.items():
-            print(f"| {name} | {seconds:.3f} | {accuracy:.4f} | {skipped} |")
-        return results
     if args.worker:
         fnn.distributed.use_cpu_cores(args.worker)
-        print(json.dumps(measure(args)))
+        print(json.dumps(compare_precision(args) if args.precision else measure(args)))
         return None
 
     counts = args.devices or sorted({1, fnn.distributed.cpu_cores()})
@@ -305,6 +298,18 @@ def main(argv=None):
         out = subprocess.run([sys.executable, __file__, *common, *flags], check=True, capture_output=True, text=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    if args.precision:
+        tables = {n: worker("--worker", str(n), "--precision") for n in counts}
+        print(f"W1 (MLP {'-'.join(map(str, SIZES))}, Adam, batch {BATCH}), {args.epochs} epochs, 50,000 images")
+        print(
+            "\n| CPU devices | compute dtype | s / epoch | vs float32 | validation accuracy | steps skipped (loss scale) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for n, table in tables.items():
+            for name, (seconds, accuracy, skipped) in table.items():
+                ratio = seconds / table["float32"][0]
+                print(f"| {n} | {name} | {seconds:.3f} | {ratio:.2f}x | {accuracy:.4f} | {skipped} |")
+        return tables
     torch_epoch = worker("--torch-worker")["PyTorch eager"]
     runs = [worker("--worker", str(n)) | {"PyTorch eager (its own process)": torch_epoch} for n in counts]
     gflop = epoch_flops(runs[0]["examples"]) / 1e9
